@@ -1,0 +1,231 @@
+"""Checkpoints: one self-describing file, written atomically and only ever loaded with weights_only=True.
+
+A checkpoint is a dict of tensors and plain values (see docs/checkpoint-format.md):
+
+    format_version, tool_version, arch, num_classes, class_names, preprocess, dropout, model,
+    epoch, optimizer, scheduler, scaler, rng, metrics, best, config
+
+Plain state_dicts (torchvision's AlexNet, or the original write-up's AlexNet.pkl) are imported on load:
+the architecture is recognised from the keys and shapes, so they work wherever a checkpoint does.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alexnet_cli import __version__
+from alexnet_cli.data import Preprocess
+from alexnet_cli.errors import AlexNetError, CheckpointError
+from alexnet_cli.models import ARCHITECTURES, build_model
+
+FORMAT_VERSION = 1
+
+# The original write-up names its layers conv1..conv5 (each a Sequential with the conv at index 0) and
+# `lostlayer` for the classifier; these are the same tensors as our `alexnet`'s features/classifier.
+_WRITEUP_KEYS = {
+    "conv1.0": "features.0",
+    "conv2.0": "features.3",
+    "conv3.0": "features.6",
+    "conv4.0": "features.8",
+    "conv5.0": "features.10",
+    "lostlayer.0": "classifier.0",
+    "lostlayer.3": "classifier.3",
+    "lostlayer.6": "classifier.6",
+}
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Write through `write(file)` to a temp file in the same folder, fsync, then os.replace.
+
+    A crash or a full disk at any point leaves the previous file at `path` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes the file private (0600); give it the mode of the file it replaces, or the usual 0644.
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"could not write {path}: {exc.strerror or exc}") from None
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def publish_copy(source: str | Path, target: str | Path) -> None:
+    """Make `target` an atomic snapshot of `source` (best.pt from last.pt) without writing the bytes twice.
+
+    A hard link shares the file until `source` is next replaced: os.replace gives `source` a new inode and
+    leaves `target` holding the old one, which is exactly the snapshot wanted. Where links are not
+    supported, the file is copied through atomic_write.
+    """
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        with open(source, "rb") as src:
+            atomic_write(target, lambda file: shutil.copyfileobj(src, file, 16 * 2**20))
+
+
+def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
+    import torch
+
+    atomic_write(path, lambda file: torch.save(dict(payload), file))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    arch: str
+    class_names: tuple[str, ...]
+    preprocess: Preprocess
+    dropout: float
+    state_dict: Mapping[str, Any]
+    raw: Mapping[str, Any]  # everything else the file holds (optimizer, RNG, metrics...)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def build(self):
+        """The model with these weights, on the CPU, in eval mode."""
+        model = build_model(self.arch, num_classes=self.num_classes, dropout=self.dropout, state_dict=self.state_dict)
+        return model.eval()
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols: we report our own error
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any pickle that would build arbitrary Python objects: nothing in it ran.
+        detail = str(exc).strip().splitlines()
+        detail = next((line for line in detail if "GLOBAL" in line or "Unsupported" in line), detail[0] if detail else "")
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects that a safe (weights-only) load does not allow "
+            f"({detail.strip()}); only use checkpoints from sources you trust"
+        ) from None
+    except Exception as exc:  # garbage bytes surface as almost any exception from the unpickler
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({reason})") from None
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(data).__name__}, not a dict")
+    if "format_version" in data:
+        return _from_ours(path, data)
+    if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return _from_state_dict(path, data)
+    raise CheckpointError(f"{path} is not an alexnet-cli checkpoint or a plain AlexNet state_dict")
+
+
+def _from_ours(path: Path, data: Mapping[str, Any]) -> Checkpoint:
+    version = data["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}, newer than this alexnet-cli understands "
+            f"({FORMAT_VERSION}): upgrade alexnet-cli"
+        )
+    try:
+        arch = str(data["arch"])
+        class_names = tuple(str(c) for c in data["class_names"])
+        preprocess = Preprocess.from_dict(dict(data["preprocess"]))
+        state_dict = data["model"]
+        dropout = float(data.get("dropout", 0.5))
+    except (KeyError, TypeError, ValueError, AlexNetError) as exc:
+        raise CheckpointError(f"{path} is a damaged checkpoint: missing or bad field {exc}") from None
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path} is for an unknown architecture {arch!r}")
+    if not class_names:
+        raise CheckpointError(f"{path} has no class names")
+    return Checkpoint(path, arch, class_names, preprocess, dropout, state_dict, data)
+
+
+def _state_shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _from_state_dict(path: Path, state: Mapping[str, Any]) -> Checkpoint:
+    """Recognise a bare state_dict by comparing its keys and shapes with each architecture's, on meta tensors."""
+    import torch
+
+    state = dict(state)
+    if any(key.startswith("lostlayer.") for key in state):
+        state = {_WRITEUP_KEYS.get(k.rsplit(".", 1)[0], k.rsplit(".", 1)[0]) + "." + k.rsplit(".", 1)[1]: v
+                 for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
+    head = "classifier.6.weight"
+    if head not in state or state[head].ndim != 2:
+        raise CheckpointError(f"{path} is a state_dict, but not of an AlexNet this tool knows")
+    num_classes = state[head].shape[0]
+    shapes = _state_shapes(state)
+    for arch, info in ARCHITECTURES.items():
+        with torch.device("meta"):
+            reference = build_model(arch, num_classes=num_classes)
+        if _state_shapes(reference.state_dict()) == shapes:
+            class_names = _default_class_names(arch, num_classes)
+            preprocess = Preprocess.for_arch(info.default_image_size, info.default_image_size)
+            return Checkpoint(path, arch, class_names, preprocess, 0.5, state, {})
+    raise CheckpointError(f"{path} is a state_dict, but its layers match none of: {', '.join(ARCHITECTURES)}")
+
+
+def _default_class_names(arch: str, num_classes: int) -> tuple[str, ...]:
+    if arch == "alexnet-torchvision" and num_classes == 1000:
+        from torchvision.models import AlexNet_Weights
+
+        return tuple(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def base_payload(
+    *, arch: str, class_names: tuple[str, ...], preprocess: Preprocess, dropout: float, model_state
+) -> dict[str, Any]:
+    """The part of a checkpoint that evaluate and predict need."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "arch": arch,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "preprocess": preprocess.to_dict(),
+        "dropout": dropout,
+        "model": model_state,
+    }

@@ -1,0 +1,225 @@
+"""The `alexnet` command: one thin Typer command per verb.
+
+Each command translates its options into a config, calls one core function and renders the result. Errors
+from the core become one red line and an exit code here (docs/exit-codes.md). torch is imported only inside
+the commands that need it, so `alexnet --help` and `alexnet --version` stay quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alexnet_cli import __version__, console
+from alexnet_cli.errors import AlexNetError, ConfigError, DeviceError
+
+app = typer.Typer(
+    name="alexnet",
+    help="Train, evaluate and use AlexNet on your own image folders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ARCH_HELP = "Architecture: alexnet (the write-up's), alexnet-paper (2012, LRN + groups) or alexnet-torchvision."
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU."
+
+
+@contextmanager
+def _boundary():
+    """Turn the core's errors into one line and an exit code; never a traceback (unless ALEXNET_DEBUG=1)."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except AlexNetError as exc:
+        console.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+            console.error("out of GPU memory: try a smaller --batch-size")
+            raise typer.Exit(DeviceError.exit_code) from None
+        if os.environ.get("ALEXNET_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        console.error(f"unexpected {type(exc).__name__}: {first} (set ALEXNET_DEBUG=1 for the traceback)")
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"alexnet-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Train, evaluate and use AlexNet on your own image folders."""
+
+
+@app.command()
+def summary(
+    arch: Annotated[str, typer.Option(help=ARCH_HELP)] = "alexnet",
+    num_classes: Annotated[int, typer.Option(help="Number of output classes.")] = 2,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels [default: the arch's own]")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Take arch, size and classes from this checkpoint.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Show the network layer by layer: output shapes, parameters, multiply-adds and the size arithmetic."""
+    from alexnet_cli.config import SummaryConfig
+    from alexnet_cli.summary import summarize
+
+    with _boundary():
+        cfg = SummaryConfig(arch=arch, num_classes=num_classes, image_size=image_size, weights=weights)
+        class_names = None
+        if cfg.weights is not None:
+            from alexnet_cli.checkpoint import load_checkpoint
+
+            checkpoint = load_checkpoint(cfg.weights)
+            checkpoint.build()  # proves the weights fit the architecture they claim
+            arch, num_classes, class_names = checkpoint.arch, checkpoint.num_classes, list(checkpoint.class_names)
+            size = image_size or checkpoint.preprocess.image_size
+        else:
+            from alexnet_cli.models import arch_info
+
+            size = cfg.image_size or arch_info(cfg.arch).default_image_size
+        data = summarize(arch, num_classes, size)
+        if as_json:
+            console.print_json({**data, "class_names": class_names})
+        else:
+            console.summary(data, class_names)
+
+
+@app.command()
+def train(
+    data: Annotated[Optional[Path], typer.Argument(help="ImageFolder tree: DATA/<class>/<image>.")] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Validation folder [default: a sibling val/ or test/].")] = None,
+    val_split: Annotated[
+        Optional[float], typer.Option(help="Hold out this fraction of DATA per class [default: 0.1 if no val folder].")
+    ] = None,
+    arch: Annotated[str, typer.Option(help=ARCH_HELP)] = "alexnet",
+    image_size: Annotated[Optional[int], typer.Option(help="Input size [default: 227, or 224 for torchvision].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = 32,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train to [default: 10].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate [default: 1e-4 for adam, 0.01 for sgd].")] = None,
+    optimizer: Annotated[str, typer.Option(help="adam, or sgd (momentum 0.9, weight decay 5e-4).")] = "adam",
+    weight_decay: Annotated[Optional[float], typer.Option(help="[default: 0 for adam, 5e-4 for sgd]")] = None,
+    scheduler: Annotated[str, typer.Option(help="Learning-rate schedule: none, step or cosine.")] = "none",
+    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.0,
+    dropout: Annotated[float, typer.Option(help="Dropout before/after the FC layers.")] = 0.5,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val accuracy.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes [default: cores - 1, at most 4].")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA (as in the original script).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same data, same run.")] = 1,
+    log_interval: Annotated[int, typer.Option(help="Log the loss every N iterations.")] = 1,
+    output: Annotated[Optional[Path], typer.Option(help="Run folder [default: a new runs/train-N].")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt; a larger --epochs extends it.")] = None,
+) -> None:
+    """Train on an ImageFolder tree, validating every epoch; writes a run folder with best.pt and last.pt."""
+    from alexnet_cli.config import TrainConfig
+    from alexnet_cli.engine import train as run_training
+
+    observer = console.RichObserver()
+    with _boundary():
+        if data is None and resume is None:
+            raise ConfigError("give the training folder: alexnet train DATA (or --resume runs/NAME/last.pt)")
+        cfg = TrainConfig(
+            data=data, val=val, val_split=val_split, arch=arch, image_size=image_size, batch_size=batch_size,
+            epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler,
+            label_smoothing=label_smoothing, dropout=dropout, patience=patience, workers=workers, device=device,
+            no_cuda=no_cuda, seed=seed, log_interval=log_interval, output=output, resume=resume,
+        )
+        try:
+            result = run_training(cfg, observer)
+        finally:
+            observer.close()
+        best = result.run_dir / "best.pt"
+        console.info(f"done: {result.epochs_done} epochs, best accuracy {result.best_acc:.2%} at epoch "
+                     f"{result.best_epoch}; weights in {best}")
+        console.info(f"next: alexnet evaluate DATA --weights {best}   |   alexnet predict IMAGE --weights {best}")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="ImageFolder tree with the same class folders as the model.")],
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint [default: the newest runs/*/best.pt].")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    top_k: Annotated[int, typer.Option(help="Also report top-k accuracy when there are more than k classes.")] = 5,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
+    from alexnet_cli.config import EvaluateConfig
+    from alexnet_cli.engine import evaluate as run_evaluation
+
+    with _boundary():
+        cfg = EvaluateConfig(data=data, weights=weights, batch_size=batch_size, workers=workers, device=device,
+                             no_cuda=no_cuda, top_k=top_k)
+        report = run_evaluation(cfg, console.RichObserver()).to_dict()
+        if as_json:
+            console.print_json(report)
+        else:
+            console.evaluation(report, str(data))
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or globs.")],
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint [default: the newest runs/*/best.pt].")] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Use torchvision's ImageNet weights (1000 classes); no training.")
+    ] = False,
+    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+    output: Annotated[Optional[Path], typer.Option(help="Write the JSON or CSV here instead of stdout.")] = None,
+) -> None:
+    """Classify images with a trained checkpoint or ImageNet weights; prints a table, JSON or CSV."""
+    from alexnet_cli.config import PredictConfig
+    from alexnet_cli.engine import predict as run_prediction
+
+    with _boundary():
+        if as_json and as_csv:
+            raise ConfigError("give --json or --csv, not both")
+        if output is not None and not (as_json or as_csv):
+            as_csv = output.suffix.lower() == ".csv"
+            as_json = not as_csv
+        cfg = PredictConfig(inputs=tuple(inputs), weights=weights, pretrained=pretrained, top_k=top_k,
+                            batch_size=batch_size, workers=workers, device=device, no_cuda=no_cuda)
+        results = run_prediction(cfg, console.RichObserver())
+        if as_json or as_csv:
+            text = json.dumps(results, indent=2) + "\n" if as_json else console.predictions_csv(results)
+            if output is None:
+                sys.stdout.write(text)
+            else:
+                from alexnet_cli.checkpoint import atomic_write_text
+
+                atomic_write_text(output, text)
+                console.info(f"wrote {len(results)} predictions to {output}")
+        else:
+            console.predictions(results, "pretrained" if pretrained else "checkpoint")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,235 @@
+"""The only place that draws. Human output goes to stderr through Rich; machine output (--json) to stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+# stderr=True is resolved at write time, so a test runner that swaps sys.stderr still captures it.
+console = Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> None:
+    # soft_wrap: the message stays one line however narrow the terminal.
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def info(message: str) -> None:
+    console.print(escape(message), soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _si(n: int) -> str:
+    if not n:
+        return ""
+    return f"{n / 1e6:,.1f}M" if n >= 100_000 else f"{n / 1e3:,.1f}K"
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+_SHORT_TYPES = {"Conv2d": "conv", "MaxPool2d": "maxpool", "LocalResponseNorm": "LRN", "Linear": "fc",
+                "Flatten": "flatten", "AdaptiveAvgPool2d": "avgpool"}
+
+
+def _short_type(kind: str) -> str:
+    """`Conv2d(groups=2)` -> `conv/g2`: the JSON keeps the long names, an 80-column table needs the room."""
+    base, _, groups = kind.partition("(groups=")
+    return _SHORT_TYPES.get(base, base) + (f"/g{groups.rstrip(')')}" if groups else "")
+
+
+def summary(data: dict[str, Any], class_names: Sequence[str] | None = None) -> None:
+    title = f"{data['arch']}: {data['num_classes']} classes, input 3x{data['image_size']}x{data['image_size']}"
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for column in ("layer", "type", "output", "params", "MACs", "size arithmetic"):
+        right = column in ("output", "params", "MACs")
+        table.add_column(column, justify="right" if right else "left", no_wrap=column != "size arithmetic")
+    folded: dict[str, list[str]] = {}
+    for layer in data["layers"]:
+        kind, *after = layer["type"].split("+")
+        for name in after:
+            folded.setdefault(name, []).append(layer["name"])
+        table.add_row(
+            layer["name"], _short_type(kind), _shape(layer["output_shape"]), _count(layer["params"]),
+            _si(layer["macs"]), layer["arithmetic"],
+        )
+    console.print(table)
+    for name, layers in folded.items():
+        console.print(f"{name} after {', '.join(layers)}", soft_wrap=True)
+    mib = data["param_bytes"] / 2**20
+    console.print(
+        f"parameters: {_count(data['total_params'])} ({_count(data['trainable_params'])} trainable, "
+        f"{_count(data['frozen_params'])} frozen), {mib:,.1f} MiB as float32",
+        soft_wrap=True,
+    )
+    console.print(
+        f"compute: {data['macs'] / 1e9:.3f} G multiply-adds = {data['flops'] / 1e9:.3f} GFLOPs per image (forward)",
+        soft_wrap=True,
+    )
+    console.print(
+        f"activations (\"neurons\": outputs of the conv and FC layers): {_count(data['activations'])}", soft_wrap=True
+    )
+    if class_names:
+        console.print(f"classes: {', '.join(class_names)}", soft_wrap=True)
+
+
+def data_table(classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int] | None,
+               val_source: str) -> None:
+    table = Table(title="images per class", title_justify="left")
+    table.add_column("class")
+    table.add_column("train", justify="right")
+    if val_counts is not None:
+        table.add_column("val", justify="right")
+    for i, name in enumerate(classes):
+        row = [escape(name), _count(train_counts[i])]
+        if val_counts is not None:
+            row.append(_count(val_counts[i]))
+        table.add_row(*row)
+    total = ["total", _count(sum(train_counts))]
+    if val_counts is not None:
+        total.append(_count(sum(val_counts)))
+    table.add_row(*total, style="bold")
+    console.print(table)
+    console.print(f"validation: {escape(val_source)}", soft_wrap=True)
+
+
+def evaluation(report: dict[str, Any], source: str) -> None:
+    k_key = next((key for key in report if key.startswith("top") and key.endswith("_accuracy")), None)
+    line = f"{source}: {report['images']:,} images, loss {report['loss']:.4f}, accuracy {report['accuracy']:.2%}"
+    if k_key and report[k_key] is not None:
+        line += f", {k_key.removesuffix('_accuracy')} {report[k_key]:.2%}"
+    console.print(escape(line), soft_wrap=True)
+
+    per_class = Table(title="per class", title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["per_class"]:
+        per_class.add_row(escape(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                          _count(row["support"]))
+    console.print(per_class)
+    confusion(report["class_names"], report["confusion_matrix"])
+
+
+def confusion(class_names: Sequence[str], matrix: Sequence[Sequence[int]]) -> None:
+    table = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    table.add_column("true \\ predicted")
+    for name in class_names:
+        table.add_column(escape(name), justify="right")
+    for i, name in enumerate(class_names):
+        cells = [
+            f"[bold green]{v}[/]" if i == j and v else (f"[red]{v}[/]" if v else "[dim]0[/]")
+            for j, v in enumerate(matrix[i])
+        ]
+        table.add_row(escape(name), *cells)
+    console.print(table)
+
+
+def predictions(results: Sequence[dict[str, Any]], source: str) -> None:
+    table = Table(title=f"predictions ({escape(source)})", title_justify="left")
+    table.add_column("path", overflow="fold")
+    table.add_column("label")
+    table.add_column("confidence", justify="right")
+    table.add_column("top-k")
+    for result in results:
+        ranked = ", ".join(f"{escape(r['label'])} {r['probability']:.1%}" for r in result["top_k"])
+        table.add_row(escape(result["path"]), escape(result["label"]), f"{result['confidence']:.1%}", ranked)
+    console.print(table)
+
+
+def predictions_csv(results: Sequence[dict[str, Any]]) -> str:
+    """path,label,confidence, then label_i/probability_i pairs for the top k."""
+    import csv
+    import io
+
+    k = max(len(r["top_k"]) for r in results)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["path", "label", "confidence"]
+    for i in range(1, k + 1):
+        header += [f"label_{i}", f"probability_{i}"]
+    writer.writerow(header)
+    for r in results:
+        row = [r["path"], r["label"], f"{r['confidence']:.6f}"]
+        for item in r["top_k"]:
+            row += [item["label"], f"{item['probability']:.6f}"]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+class RichObserver:
+    """Draws a training run: a progress bar per epoch on a terminal, the original's plain lines elsewhere."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._task = None
+
+    info = staticmethod(info)
+    warn = staticmethod(warn)
+
+    def data_summary(self, classes, train_counts, val_counts, val_source) -> None:
+        data_table(classes, train_counts, val_counts, val_source)
+
+    def epoch_start(self, epoch: int, epochs: int, iterations: int, images: int) -> None:
+        if not console.is_terminal:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self._progress = Progress(
+            TextColumn(f"Epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} img/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("train", total=iterations, loss="-", rate="-")
+        self._progress.start()
+
+    def step(self, epoch, epochs, iteration, iterations, loss, images_per_second) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=iteration, loss=f"{loss:.4f}", rate=f"{images_per_second:.1f}")
+        else:
+            # The original script's format, with the true iteration count.
+            console.print(f"Epoch [{epoch}/{epochs}], Iter [{iteration}/{iterations}] Loss: {loss:.4f}",
+                          soft_wrap=True, markup=False)
+
+    def epoch_end(self, row: dict[str, Any], epochs: int, improved: bool) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        line = f"Epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
+        if row["val_acc"] is not None:
+            line += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
+        line += f" | lr {row['lr']:.3g} | {row['epoch_seconds']:.1f}s"
+        if improved:
+            line += " | best so far"
+        console.print(escape(line), soft_wrap=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,373 @@
+"""Data: safe image opening, class discovery, validation splits, transforms and loaders.
+
+Everything here works on plain paths and (path, label) lists, so that train, evaluate and predict share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alexnet_cli.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+# Matched case-insensitively, so IMG_0001.JPG counts.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+# ImageNet statistics, as torchvision's weights use them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Sample = tuple[str, int]  # (path, class index)
+
+
+class UnreadableImage(DataError):
+    """A file that cannot be used as an image; the message names the file and why."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open one image as RGB with its EXIF orientation applied, or raise UnreadableImage naming it."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                # Composite transparency onto a fixed white background rather than dropping the alpha,
+                # which would turn transparent pixels into whatever colour they happen to store.
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            if image.mode == "I;16" or image.mode == "I":
+                # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
+                return image.point(lambda v: v / 256).convert("L").convert("RGB")
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc) or exc.__class__.__name__
+        raise UnreadableImage(f"{path}: {reason}") from None
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The one definition of preprocessing, stored in every checkpoint and rebuilt by evaluate and predict.
+
+    Training: resize the short side to `resize_size` (about 256/227 of the input, as in the paper), random
+    crop to `image_size`, random horizontal flip. Evaluation: the same resize, then a centre crop.
+    """
+
+    image_size: int
+    resize_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def for_arch(cls, image_size: int, native_size: int) -> Preprocess:
+        # 256 is to 227 (or torchvision's 224) as resize_size is to image_size.
+        return cls(image_size=image_size, resize_size=round(image_size * 256 / native_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        try:
+            return cls(
+                image_size=int(data["image_size"]),
+                resize_size=int(data["resize_size"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                interpolation=str(data.get("interpolation", "bilinear")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"the stored preprocessing is malformed: {exc}") from None
+
+    def _tail(self) -> list:
+        import torch
+        from torchvision.transforms import v2
+
+        return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+
+    def _resize(self):
+        from torchvision.transforms import v2
+
+        mode = v2.InterpolationMode(self.interpolation)
+        return v2.Resize(self.resize_size, interpolation=mode, antialias=True)
+
+    def train_transforms(self) -> Callable:
+        from torchvision.transforms import v2
+
+        return v2.Compose(
+            [self._resize(), v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip(), *self._tail()]
+        )
+
+    def eval_transforms(self) -> Callable:
+        from torchvision.transforms import v2
+
+        return v2.Compose([self._resize(), v2.CenterCrop(self.image_size), *self._tail()])
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A labelled list of images with the class names their labels index."""
+
+    root: Path
+    classes: tuple[str, ...]
+    samples: tuple[Sample, ...]
+    skipped: tuple[str, ...] = field(default=())  # one "path: reason" per unusable file
+
+    def counts(self) -> list[int]:
+        counts = [0] * len(self.classes)
+        for _, label in self.samples:
+            counts[label] += 1
+        return counts
+
+
+def scan_image(path: str) -> str | None:
+    """Cheap check of one file before training: None if it opens as an image, else the reason."""
+    from PIL import Image
+
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            image.verify()  # reads the whole file's structure without decoding the pixels
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return str(exc) or exc.__class__.__name__
+    return None
+
+
+def find_classes(root: Path) -> list[str]:
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root} (give a folder with one subfolder per class)")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class subfolders: lay images out as {root}/<class>/<image>.jpg")
+    return classes
+
+
+def load_image_folder(root: str | Path, classes: Sequence[str] | None = None) -> ImageSet:
+    """Read an ImageFolder tree (root/<class>/**/<image>). With `classes`, labels follow that order and every
+    folder must be one of them (evaluation against a checkpoint's classes)."""
+    root = Path(root)
+    found = find_classes(root)
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DataError(
+                f"{root} has classes the model does not know: {', '.join(unknown)} "
+                f"(it knows {', '.join(classes)})"
+            )
+    index = {name: i for i, name in enumerate(classes)}
+    samples: list[Sample] = []
+    skipped: list[str] = []
+    for name in found:
+        for directory, subdirs, files in os.walk(root / name, followlinks=True):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            for filename in sorted(files):
+                path = os.path.join(directory, filename)
+                if not is_image_file(path):
+                    continue
+                reason = scan_image(path)
+                if reason is None:
+                    samples.append((path, index[name]))
+                else:
+                    skipped.append(f"{path}: {reason}")
+    if not samples:
+        raise DataError(f"no readable images under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return ImageSet(root, tuple(classes), tuple(samples), tuple(skipped))
+
+
+def find_sibling_validation(train_root: Path) -> Path | None:
+    """`data/train` pairs with `data/val` (or `data/test`); other folder names pair with nothing."""
+    if train_root.name.lower() not in ("train", "training"):
+        return None
+    for name in ("val", "valid", "validation", "test"):
+        candidate = train_root.parent / name
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def stratified_split(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Hold out `fraction` of each class (at least one image of any class that has two or more)."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = {}
+    for sample in images.samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    train, val = [], []
+    for label in sorted(by_class):
+        members = by_class[label][:]
+        rng.shuffle(members)
+        n_val = min(len(members) - 1, max(1, round(fraction * len(members))))
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return (
+        ImageSet(images.root, images.classes, tuple(sorted(train)), images.skipped),
+        ImageSet(images.root, images.classes, tuple(sorted(val))),
+    )
+
+
+def split_from_file(images: ImageSet, split_file: Path) -> tuple[ImageSet, ImageSet]:
+    """Re-create a saved split: the images listed as validation there are validation again."""
+    try:
+        held_out = set(json.loads(split_file.read_text())["val"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read the saved split {split_file}: {exc}") from None
+    rel = lambda path: os.path.relpath(path, images.root)  # noqa: E731
+    train = tuple(s for s in images.samples if rel(s[0]) not in held_out)
+    val = tuple(s for s in images.samples if rel(s[0]) in held_out)
+    return (
+        ImageSet(images.root, images.classes, train, images.skipped),
+        ImageSet(images.root, images.classes, val),
+    )
+
+
+def split_record(val: ImageSet, fraction: float, seed: int) -> dict[str, Any]:
+    return {
+        "fraction": fraction,
+        "seed": seed,
+        "val": [os.path.relpath(path, val.root) for path, _ in val.samples],
+    }
+
+
+def _dataset_class():
+    from torch.utils.data import Dataset
+
+    class LabelledImages(Dataset):
+        def __init__(self, samples: Sequence[Sample], transform: Callable) -> None:
+            self.samples = list(samples)
+            self.transform = transform
+
+        def __len__(self) -> int:
+            return len(self.samples)
+
+        def __getitem__(self, index: int):
+            path, label = self.samples[index]
+            return self.transform(open_image(path)), label
+
+    return LabelledImages
+
+
+def make_loader(
+    samples: Sequence[Sample],
+    transform: Callable,
+    *,
+    batch_size: int,
+    workers: int,
+    shuffle: bool,
+    pin_memory: bool,
+    generator: torch.Generator | None = None,
+):
+    from torch.utils.data import DataLoader
+
+    dataset = _dataset_class()(samples, transform)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=pin_memory,  # page-locked host memory makes non_blocking copies to CUDA asynchronous
+        generator=generator,  # seeds the shuffle and the workers' augmentation RNG: an epoch is reproducible
+    )
+
+
+def default_workers() -> int:
+    """Leave one core for the training process itself; a few workers are enough for 227px AlexNet."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Files, folders (searched recursively, class subfolders or not) and globs -> (image paths, problems).
+
+    A file named explicitly is kept whatever its extension; files found in folders or by globs must look
+    like images. Order is stable: inputs in the order given, each folder's files sorted.
+    """
+    import glob
+
+    found: list[str] = []
+    problems: list[str] = []
+    for item in inputs:
+        if os.path.isfile(item):
+            found.append(item)
+            continue
+        if os.path.isdir(item):
+            matches = [item]
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                problems.append(f"{item}: no such file, folder or match")
+                continue
+        before = len(found)
+        for match in matches:
+            if os.path.isdir(match):
+                for directory, subdirs, files in os.walk(match, followlinks=True):
+                    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+                    found.extend(os.path.join(directory, f) for f in sorted(files) if is_image_file(f))
+            elif is_image_file(match):
+                found.append(match)
+        if len(found) == before:
+            problems.append(f"{item}: no images found")
+    seen: set[str] = set()
+    unique = [p for p in found if not (p in seen or seen.add(p))]
+    return unique, problems
+
+
+def _unlabelled_class():
+    from torch.utils.data import Dataset
+
+    class UnlabelledImages(Dataset):
+        """Images for prediction: an unreadable one yields None instead of stopping the whole run."""
+
+        def __init__(self, paths: Sequence[str], transform: Callable) -> None:
+            self.paths = list(paths)
+            self.transform = transform
+
+        def __len__(self) -> int:
+            return len(self.paths)
+
+        def __getitem__(self, index: int):
+            try:
+                return self.transform(open_image(self.paths[index])), index, None
+            except UnreadableImage as exc:
+                return None, index, str(exc)
+
+    return UnlabelledImages
+
+
+def collate_readable(batch):
+    """Stack the images that opened; pass on the indices and errors of those that did not."""
+    import torch
+
+    good = [(image, index) for image, index, _ in batch if image is not None]
+    failed = [(index, error) for image, index, error in batch if image is None]
+    images = torch.stack([image for image, _ in good]) if good else None
+    return images, [index for _, index in good], failed
+
+
+def make_predict_loader(paths: Sequence[str], transform: Callable, *, batch_size: int, workers: int, pin_memory: bool):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        _unlabelled_class()(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+        pin_memory=pin_memory, collate_fn=collate_readable,
+    )

@@ -1,0 +1,551 @@
+"""Training and evaluation: the loops, their metrics, and the bookkeeping of a run.
+
+Data flows one way: config -> data -> model -> these loops -> run folder and an observer (console.py draws).
+Nothing here imports Typer or draws; an `Observer` is told what happens.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from alexnet_cli import data as datamod
+from alexnet_cli.checkpoint import Checkpoint, base_payload, load_checkpoint, publish_copy, save_checkpoint
+from alexnet_cli.config import DEFAULT_EPOCHS, SGD_MOMENTUM, EvaluateConfig, PredictConfig, TrainConfig
+from alexnet_cli.device import resolve_device
+from alexnet_cli.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from alexnet_cli.models import arch_info, build_model
+from alexnet_cli.runs import new_run_dir, newest_checkpoint, write_json, write_metrics
+
+if TYPE_CHECKING:
+    import torch
+
+
+class Observer(Protocol):
+    """What the engine reports. console.RichObserver draws it; tests may record it."""
+
+    def info(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def data_summary(self, classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int] | None,
+                     val_source: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, iterations: int, images: int) -> None: ...
+    def step(self, epoch: int, epochs: int, iteration: int, iterations: int, loss: float | None,
+             images_per_second: float) -> None: ...
+    def epoch_end(self, row: dict[str, Any], epochs: int, improved: bool) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class EvalResult:
+    class_names: tuple[str, ...]
+    images: int
+    loss: float
+    confusion: list[list[int]]  # confusion[true][predicted]
+    k: int
+    topk_correct: int | None  # None where there are not more than k classes
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.confusion[i][i] for i in range(len(self.confusion))) / max(1, self.images)
+
+    def per_class(self) -> list[dict[str, Any]]:
+        rows = []
+        n = len(self.class_names)
+        for i, name in enumerate(self.class_names):
+            tp = self.confusion[i][i]
+            support = sum(self.confusion[i])
+            predicted = sum(self.confusion[j][i] for j in range(n))
+            precision = tp / predicted if predicted else 0.0
+            recall = tp / support if support else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        per_class = self.per_class()
+        present = [row for row in per_class if row["support"]]
+        result = {
+            "images": self.images,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            f"top{self.k}_accuracy": (self.topk_correct / max(1, self.images)) if self.topk_correct is not None else None,
+            "macro_f1": sum(row["f1"] for row in present) / max(1, len(present)),
+            "class_names": list(self.class_names),
+            "per_class": per_class,
+            "confusion_matrix": self.confusion,
+        }
+        return result
+
+
+def amp_settings(device: torch.device) -> tuple[bool, Any]:
+    """Mixed precision on CUDA: bf16 where the GPU has it (no loss scaling needed), otherwise fp16."""
+    import torch
+
+    if device.type == "cuda":
+        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return False, torch.float32
+
+
+def evaluate_model(model, loader, device, num_classes: int, k: int = 5, criterion=None) -> EvalResult:
+    import torch
+
+    criterion = criterion or torch.nn.CrossEntropyLoss()
+    amp, amp_dtype = amp_settings(device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    topk_correct = torch.zeros((), dtype=torch.long, device=device)
+    use_topk = num_classes > k
+    images = 0
+    model.eval()
+    with torch.inference_mode():
+        for batch, labels in loader:
+            batch = batch.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                logits = model(batch)
+            logits = logits.float()
+            # Sum, not mean, so that a short last batch weighs what it holds.
+            loss_sum += criterion(logits, labels).double() * labels.numel()
+            predicted = logits.argmax(1)
+            confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+            if use_topk:
+                topk_correct += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
+            images += labels.numel()
+    return EvalResult(
+        class_names=(),
+        images=images,
+        loss=loss_sum.item() / max(1, images),
+        confusion=confusion.view(num_classes, num_classes).tolist(),
+        k=k,
+        topk_correct=int(topk_correct.item()) if use_topk else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class RunState:
+    """What changes as a run goes on; all of it is saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int
+    best_acc: float
+    stopped_early: bool
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _rng_state(device) -> dict[str, Any]:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate())}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict[str, Any], device) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuples(state["python"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _epoch_generator(seed: int, epoch: int):
+    """One generator per epoch: the shuffle and the workers' seeds depend on (seed, epoch) alone, so that
+    epoch 2 is the same whether it follows epoch 1 in one process or after a resume."""
+    import torch
+
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _make_optimizer(cfg: TrainConfig, model):
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.effective_lr, momentum=SGD_MOMENTUM, weight_decay=cfg.effective_weight_decay)
+    return torch.optim.Adam(params, lr=cfg.effective_lr, weight_decay=cfg.effective_weight_decay)
+
+
+def _make_scheduler(cfg: TrainConfig, optimizer, epochs: int):
+    import torch
+
+    if cfg.scheduler == "step":
+        # The paper divided the learning rate by 10 three times over training.
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return None
+
+
+def _split_data(cfg: TrainConfig, observer: Observer, saved_split: Path | None):
+    """Training and validation ImageSets, and a one-line description of where validation came from."""
+    train = datamod.load_image_folder(cfg.data)
+    if len(train.classes) < 2:
+        raise DataError(f"{cfg.data} has only one class ({train.classes[0]}): a classifier needs at least two")
+    val_dir = cfg.val
+    if val_dir is None and cfg.val_split is None:
+        val_dir = datamod.find_sibling_validation(Path(cfg.data))
+    if val_dir is not None:
+        found = datamod.find_classes(Path(val_dir))
+        if set(found) != set(train.classes):
+            raise DataError(
+                f"validation classes differ from training classes: {val_dir} has {', '.join(found)}, "
+                f"{cfg.data} has {', '.join(train.classes)}"
+            )
+        val = datamod.load_image_folder(val_dir, classes=train.classes)
+        return train, val, f"folder {val_dir}", None
+    if saved_split is not None and saved_split.is_file():
+        train_part, val = datamod.split_from_file(train, saved_split)
+        return train_part, val, f"the saved split {saved_split}", None
+    fraction = 0.1 if cfg.val_split is None else cfg.val_split
+    if fraction == 0:
+        observer.warn("no validation set (--val-split 0): best.pt follows the training accuracy")
+        return train, None, "none", None
+    train_part, val = datamod.stratified_split(train, fraction, cfg.seed)
+    return train_part, val, f"a {fraction:.0%} stratified split of {cfg.data} (seed {cfg.seed})", (fraction, val)
+
+
+def _resume_config(cfg: TrainConfig, checkpoint: Checkpoint) -> TrainConfig:
+    """A resumed run keeps its saved settings; only the data path, --epochs and where it runs may change."""
+    saved = dict(checkpoint.raw.get("config") or {})
+    if not saved or "optimizer" not in checkpoint.raw:
+        raise CheckpointError(f"{checkpoint.path} holds weights but no training state, so it cannot be resumed")
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    saved = {k: v for k, v in saved.items() if k in fields}
+    for key in ("data", "val", "output"):
+        if saved.get(key) is not None:
+            saved[key] = Path(saved[key])
+    overrides = dict(
+        device=cfg.device, no_cuda=cfg.no_cuda, workers=cfg.workers, log_interval=cfg.log_interval,
+        resume=cfg.resume, epochs=cfg.epochs or saved.get("epochs"),
+        output=cfg.output or checkpoint.path.parent,
+    )
+    if cfg.data is not None:
+        overrides["data"] = cfg.data
+    try:
+        return replace(TrainConfig(**saved), **overrides)
+    except TypeError as exc:
+        raise CheckpointError(f"{checkpoint.path} has a damaged config: {exc}") from None
+
+
+def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
+    import torch
+
+    checkpoint = load_checkpoint(cfg.resume) if cfg.resume else None
+    if checkpoint is not None:
+        cfg = _resume_config(cfg, checkpoint)
+    if cfg.data is None:
+        raise ConfigError("give the training folder: alexnet train DATA")
+    epochs = cfg.epochs or DEFAULT_EPOCHS
+
+    choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda)
+    device = choice.device
+    observer.info(f"device: {choice.reason}")
+    _seed_everything(cfg.seed)
+
+    run_dir = Path(cfg.output) if cfg.output else new_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved_split = run_dir / "split.json" if checkpoint is not None else None
+    train_set, val_set, val_source, split = _split_data(cfg, observer, saved_split)
+    for skipped in train_set.skipped + (val_set.skipped if val_set else ()):
+        observer.warn(f"skipped {skipped}")
+    observer.data_summary(train_set.classes, train_set.counts(), val_set.counts() if val_set else None, val_source)
+    if checkpoint is not None and tuple(train_set.classes) != checkpoint.class_names:
+        raise DataError(
+            f"the data's classes ({', '.join(train_set.classes)}) differ from the checkpoint's "
+            f"({', '.join(checkpoint.class_names)})"
+        )
+
+    info = arch_info(cfg.arch)
+    preprocess = datamod.Preprocess.for_arch(cfg.effective_image_size, info.default_image_size)
+    num_classes = len(train_set.classes)
+    model = build_model(cfg.arch, num_classes=num_classes, dropout=cfg.dropout)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.state_dict)
+    model.to(device)
+    optimizer = _make_optimizer(cfg, model)
+    scheduler = _make_scheduler(cfg, optimizer, epochs)
+    amp, amp_dtype = amp_settings(device)
+    # Loss scaling only for fp16: bf16 has fp32's range, so its gradients do not underflow.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    state = RunState()
+
+    if checkpoint is not None:
+        raw = checkpoint.raw
+        optimizer.load_state_dict(raw["optimizer"])
+        if scheduler is not None and raw.get("scheduler"):
+            scheduler.load_state_dict(raw["scheduler"])
+            if cfg.scheduler == "cosine":
+                scheduler.T_max = epochs  # a run extended with a larger --epochs anneals over the new length
+        if raw.get("scaler"):
+            scaler.load_state_dict(raw["scaler"])
+        state = RunState(**raw["run_state"])
+        _restore_rng(raw["rng"], device)
+        if state.epoch >= epochs:
+            raise ConfigError(
+                f"{cfg.resume} already finished {state.epoch} epochs: pass --epochs greater than {state.epoch} to extend it"
+            )
+        observer.info(f"resuming {cfg.resume} at epoch {state.epoch + 1} of {epochs}")
+
+    config_record = {**cfg.to_dict(), "epochs": epochs, "output": str(run_dir), "resume": None}
+    write_json(run_dir / "config.json",
+               {**config_record, "validation": val_source, "class_names": list(train_set.classes)})
+    if split is not None:
+        write_json(run_dir / "split.json", datamod.split_record(split[1], split[0], cfg.seed))
+    observer.info(f"run folder: {run_dir}")
+
+    pin = device.type == "cuda"
+    workers = datamod.default_workers() if cfg.workers is None else cfg.workers
+    val_loader = None
+    if val_set is not None:
+        val_loader = datamod.make_loader(
+            val_set.samples, preprocess.eval_transforms(), batch_size=cfg.batch_size, workers=workers,
+            shuffle=False, pin_memory=pin, generator=torch.Generator().manual_seed(cfg.seed),
+        )
+
+    stopped_early = False
+    while state.epoch < epochs:
+        epoch = state.epoch + 1
+        train_loader = datamod.make_loader(
+            train_set.samples, preprocess.train_transforms(), batch_size=cfg.batch_size, workers=workers,
+            shuffle=True, pin_memory=pin, generator=_epoch_generator(cfg.seed, epoch),
+        )
+        started = time.perf_counter()
+        train_loss, train_acc, images = _train_one_epoch(
+            model, train_loader, optimizer, scaler, criterion, device, (amp, amp_dtype),
+            epoch, epochs, cfg.log_interval, observer,
+        )
+        seconds = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]
+        row: dict[str, Any] = {
+            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": None, "val_acc": None,
+            "val_images": None, "lr": lr, "epoch_seconds": round(seconds, 3),
+            "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
+        }
+        if val_loader is not None:
+            result = evaluate_model(model, val_loader, device, num_classes, criterion=criterion)
+            row.update(val_loss=result.loss, val_acc=result.accuracy, val_images=result.images)
+        if scheduler is not None:
+            scheduler.step()
+
+        score = (row["val_acc"], row["val_loss"]) if val_loader is not None else (train_acc, train_loss)
+        improved = score[0] > state.best_acc or (score[0] == state.best_acc and score[1] < state.best_loss)
+        state.epoch = epoch
+        state.history.append(row)
+        if improved:
+            state.best_acc, state.best_loss, state.best_epoch, state.epochs_since_best = score[0], score[1], epoch, 0
+        else:
+            state.epochs_since_best += 1
+
+        payload = base_payload(
+            arch=cfg.arch, class_names=train_set.classes, preprocess=preprocess, dropout=cfg.dropout,
+            model_state=model.state_dict(),
+        )
+        payload.update(
+            epoch=epoch,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            scaler=scaler.state_dict() if scaler.is_enabled() else None,
+            rng=_rng_state(device),
+            run_state=vars(state).copy(),
+            metrics=row,
+            config=config_record,
+        )
+        save_checkpoint(run_dir / "last.pt", payload)
+        if improved:
+            publish_copy(run_dir / "last.pt", run_dir / "best.pt")
+        write_metrics(run_dir / "metrics.csv", state.history)
+        observer.epoch_end(row, epochs, improved)
+
+        if cfg.patience is not None and state.epochs_since_best >= cfg.patience:
+            observer.info(
+                f"early stop: no better validation accuracy for {cfg.patience} epochs (best at epoch {state.best_epoch})"
+            )
+            stopped_early = True
+            break
+
+    return TrainResult(run_dir, state.epoch, state.best_epoch, state.best_acc, stopped_early)
+
+
+def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_cfg, epoch, epochs, log_interval,
+                     observer: Observer) -> tuple[float, float, int]:
+    import torch
+
+    amp, amp_dtype = amp_cfg
+    model.train()
+    iterations = len(loader)
+    observer.epoch_start(epoch, epochs, iterations, len(loader.dataset))
+    # Running sums stay on the device; .item() (a host sync) happens only at log intervals.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    images = 0
+    started = time.perf_counter()
+    for iteration, (batch, labels) in enumerate(loader, 1):
+        batch = batch.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            logits = model(batch)
+            loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach().double() * labels.numel()
+        correct += (logits.detach().argmax(1) == labels).sum()
+        images += labels.numel()
+        if iteration % log_interval == 0 or iteration == iterations:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"the loss became {value} at epoch {epoch}, iteration {iteration}: lower --lr; "
+                    "the last good checkpoint is kept"
+                )
+            rate = images / max(1e-9, time.perf_counter() - started)
+            observer.step(epoch, epochs, iteration, iterations, value, rate)
+    mean_loss = loss_sum.item() / max(1, images)
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"the loss became non-finite in epoch {epoch}: lower --lr; the last good checkpoint is kept")
+    return mean_loss, correct.item() / max(1, images), images
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def resolve_weights(weights: Path | None, observer: Observer, alternative: str = "") -> Path:
+    if weights is not None:
+        return weights
+    path = newest_checkpoint(alternative=alternative)
+    observer.info(f"using the newest run's checkpoint: {path}")
+    return path
+
+
+def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
+    import torch
+
+    checkpoint = load_checkpoint(resolve_weights(cfg.weights, observer))
+    choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda)
+    observer.info(f"device: {choice.reason}")
+    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names)
+    for skipped in images.skipped:
+        observer.warn(f"skipped {skipped}")
+    model = checkpoint.build().to(choice.device)
+    loader = datamod.make_loader(
+        images.samples, checkpoint.preprocess.eval_transforms(), batch_size=cfg.batch_size,
+        workers=datamod.default_workers() if cfg.workers is None else cfg.workers, shuffle=False,
+        pin_memory=choice.device.type == "cuda", generator=torch.Generator().manual_seed(0),
+    )
+    result = evaluate_model(model, loader, choice.device, checkpoint.num_classes, k=cfg.top_k)
+    result.class_names = checkpoint.class_names
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- prediction
+
+
+@dataclass(frozen=True)
+class Predictor:
+    model: Any
+    class_names: tuple[str, ...]
+    preprocess: datamod.Preprocess
+    source: str
+
+
+def load_predictor(weights: Path | None, pretrained: bool, observer: Observer) -> Predictor:
+    """A trained checkpoint (the newest run's best.pt by default), or torchvision's ImageNet weights."""
+    if pretrained:
+        from torchvision.models import AlexNet_Weights
+
+        spec = AlexNet_Weights.IMAGENET1K_V1
+        transforms = spec.transforms()  # the weights' own preprocessing, not ours
+        preprocess = datamod.Preprocess(
+            image_size=transforms.crop_size[0], resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
+            std=tuple(transforms.std), interpolation=transforms.interpolation.value,
+        )
+        model = build_model("alexnet-torchvision", pretrained=True).eval()
+        return Predictor(model, tuple(spec.meta["categories"]), preprocess, "ImageNet weights (IMAGENET1K_V1)")
+    checkpoint = load_checkpoint(resolve_weights(weights, observer, alternative=" or --pretrained for ImageNet"))
+    return Predictor(checkpoint.build(), checkpoint.class_names, checkpoint.preprocess, str(checkpoint.path))
+
+
+def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
+    """One result per readable image: path, label, confidence and the top-k labels with probabilities."""
+    import torch
+
+    paths, problems = datamod.expand_inputs(cfg.inputs)
+    for problem in problems:
+        observer.warn(problem)
+    if not paths:
+        raise DataError("nothing to predict: none of the inputs is an image, a folder of images or a matching glob")
+    predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
+    choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda)
+    observer.info(f"device: {choice.reason}")
+    device = choice.device
+    model = predictor.model.to(device)
+    loader = datamod.make_predict_loader(
+        paths, predictor.preprocess.eval_transforms(), batch_size=cfg.batch_size,
+        workers=datamod.default_workers() if cfg.workers is None else cfg.workers, pin_memory=device.type == "cuda",
+    )
+    k = min(cfg.top_k, len(predictor.class_names))
+    amp, amp_dtype = amp_settings(device)
+    results: list[dict[str, Any]] = []
+    skipped = 0
+    with torch.inference_mode():
+        for images, indices, failed in loader:
+            for _, error in failed:
+                skipped += 1
+                observer.warn(f"skipped {error}")
+            if images is None:
+                continue
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                logits = model(images.to(device, non_blocking=True))
+            probabilities = logits.float().softmax(dim=1)
+            top = probabilities.topk(k, dim=1)
+            for index, values, classes in zip(indices, top.values.tolist(), top.indices.tolist()):
+                ranked = [{"label": predictor.class_names[c], "probability": p} for p, c in zip(values, classes)]
+                results.append({
+                    "path": paths[index], "label": ranked[0]["label"], "confidence": ranked[0]["probability"],
+                    "top_k": ranked,
+                })
+    if not results:
+        raise DataError(f"none of the {len(paths)} files could be read as an image")
+    if skipped:
+        observer.warn(f"{skipped} of {len(paths)} files skipped")
+    return results

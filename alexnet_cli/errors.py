@@ -1,0 +1,42 @@
+"""One family of errors. Each carries a message a user understands and the exit code the CLI returns.
+
+The core raises these; only the CLI turns them into a red line and an exit code (see docs/exit-codes.md).
+"""
+
+from __future__ import annotations
+
+
+class AlexNetError(Exception):
+    """Base class: a problem the user can fix, reported as one line without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(AlexNetError):
+    """An impossible option or combination of options."""
+
+    exit_code = 2
+
+
+class DataError(AlexNetError):
+    """A missing, empty or malformed data folder, or an unreadable image where one is required."""
+
+    exit_code = 3
+
+
+class CheckpointError(AlexNetError):
+    """A checkpoint that is missing, not ours, unsafe, or does not match the request."""
+
+    exit_code = 4
+
+
+class DeviceError(AlexNetError):
+    """A device that was asked for and is not there, or that ran out of memory."""
+
+    exit_code = 5
+
+
+class NonFiniteLossError(AlexNetError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+    exit_code = 6

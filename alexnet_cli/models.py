@@ -1,0 +1,213 @@
+"""The AlexNet family: pure architecture, plus one typed builder that touches weights and the class count.
+
+Three variants share one module layout (`features`, `avgpool`, `flatten`, `classifier`), so that the
+summary, the checkpoint and the training loop treat them alike:
+
+- ``alexnet``: the original write-up's single-tower network (227x227 input, 96-256-384-384-256).
+- ``alexnet-paper``: Krizhevsky et al. 2012, with local response normalisation and the two-GPU grouping.
+- ``alexnet-torchvision``: the "one weird trick" layout (64-192-384-256-256, 224x224 input), key-for-key
+  compatible with ``torchvision.models.alexnet`` so that its ImageNet weights load unchanged.
+
+The adaptive pool before the classifier makes every variant accept inputs other than its native size: at
+the native size it is a no-op (6x6 in, 6x6 out); above it, it averages down to 6x6; below the minimum
+size the last max-pool would have nothing to pool, so the builder refuses such sizes up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from alexnet_cli.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:  # torch is imported lazily so that `alexnet --help` stays quick
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    name: str
+    default_image_size: int
+    # Smallest square input the feature extractor accepts. Worked backwards from the last max-pool, which
+    # needs a 3x3 input: pool2 must output 3, so it needs 7, so conv1 must output 15; for conv1 (11, s4, p0)
+    # that is (H - 11)/4 + 1 >= 15, H >= 67; with padding 2 (torchvision) H >= 63. A test checks both.
+    min_image_size: int
+    description: str
+
+
+ARCHITECTURES: dict[str, ArchInfo] = {
+    "alexnet": ArchInfo(
+        "alexnet", 227, 67, "the original write-up: single tower, 96-256-384-384-256, 227x227 input"
+    ),
+    "alexnet-paper": ArchInfo(
+        "alexnet-paper", 227, 67, "Krizhevsky et al. 2012: adds LRN and the two-tower grouping (groups=2)"
+    ),
+    "alexnet-torchvision": ArchInfo(
+        "alexnet-torchvision", 224, 63, "torchvision's layout: 64-192-384-256-256, 224x224 input"
+    ),
+}
+
+# The paper's LRN constants (section 3.3): k=2, n=5, alpha=1e-4, beta=0.75.
+LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
+
+
+def arch_info(name: str) -> ArchInfo:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        choices = ", ".join(ARCHITECTURES)
+        raise ConfigError(f"unknown architecture {name!r}: choose one of {choices}") from None
+
+
+def check_image_size(arch: str, image_size: int) -> None:
+    info = arch_info(arch)
+    if image_size < info.min_image_size:
+        raise ConfigError(
+            f"image size {image_size} is too small for {arch}: the minimum is {info.min_image_size} "
+            f"(native {info.default_image_size})"
+        )
+
+
+def _alexnet_class():
+    from torch import nn
+
+    class AlexNet(nn.Module):
+        """features -> adaptive 6x6 pool -> flatten (256*6*6 = 9216) -> classifier."""
+
+        def __init__(self, features: nn.Sequential, classifier: nn.Sequential) -> None:
+            super().__init__()
+            self.features = features
+            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+            self.flatten = nn.Flatten(1)
+            self.classifier = classifier
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.flatten(self.avgpool(self.features(x))))
+
+    return AlexNet
+
+
+def _features(widths: tuple[int, ...], conv1_padding: int, groups: tuple[int, ...], lrn: bool):
+    """conv1 11/4, pool, conv2 5 p2, pool, conv3-5 3 p1, pool; ReLU after every conv; optional LRN."""
+    from torch import nn
+
+    c1, c2, c3, c4, c5 = widths
+    g2, g4, g5 = groups
+
+    def norm() -> list[nn.Module]:
+        # torch divides alpha by the window size (alpha/n * sum a^2); the paper does not (alpha * sum a^2).
+        # Passing n*alpha makes torch compute exactly the paper's formula.
+        return [nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_SIZE * LRN_ALPHA, beta=LRN_BETA, k=LRN_K)] if lrn else []
+
+    return nn.Sequential(
+        nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=conv1_padding),
+        nn.ReLU(inplace=True),
+        *norm(),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # overlapping: window 3 > stride 2
+        nn.Conv2d(c1, c2, kernel_size=5, padding=2, groups=g2),
+        nn.ReLU(inplace=True),
+        *norm(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(c2, c3, kernel_size=3, padding=1),  # the paper's conv3 sees both towers
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c3, c4, kernel_size=3, padding=1, groups=g4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c4, c5, kernel_size=3, padding=1, groups=g5),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+
+
+def _classifier(num_classes: int, dropout: float, dropout_first: bool):
+    """FC 9216-4096-4096-N. The write-up puts dropout after each ReLU; torchvision puts it before each Linear."""
+    from torch import nn
+
+    def block(n_in: int, n_out: int) -> list[nn.Module]:
+        if dropout_first:
+            return [nn.Dropout(dropout), nn.Linear(n_in, n_out), nn.ReLU(inplace=True)]
+        return [nn.Linear(n_in, n_out), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+
+    return nn.Sequential(*block(256 * 6 * 6, 4096), *block(4096, 4096), nn.Linear(4096, num_classes))
+
+
+def _architecture(arch: str, num_classes: int, dropout: float) -> nn.Module:
+    AlexNet = _alexnet_class()
+    if arch == "alexnet":
+        features = _features((96, 256, 384, 384, 256), 0, (1, 1, 1), lrn=False)
+        return AlexNet(features, _classifier(num_classes, dropout, dropout_first=False))
+    if arch == "alexnet-paper":
+        features = _features((96, 256, 384, 384, 256), 0, (2, 2, 2), lrn=True)
+        return AlexNet(features, _classifier(num_classes, dropout, dropout_first=False))
+    if arch == "alexnet-torchvision":
+        features = _features((64, 192, 384, 256, 256), 2, (1, 1, 1), lrn=False)
+        return AlexNet(features, _classifier(num_classes, dropout, dropout_first=True))
+    arch_info(arch)  # raises the one clear error for an unknown name
+    raise AssertionError("unreachable")
+
+
+def pretrained_cache_path() -> str:
+    """Where torchvision's weights API caches AlexNet_Weights.IMAGENET1K_V1 (under TORCH_HOME)."""
+    import os
+
+    import torch.hub
+    from torchvision.models import AlexNet_Weights
+
+    filename = os.path.basename(AlexNet_Weights.IMAGENET1K_V1.url)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def pretrained_state_dict(progress: bool = True) -> Mapping[str, torch.Tensor]:
+    """ImageNet weights through torchvision's API: downloaded and hash-checked once, then read from the cache."""
+    from torchvision.models import AlexNet_Weights
+
+    try:
+        return AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=progress, check_hash=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash is a RuntimeError
+        raise CheckpointError(
+            f"could not get the ImageNet weights ({exc.__class__.__name__}: {exc}); "
+            f"put alexnet-owt-7be5be79.pth at {pretrained_cache_path()} or go online once"
+        ) from None
+
+
+def build_model(
+    arch: str = "alexnet",
+    *,
+    num_classes: int = 1000,
+    dropout: float = 0.5,
+    pretrained: bool = False,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Build one of ARCHITECTURES with ``num_classes`` outputs.
+
+    ``pretrained`` loads torchvision's ImageNet weights (only ``alexnet-torchvision`` has them); with a class
+    count other than 1000, the last Linear is replaced by a freshly initialised head. ``state_dict`` loads
+    weights the caller already has, such as a checkpoint's, and must match exactly.
+    """
+    from torch import nn
+
+    arch_info(arch)
+    if num_classes < 1:
+        raise ConfigError(f"the number of classes must be at least 1, got {num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    if pretrained and state_dict is not None:
+        raise ConfigError("give either pretrained weights or a state_dict, not both")
+    if pretrained and arch != "alexnet-torchvision":
+        raise ConfigError(f"ImageNet weights exist only for alexnet-torchvision, not {arch}")
+
+    model = _architecture(arch, 1000 if pretrained else num_classes, dropout)
+    if pretrained:
+        model.load_state_dict(pretrained_state_dict(progress))
+        if num_classes != 1000:
+            model.classifier[-1] = nn.Linear(4096, num_classes)
+    elif state_dict is not None:
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"the weights do not fit {arch} with {num_classes} classes: {first}") from None
+    return model
+
