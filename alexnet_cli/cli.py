@@ -77,6 +77,9 @@ def summary(
     num_classes: Annotated[int, typer.Option(help="Number of output classes.")] = 2,
     image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels [default: the arch's own]")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Take arch, size and classes from this checkpoint.")] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Load torchvision's ImageNet weights (alexnet-torchvision).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Show the network layer by layer: output shapes, parameters, multiply-adds and the size arithmetic."""
@@ -84,20 +87,29 @@ def summary(
     from alexnet_cli.summary import summarize
 
     with _boundary():
-        cfg = SummaryConfig(arch=arch, num_classes=num_classes, image_size=image_size, weights=weights)
-        class_names = None
+        cfg = SummaryConfig(arch=arch, num_classes=num_classes, image_size=image_size, weights=weights,
+                            pretrained=pretrained)
+        class_names, frozen = None, frozenset()
         if cfg.weights is not None:
             from alexnet_cli.checkpoint import load_checkpoint
 
             checkpoint = load_checkpoint(cfg.weights)
-            checkpoint.build()  # proves the weights fit the architecture they claim
+            model = checkpoint.build()  # proves the weights fit the architecture they claim
             arch, num_classes, class_names = checkpoint.arch, checkpoint.num_classes, list(checkpoint.class_names)
             size = image_size or checkpoint.preprocess.image_size
+            if (checkpoint.raw.get("config") or {}).get("freeze_features"):
+                frozen = frozenset(f"features.{name}" for name, _ in model.features.named_parameters())
+        elif cfg.pretrained:
+            from alexnet_cli.engine import load_predictor
+
+            predictor = load_predictor(None, True, console.RichObserver())
+            arch, num_classes, class_names = "alexnet-torchvision", 1000, list(predictor.class_names)
+            size = image_size or predictor.preprocess.image_size
         else:
             from alexnet_cli.models import arch_info
 
             size = cfg.image_size or arch_info(cfg.arch).default_image_size
-        data = summarize(arch, num_classes, size)
+        data = summarize(arch, num_classes, size, frozen)
         if as_json:
             console.print_json({**data, "class_names": class_names})
         else:
@@ -111,8 +123,14 @@ def train(
     val_split: Annotated[
         Optional[float], typer.Option(help="Hold out this fraction of DATA per class [default: 0.1 if no val folder].")
     ] = None,
-    arch: Annotated[str, typer.Option(help=ARCH_HELP)] = "alexnet",
+    arch: Annotated[Optional[str], typer.Option(help=ARCH_HELP + " [default: alexnet]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size [default: 227, or 224 for torchvision].")] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Start from ImageNet weights (alexnet-torchvision, new head).")
+    ] = False,
+    freeze_features: Annotated[
+        bool, typer.Option("--freeze-features", help="With --pretrained: train the classifier only.")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = 32,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs to train to [default: 10].")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate [default: 1e-4 for adam, 0.01 for sgd].")] = None,
@@ -139,7 +157,9 @@ def train(
         if data is None and resume is None:
             raise ConfigError("give the training folder: alexnet train DATA (or --resume runs/NAME/last.pt)")
         cfg = TrainConfig(
-            data=data, val=val, val_split=val_split, arch=arch, image_size=image_size, batch_size=batch_size,
+            data=data, val=val, val_split=val_split, image_size=image_size, batch_size=batch_size,
+            arch=arch or ("alexnet-torchvision" if pretrained else "alexnet"), pretrained=pretrained,
+            freeze_features=freeze_features,
             epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler,
             label_smoothing=label_smoothing, dropout=dropout, patience=patience, workers=workers, device=device,
             no_cuda=no_cuda, seed=seed, log_interval=log_interval, output=output, resume=resume,
@@ -219,6 +239,23 @@ def predict(
                 console.info(f"wrote {len(results)} predictions to {output}")
         else:
             console.predictions(results, "pretrained" if pretrained else "checkpoint")
+
+
+@app.command()
+def export(
+    weights: Annotated[Path, typer.Argument(help="The checkpoint to export (a best.pt or last.pt).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    output: Annotated[Optional[Path], typer.Option(help="Model file [default: beside the checkpoint].")] = None,
+) -> None:
+    """Write the model with softmax included, plus its class names and preprocessing as JSON; checks the result."""
+    from alexnet_cli.checkpoint import load_checkpoint
+    from alexnet_cli.export import export as run_export
+
+    with _boundary():
+        result = run_export(load_checkpoint(weights), fmt, output)
+        console.info(f"wrote {result.model_path} and {result.metadata_path}")
+        console.info(f"checked against PyTorch on a {'x'.join(map(str, result.sample_shape))} batch: "
+                     f"largest difference in probabilities {result.max_difference:.2e}")
 
 
 def main() -> None:

@@ -79,9 +79,17 @@ class TrainConfig:
     log_interval: int = 1
     output: Path | None = None  # None: a fresh runs/train-N
     resume: Path | None = None
+    pretrained: bool = False  # start from torchvision's ImageNet weights, with a new classifier head
+    freeze_features: bool = False  # with pretrained: train the classifier only
 
     def __post_init__(self) -> None:
         arch_info(self.arch)
+        if self.pretrained and self.arch != "alexnet-torchvision":
+            raise ConfigError(
+                f"--pretrained needs --arch alexnet-torchvision (the variant with ImageNet weights), not {self.arch}"
+            )
+        if self.freeze_features and not self.pretrained:
+            raise ConfigError("--freeze-features keeps the ImageNet features fixed: use it with --pretrained")
         if self.image_size is not None:
             check_image_size(self.arch, self.image_size)
         _positive("--batch-size", self.batch_size)

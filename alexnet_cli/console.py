@@ -89,7 +89,8 @@ def summary(data: dict[str, Any], class_names: Sequence[str] | None = None) -> N
         f"activations (\"neurons\": outputs of the conv and FC layers): {_count(data['activations'])}", soft_wrap=True
     )
     if class_names:
-        console.print(f"classes: {', '.join(class_names)}", soft_wrap=True)
+        shown = ", ".join(class_names[:10]) + (f", ... ({len(class_names)} in all)" if len(class_names) > 10 else "")
+        console.print(f"classes: {escape(shown)}", soft_wrap=True)
 
 
 def data_table(classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int] | None,

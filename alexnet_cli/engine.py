@@ -296,9 +296,13 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
     info = arch_info(cfg.arch)
     preprocess = datamod.Preprocess.for_arch(cfg.effective_image_size, info.default_image_size)
     num_classes = len(train_set.classes)
-    model = build_model(cfg.arch, num_classes=num_classes, dropout=cfg.dropout)
+    # A resumed run has its weights already; only a fresh one fetches the ImageNet weights.
+    model = build_model(cfg.arch, num_classes=num_classes, dropout=cfg.dropout,
+                        pretrained=cfg.pretrained and checkpoint is None)
     if checkpoint is not None:
         model.load_state_dict(checkpoint.state_dict)
+    if cfg.freeze_features:
+        model.features.requires_grad_(False)  # the optimizer below only gets the classifier's parameters
     model.to(device)
     optimizer = _make_optimizer(cfg, model)
     scheduler = _make_scheduler(cfg, optimizer, epochs)
