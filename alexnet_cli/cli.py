@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 
 ARCH_HELP = "Architecture: alexnet (the write-up's), alexnet-paper (2012, LRN + groups) or alexnet-torchvision."
+STRICT_HELP = "Stop at the first unreadable or skipped file instead of warning and going on."
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU."
 
 
@@ -147,6 +148,7 @@ def train(
     log_interval: Annotated[int, typer.Option(help="Log the loss every N iterations.")] = 1,
     output: Annotated[Optional[Path], typer.Option(help="Run folder [default: a new runs/train-N].")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt; a larger --epochs extends it.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Train on an ImageFolder tree, validating every epoch; writes a run folder with best.pt and last.pt."""
     from alexnet_cli.config import TrainConfig
@@ -159,7 +161,7 @@ def train(
         cfg = TrainConfig(
             data=data, val=val, val_split=val_split, image_size=image_size, batch_size=batch_size,
             arch=arch or ("alexnet-torchvision" if pretrained else "alexnet"), pretrained=pretrained,
-            freeze_features=freeze_features,
+            freeze_features=freeze_features, strict=strict,
             epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler,
             label_smoothing=label_smoothing, dropout=dropout, patience=patience, workers=workers, device=device,
             no_cuda=no_cuda, seed=seed, log_interval=log_interval, output=output, resume=resume,
@@ -184,6 +186,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
     from alexnet_cli.config import EvaluateConfig
@@ -191,7 +194,7 @@ def evaluate(
 
     with _boundary():
         cfg = EvaluateConfig(data=data, weights=weights, batch_size=batch_size, workers=workers, device=device,
-                             no_cuda=no_cuda, top_k=top_k)
+                             no_cuda=no_cuda, top_k=top_k, strict=strict)
         report = run_evaluation(cfg, console.RichObserver()).to_dict()
         if as_json:
             console.print_json(report)
@@ -214,6 +217,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Write the JSON or CSV here instead of stdout.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
 ) -> None:
     """Classify images with a trained checkpoint or ImageNet weights; prints a table, JSON or CSV."""
     from alexnet_cli.config import PredictConfig
@@ -226,7 +230,7 @@ def predict(
             as_csv = output.suffix.lower() == ".csv"
             as_json = not as_csv
         cfg = PredictConfig(inputs=tuple(inputs), weights=weights, pretrained=pretrained, top_k=top_k,
-                            batch_size=batch_size, workers=workers, device=device, no_cuda=no_cuda)
+                            batch_size=batch_size, workers=workers, device=device, no_cuda=no_cuda, strict=strict)
         results = run_prediction(cfg, console.RichObserver())
         if as_json or as_csv:
             text = json.dumps(results, indent=2) + "\n" if as_json else console.predictions_csv(results)

@@ -81,6 +81,7 @@ class TrainConfig:
     resume: Path | None = None
     pretrained: bool = False  # start from torchvision's ImageNet weights, with a new classifier head
     freeze_features: bool = False  # with pretrained: train the classifier only
+    strict: bool = False  # any unreadable or skipped file is an error instead of a warning
 
     def __post_init__(self) -> None:
         arch_info(self.arch)
@@ -146,6 +147,7 @@ class EvaluateConfig:
     device: str = "auto"
     no_cuda: bool = False
     top_k: int = 5
+    strict: bool = False
 
     def __post_init__(self) -> None:
         _positive("--batch-size", self.batch_size)
@@ -163,6 +165,7 @@ class PredictConfig:
     workers: int | None = None
     device: str = "auto"
     no_cuda: bool = False
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,25 +40,51 @@ def is_image_file(path: str | Path) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open one image as RGB with its EXIF orientation applied, or raise UnreadableImage naming it."""
+def _to_rgb(image):
+    """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit and float greys scaled, CMYK converted."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        # Composite transparency onto a fixed white background rather than dropping the alpha, which would
+        # turn transparent pixels into whatever colour they happen to store.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit (or 32-bit integer) greyscale: scale 0-65535 to 0-255 instead of clipping at 255.
+        return image.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    if image.mode == "F":
+        return image.point(lambda v: v * 255 if 0 <= v <= 1 else v).convert("L").convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Open one image as RGB with its EXIF orientation applied, or raise UnreadableImage naming it.
+
+    Every failure a file can cause (empty, truncated, not an image, a decompression bomb) becomes
+    UnreadableImage, so callers can skip the file and carry on. `draft_size` lets a large JPEG decode at a
+    reduced scale (DCT scaling) that is still at least that many pixels on each side.
+    """
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                # Composite transparency onto a fixed white background rather than dropping the alpha,
-                # which would turn transparent pixels into whatever colour they happen to store.
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            if image.mode == "I;16" or image.mode == "I":
-                # 16-bit greyscale: scale to 8 bits instead of clipping at 255.
-                return image.point(lambda v: v / 256).convert("L").convert("RGB")
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses at twice that. We refuse at the limit itself,
+            # inside this scope only, rather than changing the limit for the whole process.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if draft_size and image.format == "JPEG":
+                    image.draft("RGB", (draft_size, draft_size))
+                image.load()  # decode now: a truncated file fails here, not later in a transform
+                return _to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombWarning as exc:
+        raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, EOFError,
+            ZeroDivisionError, Image.DecompressionBombError) as exc:
+        # Pillow's decoders report damaged files through many exception types; none of them is our bug.
         reason = str(exc) or exc.__class__.__name__
+        if os.path.exists(path) and os.path.getsize(path) == 0:
+            reason = "empty file"
         raise UnreadableImage(f"{path}: {reason}") from None
 
 
@@ -138,17 +166,17 @@ class ImageSet:
         return counts
 
 
-def scan_image(path: str) -> str | None:
-    """Cheap check of one file before training: None if it opens as an image, else the reason."""
-    from PIL import Image
+# Scanning decodes every file once, at a reduced JPEG scale: a truncated file still fails (the whole stream
+# is read), but a 12-megapixel photo decodes about 8 times faster than at full size.
+SCAN_DRAFT_SIZE = 64
 
+
+def scan_image(path: str) -> str | None:
+    """Check one file before training: None if it opens as an image, else why not (naming the file)."""
     try:
-        if os.path.getsize(path) == 0:
-            return "empty file"
-        with Image.open(path) as image:
-            image.verify()  # reads the whole file's structure without decoding the pixels
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return str(exc) or exc.__class__.__name__
+        open_image(path, draft_size=SCAN_DRAFT_SIZE)
+    except UnreadableImage as exc:
+        return str(exc)
     return None
 
 
@@ -163,9 +191,13 @@ def find_classes(root: Path) -> list[str]:
     return classes
 
 
-def load_image_folder(root: str | Path, classes: Sequence[str] | None = None) -> ImageSet:
+def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, strict: bool = False) -> ImageSet:
     """Read an ImageFolder tree (root/<class>/**/<image>). With `classes`, labels follow that order and every
-    folder must be one of them (evaluation against a checkpoint's classes)."""
+    folder must be one of them (evaluation against a checkpoint's classes).
+
+    Every file is checked once, up front: a bad file is found in seconds, not mid-epoch. Files that are not
+    used are listed in `skipped` with the reason; with `strict`, the first one is an error instead.
+    """
     root = Path(root)
     found = find_classes(root)
     if classes is None:
@@ -185,13 +217,18 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None) ->
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
             for filename in sorted(files):
                 path = os.path.join(directory, filename)
-                if not is_image_file(path):
-                    continue
-                reason = scan_image(path)
+                if filename.startswith("."):
+                    reason = f"{path}: hidden file"
+                elif not is_image_file(filename):
+                    reason = f"{path}: not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
+                else:
+                    reason = scan_image(path)
                 if reason is None:
                     samples.append((path, index[name]))
+                elif strict:
+                    raise DataError(f"--strict: {reason}")
                 else:
-                    skipped.append(f"{path}: {reason}")
+                    skipped.append(reason)
     if not samples:
         raise DataError(f"no readable images under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return ImageSet(root, tuple(classes), tuple(samples), tuple(skipped))
@@ -251,44 +288,90 @@ def split_record(val: ImageSet, fraction: float, seed: int) -> dict[str, Any]:
 
 
 def _dataset_class():
+    import torch
     from torch.utils.data import Dataset
 
-    class LabelledImages(Dataset):
-        def __init__(self, samples: Sequence[Sample], transform: Callable) -> None:
-            self.samples = list(samples)
+    class ImageDataset(Dataset):
+        """(image, label) pairs that never stop a run: a file that fails to open yields its error instead.
+
+        With `augment_seed`, each sample's random augmentation is seeded by (augment_seed, index) alone, so it
+        is the same whichever worker loads it, and the same after a resume in the middle of an epoch.
+        """
+
+        def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform: Callable,
+                     augment_seed: int | None = None, draft_size: int | None = None) -> None:
+            self.paths = list(paths)
+            self.labels = list(labels) if labels is not None else None
             self.transform = transform
+            self.augment_seed = augment_seed
+            self.draft_size = draft_size
 
         def __len__(self) -> int:
-            return len(self.samples)
+            return len(self.paths)
 
         def __getitem__(self, index: int):
-            path, label = self.samples[index]
-            return self.transform(open_image(path)), label
+            label = self.labels[index] if self.labels is not None else -1
+            try:
+                image = open_image(self.paths[index], self.draft_size)
+            except UnreadableImage as exc:
+                return None, label, index, str(exc)
+            if self.augment_seed is None:
+                return self.transform(image), label, index, None
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.augment_seed * 1_000_003 + index)
+                return self.transform(image), label, index, None
 
-    return LabelledImages
+    return ImageDataset
+
+
+def collate_readable(batch):
+    """Stack the images that opened; pass on the indices and errors of those that did not.
+
+    Returns (images or None, labels, indices, failed) where failed is a list of (index, message).
+    """
+    import torch
+
+    good = [item for item in batch if item[0] is not None]
+    failed = [(index, error) for image, _, index, error in batch if image is None]
+    if not good:
+        return None, None, [], failed
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    return images, labels, [item[2] for item in good], failed
 
 
 def make_loader(
-    samples: Sequence[Sample],
+    paths: Sequence[str],
+    labels: Sequence[int] | None,
     transform: Callable,
     *,
     batch_size: int,
     workers: int,
-    shuffle: bool,
     pin_memory: bool,
-    generator: torch.Generator | None = None,
+    order: Sequence[int] | None = None,
+    augment_seed: int | None = None,
+    draft_size: int | None = None,
 ):
+    """Batches in `order` (default: as given). Each batch is (images, labels, indices, failed)."""
     from torch.utils.data import DataLoader
 
-    dataset = _dataset_class()(samples, transform)
+    dataset = _dataset_class()(paths, labels, transform, augment_seed, draft_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=list(order) if order is not None else None,
         num_workers=workers,
         pin_memory=pin_memory,  # page-locked host memory makes non_blocking copies to CUDA asynchronous
-        generator=generator,  # seeds the shuffle and the workers' augmentation RNG: an epoch is reproducible
+        collate_fn=collate_readable,
     )
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffle of one epoch: a function of (seed, epoch) only, so a resumed run repeats it exactly."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
 
 
 def default_workers() -> int:
@@ -330,44 +413,3 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     seen: set[str] = set()
     unique = [p for p in found if not (p in seen or seen.add(p))]
     return unique, problems
-
-
-def _unlabelled_class():
-    from torch.utils.data import Dataset
-
-    class UnlabelledImages(Dataset):
-        """Images for prediction: an unreadable one yields None instead of stopping the whole run."""
-
-        def __init__(self, paths: Sequence[str], transform: Callable) -> None:
-            self.paths = list(paths)
-            self.transform = transform
-
-        def __len__(self) -> int:
-            return len(self.paths)
-
-        def __getitem__(self, index: int):
-            try:
-                return self.transform(open_image(self.paths[index])), index, None
-            except UnreadableImage as exc:
-                return None, index, str(exc)
-
-    return UnlabelledImages
-
-
-def collate_readable(batch):
-    """Stack the images that opened; pass on the indices and errors of those that did not."""
-    import torch
-
-    good = [(image, index) for image, index, _ in batch if image is not None]
-    failed = [(index, error) for image, index, error in batch if image is None]
-    images = torch.stack([image for image, _ in good]) if good else None
-    return images, [index for _, index in good], failed
-
-
-def make_predict_loader(paths: Sequence[str], transform: Callable, *, batch_size: int, workers: int, pin_memory: bool):
-    from torch.utils.data import DataLoader
-
-    return DataLoader(
-        _unlabelled_class()(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-        pin_memory=pin_memory, collate_fn=collate_readable,
-    )

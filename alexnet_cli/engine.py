@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,7 +21,7 @@ from alexnet_cli import data as datamod
 from alexnet_cli.checkpoint import Checkpoint, base_payload, load_checkpoint, publish_copy, save_checkpoint
 from alexnet_cli.config import DEFAULT_EPOCHS, SGD_MOMENTUM, EvaluateConfig, PredictConfig, TrainConfig
 from alexnet_cli.device import resolve_device
-from alexnet_cli.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from alexnet_cli.errors import AlexNetError, CheckpointError, ConfigError, DataError, NonFiniteLossError
 from alexnet_cli.models import arch_info, build_model
 from alexnet_cli.runs import new_run_dir, newest_checkpoint, write_json, write_metrics
 
@@ -94,7 +96,17 @@ def amp_settings(device: torch.device) -> tuple[bool, Any]:
     return False, torch.float32
 
 
-def evaluate_model(model, loader, device, num_classes: int, k: int = 5, criterion=None) -> EvalResult:
+def report_unreadable(failed: Sequence[tuple[int, str]], strict: bool, observer: Observer) -> int:
+    """Files that failed to open while loading: named one by one, or an error under --strict."""
+    for _, error in failed:
+        if strict:
+            raise DataError(f"--strict: {error}")
+        observer.warn(f"skipped {error}")
+    return len(failed)
+
+
+def evaluate_model(model, loader, device, num_classes: int, k: int = 5, criterion=None,
+                   on_failed=lambda failed: None) -> EvalResult:
     import torch
 
     criterion = criterion or torch.nn.CrossEntropyLoss()
@@ -106,7 +118,10 @@ def evaluate_model(model, loader, device, num_classes: int, k: int = 5, criterio
     images = 0
     model.eval()
     with torch.inference_mode():
-        for batch, labels in loader:
+        for batch, labels, _, failed in loader:
+            on_failed(failed)
+            if batch is None:
+                continue
             batch = batch.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
@@ -186,14 +201,6 @@ def _to_tuples(value):
     return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def _epoch_generator(seed: int, epoch: int):
-    """One generator per epoch: the shuffle and the workers' seeds depend on (seed, epoch) alone, so that
-    epoch 2 is the same whether it follows epoch 1 in one process or after a resume."""
-    import torch
-
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 def _make_optimizer(cfg: TrainConfig, model):
     import torch
 
@@ -216,7 +223,7 @@ def _make_scheduler(cfg: TrainConfig, optimizer, epochs: int):
 
 def _split_data(cfg: TrainConfig, observer: Observer, saved_split: Path | None):
     """Training and validation ImageSets, and a one-line description of where validation came from."""
-    train = datamod.load_image_folder(cfg.data)
+    train = datamod.load_image_folder(cfg.data, strict=cfg.strict)
     if len(train.classes) < 2:
         raise DataError(f"{cfg.data} has only one class ({train.classes[0]}): a classifier needs at least two")
     val_dir = cfg.val
@@ -229,7 +236,7 @@ def _split_data(cfg: TrainConfig, observer: Observer, saved_split: Path | None):
                 f"validation classes differ from training classes: {val_dir} has {', '.join(found)}, "
                 f"{cfg.data} has {', '.join(train.classes)}"
             )
-        val = datamod.load_image_folder(val_dir, classes=train.classes)
+        val = datamod.load_image_folder(val_dir, classes=train.classes, strict=cfg.strict)
         return train, val, f"folder {val_dir}", None
     if saved_split is not None and saved_split.is_file():
         train_part, val = datamod.split_from_file(train, saved_split)
@@ -338,47 +345,19 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
 
     pin = device.type == "cuda"
     workers = datamod.default_workers() if cfg.workers is None else cfg.workers
+    # JPEGs much larger than the input decode at a reduced scale that still covers the resize.
+    draft = preprocess.resize_size
+    train_paths = [path for path, _ in train_set.samples]
+    train_labels = [label for _, label in train_set.samples]
+    on_failed = lambda failed: report_unreadable(failed, cfg.strict, observer)  # noqa: E731
     val_loader = None
     if val_set is not None:
         val_loader = datamod.make_loader(
-            val_set.samples, preprocess.eval_transforms(), batch_size=cfg.batch_size, workers=workers,
-            shuffle=False, pin_memory=pin, generator=torch.Generator().manual_seed(cfg.seed),
+            [p for p, _ in val_set.samples], [lab for _, lab in val_set.samples], preprocess.eval_transforms(),
+            batch_size=cfg.batch_size, workers=workers, pin_memory=pin, draft_size=draft,
         )
 
-    stopped_early = False
-    while state.epoch < epochs:
-        epoch = state.epoch + 1
-        train_loader = datamod.make_loader(
-            train_set.samples, preprocess.train_transforms(), batch_size=cfg.batch_size, workers=workers,
-            shuffle=True, pin_memory=pin, generator=_epoch_generator(cfg.seed, epoch),
-        )
-        started = time.perf_counter()
-        train_loss, train_acc, images = _train_one_epoch(
-            model, train_loader, optimizer, scaler, criterion, device, (amp, amp_dtype),
-            epoch, epochs, cfg.log_interval, observer,
-        )
-        seconds = time.perf_counter() - started
-        lr = optimizer.param_groups[0]["lr"]
-        row: dict[str, Any] = {
-            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": None, "val_acc": None,
-            "val_images": None, "lr": lr, "epoch_seconds": round(seconds, 3),
-            "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
-        }
-        if val_loader is not None:
-            result = evaluate_model(model, val_loader, device, num_classes, criterion=criterion)
-            row.update(val_loss=result.loss, val_acc=result.accuracy, val_images=result.images)
-        if scheduler is not None:
-            scheduler.step()
-
-        score = (row["val_acc"], row["val_loss"]) if val_loader is not None else (train_acc, train_loss)
-        improved = score[0] > state.best_acc or (score[0] == state.best_acc and score[1] < state.best_loss)
-        state.epoch = epoch
-        state.history.append(row)
-        if improved:
-            state.best_acc, state.best_loss, state.best_epoch, state.epochs_since_best = score[0], score[1], epoch, 0
-        else:
-            state.epochs_since_best += 1
-
+    def checkpoint_payload(epoch: int, partial: dict[str, Any] | None) -> dict[str, Any]:
         payload = base_payload(
             arch=cfg.arch, class_names=train_set.classes, preprocess=preprocess, dropout=cfg.dropout,
             model_state=model.state_dict(),
@@ -390,64 +369,183 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
             scaler=scaler.state_dict() if scaler.is_enabled() else None,
             rng=_rng_state(device),
             run_state=vars(state).copy(),
-            metrics=row,
+            metrics=state.history[-1] if state.history else None,
             config=config_record,
+            partial=partial,  # set when the run stopped inside an epoch
         )
-        save_checkpoint(run_dir / "last.pt", payload)
-        if improved:
-            publish_copy(run_dir / "last.pt", run_dir / "best.pt")
-        write_metrics(run_dir / "metrics.csv", state.history)
-        observer.epoch_end(row, epochs, improved)
+        return payload
 
-        if cfg.patience is not None and state.epochs_since_best >= cfg.patience:
-            observer.info(
-                f"early stop: no better validation accuracy for {cfg.patience} epochs (best at epoch {state.best_epoch})"
+    partial = checkpoint.raw.get("partial") if checkpoint is not None else None
+    stopped_early = False
+    with graceful_interrupts() as interrupts:
+        while state.epoch < epochs:
+            epoch = state.epoch + 1
+            progress = EpochProgress(**partial) if partial and partial["epoch"] == epoch else EpochProgress(epoch)
+            partial = None
+            order = datamod.epoch_order(len(train_paths), cfg.seed, epoch)
+            train_loader = datamod.make_loader(
+                train_paths, train_labels, preprocess.train_transforms(), batch_size=cfg.batch_size,
+                workers=workers, pin_memory=pin, order=order[progress.iteration * cfg.batch_size:],
+                augment_seed=cfg.seed * 100_003 + epoch, draft_size=draft,
             )
-            stopped_early = True
-            break
+            iterations = math.ceil(len(train_paths) / cfg.batch_size)
+            _train_one_epoch(
+                model, train_loader, optimizer, scaler, criterion, device, (amp, amp_dtype), progress,
+                iterations, epochs, cfg.log_interval, observer, on_failed, interrupts,
+            )
+            if interrupts:
+                # Stopped between two steps: save where we are, so that --resume continues from this step.
+                save_checkpoint(run_dir / "last.pt", checkpoint_payload(state.epoch, progress.to_dict()))
+                name = signal.Signals(interrupts[0]).name
+                raise TrainingInterrupted(
+                    f"stopped by {name} at epoch {epoch}, iteration {progress.iteration}/{iterations}; saved "
+                    f"{run_dir / 'last.pt'}. Resume with: alexnet train --resume {run_dir / 'last.pt'}",
+                    exit_code=128 + interrupts[0],
+                )
+
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss = progress.loss_sum / max(1, progress.images)
+            row: dict[str, Any] = {
+                "epoch": epoch, "train_loss": train_loss, "train_acc": progress.correct / max(1, progress.images),
+                "val_loss": None, "val_acc": None, "val_images": None, "lr": lr,
+                "epoch_seconds": round(progress.seconds, 3),
+                "images_per_second": round(progress.images / progress.seconds, 2) if progress.seconds > 0 else None,
+            }
+            if val_loader is not None:
+                result = evaluate_model(model, val_loader, device, num_classes, criterion=criterion,
+                                        on_failed=on_failed)
+                row.update(val_loss=result.loss, val_acc=result.accuracy, val_images=result.images)
+            if scheduler is not None:
+                scheduler.step()
+
+            score = (row["val_acc"], row["val_loss"]) if val_loader is not None else (row["train_acc"], train_loss)
+            improved = score[0] > state.best_acc or (score[0] == state.best_acc and score[1] < state.best_loss)
+            state.epoch = epoch
+            state.history.append(row)
+            if improved:
+                state.best_acc, state.best_loss, state.best_epoch, state.epochs_since_best = score[0], score[1], epoch, 0
+            else:
+                state.epochs_since_best += 1
+
+            save_checkpoint(run_dir / "last.pt", checkpoint_payload(epoch, None))
+            if improved:
+                publish_copy(run_dir / "last.pt", run_dir / "best.pt")
+            write_metrics(run_dir / "metrics.csv", state.history)
+            observer.epoch_end(row, epochs, improved)
+
+            if cfg.patience is not None and state.epochs_since_best >= cfg.patience:
+                observer.info(
+                    f"early stop: no better validation accuracy for {cfg.patience} epochs "
+                    f"(best at epoch {state.best_epoch})"
+                )
+                stopped_early = True
+                break
 
     return TrainResult(run_dir, state.epoch, state.best_epoch, state.best_acc, stopped_early)
 
 
-def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_cfg, epoch, epochs, log_interval,
-                     observer: Observer) -> tuple[float, float, int]:
+@dataclass
+class EpochProgress:
+    """The running totals of the epoch in progress; saved when a run is interrupted mid-epoch."""
+
+    epoch: int
+    iteration: int = 0  # steps done in this epoch
+    loss_sum: float = 0.0  # sum over images of the per-image loss
+    correct: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class TrainingInterrupted(AlexNetError):
+    """Ctrl-C or SIGTERM: last.pt was written; exit 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextmanager
+def graceful_interrupts():
+    """While training, SIGINT and SIGTERM only ask the loop to stop after the current step.
+
+    Yields the list of signals received. A second Ctrl-C stops at once. The previous handlers are restored
+    on the way out, whatever happens.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signals can only be set from there
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_cfg, progress: EpochProgress,
+                     iterations: int, epochs: int, log_interval: int, observer: Observer, on_failed,
+                     interrupts: list[int]) -> None:
     import torch
 
     amp, amp_dtype = amp_cfg
     model.train()
-    iterations = len(loader)
+    epoch = progress.epoch
     observer.epoch_start(epoch, epochs, iterations, len(loader.dataset))
-    # Running sums stay on the device; .item() (a host sync) happens only at log intervals.
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    images = 0
+    # Running sums stay on the device; .item() (a host sync) happens only at log intervals and at the end.
+    loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float64, device=device)
+    correct = torch.tensor(progress.correct, dtype=torch.long, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    images = progress.images
     started = time.perf_counter()
-    for iteration, (batch, labels) in enumerate(loader, 1):
-        batch = batch.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            logits = model(batch)
-            loss = criterion(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach().double() * labels.numel()
-        correct += (logits.detach().argmax(1) == labels).sum()
-        images += labels.numel()
-        if iteration % log_interval == 0 or iteration == iterations:
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"the loss became {value} at epoch {epoch}, iteration {iteration}: lower --lr; "
-                    "the last good checkpoint is kept"
-                )
-            rate = images / max(1e-9, time.perf_counter() - started)
-            observer.step(epoch, epochs, iteration, iterations, value, rate)
-    mean_loss = loss_sum.item() / max(1, images)
-    if not math.isfinite(mean_loss):
-        raise NonFiniteLossError(f"the loss became non-finite in epoch {epoch}: lower --lr; the last good checkpoint is kept")
-    return mean_loss, correct.item() / max(1, images), images
+    elapsed_before = progress.seconds
+    new_images = 0
+
+    def sync() -> None:
+        if nonfinite.item():
+            raise NonFiniteLossError(
+                f"the loss became NaN or infinite at epoch {epoch}, iteration {progress.iteration}: try a lower "
+                "--lr; the last good checkpoint is kept"
+            )
+        progress.loss_sum, progress.correct, progress.images = loss_sum.item(), int(correct.item()), images
+        progress.seconds = elapsed_before + time.perf_counter() - started
+
+    for batch, labels, _, failed in loader:
+        on_failed(failed)
+        progress.iteration += 1
+        if batch is not None:
+            batch = batch.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                logits = model(batch)
+                loss = criterion(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss = loss.detach()
+            nonfinite |= ~torch.isfinite(loss)
+            loss_sum += loss.double() * labels.numel()
+            correct += (logits.detach().argmax(1) == labels).sum()
+            images += labels.numel()
+            new_images += labels.numel()
+        if progress.iteration % log_interval == 0 or progress.iteration == iterations or interrupts:
+            sync()
+            if batch is not None:
+                rate = new_images / max(1e-9, time.perf_counter() - started)
+                observer.step(epoch, epochs, progress.iteration, iterations, loss.item(), rate)
+        if interrupts:
+            return
+    sync()
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -462,22 +560,23 @@ def resolve_weights(weights: Path | None, observer: Observer, alternative: str =
 
 
 def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
-    import torch
-
     checkpoint = load_checkpoint(resolve_weights(cfg.weights, observer))
     choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda)
     observer.info(f"device: {choice.reason}")
-    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names)
+    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names, strict=cfg.strict)
     for skipped in images.skipped:
         observer.warn(f"skipped {skipped}")
     model = checkpoint.build().to(choice.device)
     loader = datamod.make_loader(
-        images.samples, checkpoint.preprocess.eval_transforms(), batch_size=cfg.batch_size,
-        workers=datamod.default_workers() if cfg.workers is None else cfg.workers, shuffle=False,
-        pin_memory=choice.device.type == "cuda", generator=torch.Generator().manual_seed(0),
+        [p for p, _ in images.samples], [lab for _, lab in images.samples], checkpoint.preprocess.eval_transforms(),
+        batch_size=cfg.batch_size, workers=datamod.default_workers() if cfg.workers is None else cfg.workers,
+        pin_memory=choice.device.type == "cuda", draft_size=checkpoint.preprocess.resize_size,
     )
-    result = evaluate_model(model, loader, choice.device, checkpoint.num_classes, k=cfg.top_k)
+    result = evaluate_model(model, loader, choice.device, checkpoint.num_classes, k=cfg.top_k,
+                            on_failed=lambda failed: report_unreadable(failed, cfg.strict, observer))
     result.class_names = checkpoint.class_names
+    if images.skipped:
+        observer.warn(f"{len(images.skipped)} files skipped")
     return result
 
 
@@ -523,19 +622,18 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
     observer.info(f"device: {choice.reason}")
     device = choice.device
     model = predictor.model.to(device)
-    loader = datamod.make_predict_loader(
-        paths, predictor.preprocess.eval_transforms(), batch_size=cfg.batch_size,
+    loader = datamod.make_loader(
+        paths, None, predictor.preprocess.eval_transforms(), batch_size=cfg.batch_size,
         workers=datamod.default_workers() if cfg.workers is None else cfg.workers, pin_memory=device.type == "cuda",
+        draft_size=predictor.preprocess.resize_size,
     )
     k = min(cfg.top_k, len(predictor.class_names))
     amp, amp_dtype = amp_settings(device)
     results: list[dict[str, Any]] = []
     skipped = 0
     with torch.inference_mode():
-        for images, indices, failed in loader:
-            for _, error in failed:
-                skipped += 1
-                observer.warn(f"skipped {error}")
+        for images, _, indices, failed in loader:
+            skipped += report_unreadable(failed, cfg.strict, observer)
             if images is None:
                 continue
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):

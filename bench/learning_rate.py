@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-4])
     parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--classes", type=int, default=3, help="how many shapes (2 to 5)")
+    parser.add_argument("--image-size", type=int, default=227)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
@@ -54,7 +55,7 @@ def main() -> None:
               f"chance: loss {math.log(len(shapes)):.4f}, accuracy {1 / len(shapes):.3f}")
         for lr in args.lrs:
             cfg = TrainConfig(data=root / "data" / "train", epochs=args.epochs, lr=lr, workers=args.workers,
-                              output=root / f"run-{lr:g}")
+                              image_size=args.image_size, output=root / f"run-{lr:g}")
             train(cfg, Quiet(f"lr {lr:g}"))
 
 
