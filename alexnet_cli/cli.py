@@ -246,6 +246,27 @@ def predict(
 
 
 @app.command()
+def check(
+    data: Annotated[Path, typer.Argument(help="ImageFolder tree to check (DATA/<class>/<image>).")],
+    val: Annotated[Optional[Path], typer.Option(help="Validation folder [default: a sibling val/ or test/].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with code 3 when any problem is found.")] = False,
+) -> None:
+    """Check a data set without training: counts, unreadable files, odd images, train/val duplicates."""
+    from alexnet_cli.checks import CheckConfig
+    from alexnet_cli.checks import check as run_check
+
+    with _boundary():
+        report = run_check(CheckConfig(data=data, val=val))
+        if as_json:
+            console.print_json(report)
+        else:
+            console.check_report(report)
+        if strict and report["problems"]:
+            raise typer.Exit(3)
+
+
+@app.command()
 def export(
     weights: Annotated[Path, typer.Argument(help="The checkpoint to export (a best.pt or last.pt).")],
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",

@@ -176,6 +176,46 @@ def predictions_csv(results: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def check_report(report: dict[str, Any]) -> None:
+    val_rows = {row["class"]: row for row in report.get("val_report", [])}
+    table = Table(title=f"data check: {escape(report['data'])}" + (f" and {escape(report['val'])}" if report["val"]
+                                                                   else ""), title_justify="left")
+    for column in ("class", "train", "val", "skipped", "not RGB", "small", "elongated"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["train"]:
+        val = val_rows.get(row["class"])
+        rows = [row] + ([val] if val else [])
+        non_rgb = sum(n for r in rows for mode, n in r["modes"].items() if mode != "RGB")
+        table.add_row(
+            escape(row["class"]), _count(row["images"]), _count(val["images"]) if val else "-",
+            _count(sum(len(r["skipped"]) for r in rows)), _count(non_rgb),
+            _count(sum(len(r["small"]) for r in rows)), _count(sum(len(r["elongated"]) for r in rows)),
+        )
+    console.print(table)
+    every = report["train"] + report.get("val_report", [])
+    for row in every:
+        for reason in row["skipped"]:
+            warn(f"would skip {reason}")
+    modes: dict[str, int] = {}
+    for row in every:
+        for mode, n in row["modes"].items():
+            modes[mode] = modes.get(mode, 0) + n
+    if set(modes) - {"RGB"}:
+        info("image modes (all become RGB when loaded): " + ", ".join(f"{m} {n}" for m, n in sorted(modes.items())))
+    for key, label in (("small", "small (short side < 75 px)"), ("elongated", "elongated (more than 3:1)")):
+        odd = [item for row in every for item in row[key]]
+        if odd:
+            info(f"{len(odd)} {label}: " + ", ".join(odd[:5]) + (" ..." if len(odd) > 5 else ""))
+    if report["val_classes_differ"]:
+        warn(f"validation classes differ: train {report['val_classes_differ']['train']}, "
+             f"val {report['val_classes_differ']['val']}")
+    for pair in report["duplicates_train_val"]:
+        warn(f"the same image in train and val: {', '.join(pair['train'])} = {', '.join(pair['val'])}")
+    if report["duplicates_within_train"]:
+        info(f"{len(report['duplicates_within_train'])} groups of identical files within train")
+    info(f"{report['problems']} problems found" if report["problems"] else "no problems found")
+
+
 class RichObserver:
     """Draws a training run: a progress bar per epoch on a terminal, the original's plain lines elsewhere."""
 

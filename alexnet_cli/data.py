@@ -65,12 +65,13 @@ def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
     UnreadableImage, so callers can skip the file and carry on. `draft_size` lets a large JPEG decode at a
     reduced scale (DCT scaling) that is still at least that many pixels on each side.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             # Pillow warns above MAX_IMAGE_PIXELS and refuses at twice that. We refuse at the limit itself,
             # inside this scope only, rather than changing the limit for the whole process.
+            warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata: the file is judged below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if draft_size and image.format == "JPEG":
@@ -83,6 +84,8 @@ def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
             ZeroDivisionError, Image.DecompressionBombError) as exc:
         # Pillow's decoders report damaged files through many exception types; none of them is our bug.
         reason = str(exc) or exc.__class__.__name__
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "not an image (no image format recognised)"
         if os.path.exists(path) and os.path.getsize(path) == 0:
             reason = "empty file"
         raise UnreadableImage(f"{path}: {reason}") from None
@@ -353,6 +356,7 @@ def make_loader(
     draft_size: int | None = None,
 ):
     """Batches in `order` (default: as given). Each batch is (images, labels, indices, failed)."""
+    import torch
     from torch.utils.data import DataLoader
 
     dataset = _dataset_class()(paths, labels, transform, augment_seed, draft_size)
@@ -363,6 +367,9 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin_memory,  # page-locked host memory makes non_blocking copies to CUDA asynchronous
         collate_fn=collate_readable,
+        # Every new iterator draws a seed from this generator; without one it would draw from the global RNG
+        # and shift the dropout masks of everything after it, so a resumed run would drift from a straight one.
+        generator=torch.Generator().manual_seed(augment_seed or 0),
     )
 
 

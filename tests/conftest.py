@@ -62,3 +62,11 @@ def env_without_debug() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("ALEXNET_DEBUG", None)
     return env
+
+
+def one_error_line(result) -> str:
+    """The run's single `error:` line; fails if there is none, more than one, or a traceback."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return errors[0]
