@@ -366,3 +366,15 @@ def test_check_reports_counts_skips_and_leaks(runner, tmp_path):
     table = invoke(runner, ["check", "d/train", "--strict"])
     assert table.exit_code == 3
     assert "the same image in train and val" in table.stderr and "broken.jpg" in table.stderr
+
+
+def test_ctrl_c_saves_and_exits_130(shapes):
+    process = subprocess.Popen(_train_command(shapes / "train", "run"), stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "Iter [2/8]" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=300) == 130, rest
+    assert "stopped by SIGINT" in rest and "Traceback" not in rest
+    assert torch.load("run/last.pt", weights_only=True)["partial"]["iteration"] >= 2
