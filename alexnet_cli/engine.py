@@ -287,9 +287,7 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
     observer.info(f"device: {choice.reason}")
     _seed_everything(cfg.seed)
 
-    run_dir = Path(cfg.output) if cfg.output else new_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved_split = run_dir / "split.json" if checkpoint is not None else None
+    saved_split = Path(cfg.output) / "split.json" if checkpoint is not None else None
     train_set, val_set, val_source, split = _split_data(cfg, observer, saved_split)
     for skipped in train_set.skipped + (val_set.skipped if val_set else ()):
         observer.warn(f"skipped {skipped}")
@@ -336,6 +334,10 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
             )
         observer.info(f"resuming {cfg.resume} at epoch {state.epoch + 1} of {epochs}")
 
+    # The run folder is made only now that the data and options have passed every check: a failed start
+    # leaves no empty runs/train-N behind.
+    run_dir = Path(cfg.output) if cfg.output else new_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_record = {**cfg.to_dict(), "epochs": epochs, "output": str(run_dir), "resume": None}
     write_json(run_dir / "config.json",
                {**config_record, "validation": val_source, "class_names": list(train_set.classes)})

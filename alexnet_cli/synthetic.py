@@ -63,12 +63,65 @@ def make_shapes_folder(
     root: str | Path, classes: tuple[str, ...] = SHAPES[:3], per_class: int = 20, size: int = 96, seed: int = 0,
     extension: str = ".png",
 ) -> Path:
-    """Write root/<class>/<class>_<i><extension>, the same bytes for the same arguments."""
+    """Write root/<class>/<class>_<i><extension>, the same bytes for the same arguments.
+
+    Class names come from SHAPES (drawn by draw_shape) or TEXTURES (drawn by draw_texture)."""
     root = Path(root)
     for label, shape in enumerate(classes):
         folder = root / shape
         folder.mkdir(parents=True, exist_ok=True)
         rng = random.Random(f"{seed}-{shape}")
+        draw = draw_texture if shape in TEXTURES else draw_shape
         for i in range(per_class):
-            draw_shape(shape, size, rng).save(folder / f"{shape}_{i:04d}{extension}")
+            draw(shape, size, rng).save(folder / f"{shape}_{i:04d}{extension}")
     return root
+
+
+TEXTURES = ("stripes", "checks", "dots", "rings")
+
+
+def draw_texture(kind: str, size: int, rng: random.Random):
+    """A two-colour pattern at a random scale, angle, phase and palette: the class is in the structure."""
+    from PIL import Image, ImageDraw
+
+    a = tuple(rng.randrange(256) for _ in range(3))
+    b = tuple((c + rng.randrange(90, 166)) % 256 for c in a)  # far from `a` in every channel
+    big = size * 2  # draw large, rotate, then crop the centre: no empty corners
+    image = Image.new("RGB", (big, big), a)
+    draw = ImageDraw.Draw(image)
+    period = rng.uniform(0.08, 0.2) * size
+    offset = rng.uniform(0, period)
+    if kind == "stripes":
+        x = -offset
+        while x < big:
+            draw.rectangle((x, 0, x + period / 2, big), fill=b)
+            x += period
+    elif kind == "checks":
+        n = int(big / period) + 2
+        for i in range(n):
+            for j in range(n):
+                if (i + j) % 2:
+                    draw.rectangle((i * period - offset, j * period - offset,
+                                    (i + 1) * period - offset, (j + 1) * period - offset), fill=b)
+    elif kind == "dots":
+        r = period * rng.uniform(0.18, 0.3)
+        n = int(big / period) + 2
+        for i in range(n):
+            for j in range(n):
+                cx, cy = i * period - offset, j * period - offset
+                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=b)
+    elif kind == "rings":
+        cx, cy = big / 2 + rng.uniform(-0.3, 0.3) * size, big / 2 + rng.uniform(-0.3, 0.3) * size
+        radius = big
+        while radius > 0:
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=b)
+            radius -= period / 2
+            if radius <= 0:
+                break
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=a)
+            radius -= period / 2
+    else:
+        raise ValueError(f"unknown texture {kind!r}")
+    image = image.rotate(rng.uniform(0, 180), resample=Image.BILINEAR)
+    left = (big - size) // 2
+    return image.crop((left, left, left + size, left + size))
