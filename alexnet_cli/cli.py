@@ -245,6 +245,27 @@ def predict(
             console.predictions(results, "pretrained" if pretrained else "checkpoint")
 
 
+data_app = typer.Typer(help="Get real data sets, laid out as ImageFolder trees.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("pets")
+def data_pets(
+    folder: Annotated[Path, typer.Argument(help="Where to put oxford-iiit-pet/ and the train/ and test/ trees.")],
+    download: Annotated[bool, typer.Option(help="Download the data set if it is not in FOLDER yet.")] = True,
+) -> None:
+    """Oxford-IIIT Pet as FOLDER/train/{cat,dog} and FOLDER/test/{cat,dog}: the original's task on real photos."""
+    from alexnet_cli.pets import prepare_pets
+
+    with _boundary():
+        report = prepare_pets(folder, download=download)
+        for split, counts in report.counts.items():
+            total = sum(counts.values())
+            console.info(f"{folder / split}: {total:,} images ({', '.join(f'{n:,} {c}' for c, n in counts.items())})")
+        console.info("placed by " + ", ".join(f"{method} {n:,}" for method, n in report.methods.items()))
+        console.info(f"next: alexnet train {folder / 'train'} --pretrained   (validates on {folder / 'test'})")
+
+
 @app.command()
 def check(
     data: Annotated[Path, typer.Argument(help="ImageFolder tree to check (DATA/<class>/<image>).")],
