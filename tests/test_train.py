@@ -186,3 +186,15 @@ def test_one_class_and_mismatched_validation(runner, tmp_path):
     make_shapes_folder(tmp_path / "d" / "val", classes=("circle", "star"), per_class=2, size=72)
     result = invoke(runner, ["train", "d/train", *FAST_TRAIN])
     assert result.exit_code == 3 and "validation classes differ" in result.stderr
+
+
+def test_val_split_zero_trains_without_validation(runner, tmp_path):
+    from alexnet_cli.synthetic import make_shapes_folder
+
+    make_shapes_folder(tmp_path / "pics", classes=("circle", "square"), per_class=4, size=72)
+    result = invoke(runner, ["train", "pics", "--epochs", "1", "--output", "run", "--val-split", "0", *FAST_TRAIN])
+    assert result.exit_code == 0, result.output
+    assert "no validation set" in result.stderr
+    row = read_metrics(Path("run"))[0]
+    assert row["val_acc"] == "" and row["train_acc"] != ""
+    assert Path("run/best.pt").is_file()  # chosen on the training accuracy
