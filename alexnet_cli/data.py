@@ -194,12 +194,15 @@ def find_classes(root: Path) -> list[str]:
     return classes
 
 
-def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, strict: bool = False) -> ImageSet:
+def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, strict: bool = False,
+                      scan: bool = True) -> ImageSet:
     """Read an ImageFolder tree (root/<class>/**/<image>). With `classes`, labels follow that order and every
     folder must be one of them (evaluation against a checkpoint's classes).
 
-    Every file is checked once, up front: a bad file is found in seconds, not mid-epoch. Files that are not
-    used are listed in `skipped` with the reason; with `strict`, the first one is an error instead.
+    With `scan`, every image is decoded once, up front: a bad file is found in seconds, not mid-epoch (a
+    single pass, such as evaluation, skips the scan and lets the loader skip bad files as it meets them).
+    Files that are not used are listed in `skipped` with the reason; with `strict`, the first one is an
+    error instead.
     """
     root = Path(root)
     found = find_classes(root)
@@ -225,7 +228,7 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
                 elif not is_image_file(filename):
                     reason = f"{path}: not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
                 else:
-                    reason = scan_image(path)
+                    reason = scan_image(path) if scan else None
                 if reason is None:
                     samples.append((path, index[name]))
                 elif strict:

@@ -565,7 +565,8 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     checkpoint = load_checkpoint(resolve_weights(cfg.weights, observer))
     choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda)
     observer.info(f"device: {choice.reason}")
-    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names, strict=cfg.strict)
+    # One pass over the data: no separate scan; the loader names and skips bad files as it meets them.
+    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names, strict=cfg.strict, scan=False)
     for skipped in images.skipped:
         observer.warn(f"skipped {skipped}")
     model = checkpoint.build().to(choice.device)

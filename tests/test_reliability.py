@@ -310,18 +310,24 @@ def _train_command(data: Path, output: str, *extra: str) -> list[str]:
             "--batch-size", "2", "--workers", "0", "--output", output, *extra]
 
 
+def _interrupted_run(data: Path, output: str, marker: str, sig: int) -> tuple[int, str]:
+    """Start a real training process, send `sig` once its log shows `marker`; its exit code and the rest."""
+    process = subprocess.Popen(_train_command(data, output), stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if marker in line:
+            process.send_signal(sig)
+            break
+    rest = process.stderr.read()
+    return process.wait(timeout=300), rest
+
+
 def test_sigterm_mid_epoch_saves_and_resumes_to_the_same_weights(shapes, tmp_path):
     data = shapes / "train"  # 16 images at batch 2: 8 iterations per epoch
     straight = subprocess.run(_train_command(data, "straight"), capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr
 
-    process = subprocess.Popen(_train_command(data, "stopped"), stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        if "Epoch [1/2], Iter [3/8]" in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    rest = process.stderr.read()
-    assert process.wait(timeout=300) == 143, rest
+    code, rest = _interrupted_run(data, "stopped", "Epoch [1/2], Iter [3/8]", signal.SIGTERM)
+    assert code == 143, rest
     assert "stopped by SIGTERM at epoch 1" in rest and "alexnet train --resume stopped/last.pt" in rest
     partial = torch.load("stopped/last.pt", weights_only=True)
     assert partial["epoch"] == 0 and partial["partial"]["iteration"] >= 3
@@ -369,12 +375,7 @@ def test_check_reports_counts_skips_and_leaks(runner, tmp_path):
 
 
 def test_ctrl_c_saves_and_exits_130(shapes):
-    process = subprocess.Popen(_train_command(shapes / "train", "run"), stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        if "Iter [2/8]" in line:
-            process.send_signal(signal.SIGINT)
-            break
-    rest = process.stderr.read()
-    assert process.wait(timeout=300) == 130, rest
+    code, rest = _interrupted_run(shapes / "train", "run", "Iter [2/8]", signal.SIGINT)
+    assert code == 130, rest
     assert "stopped by SIGINT" in rest and "Traceback" not in rest
     assert torch.load("run/last.pt", weights_only=True)["partial"]["iteration"] >= 2
