@@ -546,7 +546,7 @@ def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, amp_cf
                 rate = new_images / max(1e-9, time.perf_counter() - started)
                 observer.step(epoch, epochs, progress.iteration, iterations, loss.item(), rate)
         if interrupts:
-            return
+            break  # the totals are synced below, whichever step the signal came in
     sync()
 
 

@@ -156,7 +156,7 @@ def test_strict_turns_a_skip_into_an_error(runner, messy):
     assert "Traceback" not in result.output
 
 
-def test_a_file_that_breaks_after_the_scan_is_skipped_mid_epoch(runner, shapes):
+def test_a_file_that_breaks_after_the_scan_is_skipped_mid_epoch(runner, shapes, monkeypatch):
     """The scan happens once; if a file is damaged later, loading skips it instead of crashing."""
     import alexnet_cli.data as data
 
@@ -164,7 +164,7 @@ def test_a_file_that_breaks_after_the_scan_is_skipped_mid_epoch(runner, shapes):
     broken = shapes / "train" / "circle" / "circle_0003.png"
     # Pretend the scan saw a good file, then damage it before the epoch reads it.
     data_scan = lambda path: None if path == str(broken) else real(path)  # noqa: E731
-    pytest.MonkeyPatch().setattr(data, "scan_image", data_scan)
+    monkeypatch.setattr(data, "scan_image", data_scan)
     broken.write_bytes(b"gone bad")
     result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *FAST_TRAIN])
     assert result.exit_code == 0, result.output
@@ -330,7 +330,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_same_weights(shapes, tmp_pat
     assert code == 143, rest
     assert "stopped by SIGTERM at epoch 1" in rest and "alexnet train --resume stopped/last.pt" in rest
     partial = torch.load("stopped/last.pt", weights_only=True)
-    assert partial["epoch"] == 0 and partial["partial"]["iteration"] >= 3
+    assert partial["epoch"] == 0 and partial["partial"]["iteration"] >= 3, partial["partial"]
 
     resumed = subprocess.run([sys.executable, "-m", "alexnet_cli", "train", "--resume", "stopped/last.pt"],
                              capture_output=True, text=True, timeout=600)
