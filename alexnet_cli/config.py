@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli.device import check_device_name
+from alexnet_cli.device import check_device_name, check_precision_name
 from alexnet_cli.errors import ConfigError
 from alexnet_cli.models import arch_info, check_image_size
 
@@ -30,8 +30,9 @@ def _positive(name: str, value: int | float) -> None:
         raise ConfigError(f"{name} must be positive, got {value}")
 
 
-def _check_runtime(device: str, no_cuda: bool, workers: int | None) -> None:
-    """The options every data-loading command shares: where it runs and how many loader processes."""
+def _check_runtime(device: str, no_cuda: bool, workers: int | None, precision: str = "auto") -> None:
+    """The options every data-loading command shares: where it runs, in what precision, with how many loaders."""
+    check_precision_name(precision)
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {workers}")
     check_device_name(device)
@@ -75,6 +76,7 @@ class TrainConfig:
     workers: int | None = None  # None: data.default_workers()
     device: str = "auto"
     no_cuda: bool = False
+    precision: str = "auto"  # auto|fp32|bf16|fp16: see device.resolve_precision
     seed: int = 1
     log_interval: int = 1
     output: Path | None = None  # None: a fresh runs/train-N
@@ -115,7 +117,7 @@ class TrainConfig:
             raise ConfigError("give --val or --val-split, not both")
         if self.patience is not None:
             _positive("--patience", self.patience)
-        _check_runtime(self.device, self.no_cuda, self.workers)
+        _check_runtime(self.device, self.no_cuda, self.workers, self.precision)
 
     @property
     def effective_image_size(self) -> int:
@@ -146,13 +148,14 @@ class EvaluateConfig:
     workers: int | None = None
     device: str = "auto"
     no_cuda: bool = False
+    precision: str = "auto"
     top_k: int = 5
     strict: bool = False
 
     def __post_init__(self) -> None:
         _positive("--batch-size", self.batch_size)
         _positive("--top-k", self.top_k)
-        _check_runtime(self.device, self.no_cuda, self.workers)
+        _check_runtime(self.device, self.no_cuda, self.workers, self.precision)
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,7 @@ class PredictConfig:
     workers: int | None = None
     device: str = "auto"
     no_cuda: bool = False
+    precision: str = "auto"
     strict: bool = False
 
     def __post_init__(self) -> None:
@@ -174,4 +178,4 @@ class PredictConfig:
             raise ConfigError("give --weights or --pretrained, not both")
         _positive("--top-k", self.top_k)
         _positive("--batch-size", self.batch_size)
-        _check_runtime(self.device, self.no_cuda, self.workers)
+        _check_runtime(self.device, self.no_cuda, self.workers, self.precision)

@@ -315,16 +315,18 @@ def _dataset_class():
         def __len__(self) -> int:
             return len(self.paths)
 
-        def __getitem__(self, index: int):
+        def __getitem__(self, key):
+            # An EpochSampler hands (index, augment_seed) pairs; a plain sampler hands indices.
+            index, augment_seed = key if isinstance(key, tuple) else (key, self.augment_seed)
             label = self.labels[index] if self.labels is not None else -1
             try:
                 image = open_image(self.paths[index], self.draft_size)
             except UnreadableImage as exc:
                 return None, label, index, str(exc)
-            if self.augment_seed is None:
+            if augment_seed is None:
                 return self.transform(image), label, index, None
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.augment_seed * 1_000_003 + index)
+                torch.manual_seed(augment_seed * 1_000_003 + index)
                 return self.transform(image), label, index, None
 
     return ImageDataset
@@ -346,6 +348,28 @@ def collate_readable(batch):
     return images, labels, [item[2] for item in good], failed
 
 
+class EpochSampler:
+    """The order of one epoch and its augmentation seed, replaced between epochs.
+
+    One DataLoader over it serves the whole run, so its worker processes persist from epoch to epoch
+    (persistent_workers) instead of starting again each time. It yields (index, augment_seed) pairs: the seed
+    travels with each index to whichever worker loads it.
+    """
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+        self.augment_seed: int | None = None
+
+    def set_epoch(self, order: Sequence[int], augment_seed: int | None) -> None:
+        self.order, self.augment_seed = list(order), augment_seed
+
+    def __iter__(self):
+        return iter([(index, self.augment_seed) for index in self.order])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 def make_loader(
     paths: Sequence[str],
     labels: Sequence[int] | None,
@@ -354,20 +378,25 @@ def make_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool,
-    order: Sequence[int] | None = None,
+    order: Sequence[int] | EpochSampler | None = None,
     augment_seed: int | None = None,
     draft_size: int | None = None,
+    persistent: bool = False,
 ):
-    """Batches in `order` (default: as given). Each batch is (images, labels, indices, failed)."""
+    """Batches in `order` (default: as given), or as an EpochSampler says. Each batch is
+    (images, labels, indices, failed). `persistent` keeps the workers alive between passes (a loader that is
+    iterated once per epoch)."""
     import torch
     from torch.utils.data import DataLoader
 
     dataset = _dataset_class()(paths, labels, transform, augment_seed, draft_size)
+    sampler = order if isinstance(order, EpochSampler) or order is None else list(order)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=list(order) if order is not None else None,
+        sampler=sampler,
         num_workers=workers,
+        persistent_workers=persistent and workers > 0,
         pin_memory=pin_memory,  # page-locked host memory makes non_blocking copies to CUDA asynchronous
         collate_fn=collate_readable,
         # Every new iterator draws a seed from this generator; without one it would draw from the global RNG

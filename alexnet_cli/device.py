@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,3 +63,123 @@ def _mps_available() -> bool:
 
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# auto picks bf16 on a CPU only when it measured clearly faster than fp32 there: some CPUs that advertise
+# avx512_bf16 (virtual machines that hide AMX, for one) run bf16 convolutions slower than fp32.
+BF16_MIN_SPEEDUP = 1.2
+
+
+def check_precision_name(name: str) -> None:
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown precision {name!r}: use {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The numeric format a command computes in, and one line saying why."""
+
+    name: str  # fp32, bf16 or fp16
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+
+    @property
+    def reduced(self) -> bool:
+        return self.name != "fp32"
+
+    def autocast(self, device: torch.device):
+        """Mixed precision for training: weights and optimizer state stay fp32, matmuls and convs run reduced."""
+        import torch
+
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.reduced)
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16), asked of the CPU itself."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = [check for check in checks if check is not None]
+    if checks:
+        return any(check() for check in checks)
+    try:  # older torch: read the CPU flags
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def measure_cpu_bf16_speedup(rounds: int = 3) -> float:
+    """fp32 time / bf16 time for an AlexNet-shaped convolution and matmul on this CPU (about 0.3 s).
+
+    A measurement rather than a table of CPU models: what counts is how the kernels torch ships run on
+    the cores we have, and a hypervisor can hide the units that make bf16 fast.
+    """
+    import time
+
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    conv_input = torch.randn(4, 96, 27, 27, generator=generator)
+    conv_weight = torch.randn(256, 96, 5, 5, generator=generator)
+    matrix = torch.randn(512, 2048, generator=generator)
+    weight = torch.randn(2048, 1024, generator=generator)
+
+    def timed(dtype) -> float:
+        x, w, m, v = (t.to(dtype) for t in (conv_input, conv_weight, matrix, weight))
+        with torch.inference_mode():
+            x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+            best = float("inf")
+            for _ in range(rounds + 1):  # the first round builds the kernels
+                start = time.perf_counter()
+                torch.nn.functional.conv2d(x, w, padding=2)
+                m @ v
+                best = min(best, time.perf_counter() - start)
+        return best
+
+    return timed(torch.float32) / timed(torch.bfloat16)
+
+
+def resolve_precision(name: str, device: torch.device, *, speedup: float | None = None) -> Precision:
+    """--precision auto|fp32|bf16|fp16 on the chosen device.
+
+    auto: CUDA uses bf16 where the GPU has it, else fp16 (with loss scaling); a CPU uses bf16 only where it
+    has native bf16 and bf16 measured at least BF16_MIN_SPEEDUP times fp32; MPS stays fp32.
+    `speedup` replaces the CPU measurement (tests).
+    """
+    import torch
+
+    check_precision_name(name)
+    kind = device.type
+    if name == "fp32":
+        return Precision("fp32", "fp32 (--precision fp32)")
+    if name == "fp16":
+        if kind == "cpu":
+            raise ConfigError("--precision fp16 needs a GPU: on a CPU use bf16 or fp32")
+        return Precision("fp16", "fp16 mixed precision with loss scaling (--precision fp16)")
+    if name == "bf16":
+        if kind == "cuda" and not torch.cuda.is_bf16_supported():
+            raise DeviceError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16 or fp32")
+        note = "" if kind != "cpu" or cpu_native_bf16() else "; this CPU has no native bf16, so expect it to be slow"
+        return Precision("bf16", f"bf16 mixed precision (--precision bf16{note})")
+    # auto
+    if kind == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", "auto: bf16 mixed precision (the GPU supports bf16)")
+        return Precision("fp16", "auto: fp16 mixed precision with loss scaling (the GPU has no bf16)")
+    if kind != "cpu":
+        return Precision("fp32", f"auto: fp32 (mixed precision is not used on {kind})")
+    if speedup is None and not cpu_native_bf16():
+        return Precision("fp32", "auto: fp32 (this CPU has no native bf16)")
+    ratio = measure_cpu_bf16_speedup() if speedup is None else speedup
+    if ratio >= BF16_MIN_SPEEDUP:
+        return Precision("bf16", f"auto: bf16 mixed precision (bf16 measured {ratio:.2f}x fp32 on this CPU)")
+    return Precision("fp32", f"auto: fp32 (this CPU has native bf16, but it measured {ratio:.2f}x fp32 here)")
