@@ -218,7 +218,9 @@ def _default_class_names(arch: str, num_classes: int) -> tuple[str, ...]:
 def base_payload(
     *, arch: str, class_names: tuple[str, ...], preprocess: Preprocess, dropout: float, model_state
 ) -> dict[str, Any]:
-    """The part of a checkpoint that evaluate and predict need."""
+    """The part of a checkpoint that evaluate and predict need. The weights are stored as CPU tensors, so a
+    checkpoint written on a GPU opens anywhere, even with a plain torch.load."""
+    model_state = {name: tensor.detach().cpu() for name, tensor in model_state.items()}
     return {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,

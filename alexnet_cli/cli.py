@@ -176,6 +176,10 @@ def train(
             result = run_training(cfg, observer)
         finally:
             observer.close()
+        from alexnet_cli.distributed import from_env
+
+        if not from_env().is_main:
+            return  # under torchrun, rank 0 reports
         best = result.run_dir / "best.pt"
         console.info(f"done: {result.epochs_done} epochs, best accuracy {result.best_acc:.2%} at epoch "
                      f"{result.best_epoch}; weights in {best}")
@@ -252,6 +256,64 @@ def predict(
                 console.info(f"wrote {len(results)} predictions to {output}")
         else:
             console.predictions(results, "pretrained" if pretrained else "checkpoint")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Where the demo data set lives (made if missing).")] = Path("alexnet-demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs: more for accuracy, fewer for time.")] = 8,
+    image_size: Annotated[int, typer.Option(help="Input size: larger is slower (alexnet needs at least 67).")] = 67,
+    per_class: Annotated[int, typer.Option(help="Training images per class when the data set is made.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.")] = None,
+) -> None:
+    """The whole tool in one command: make a small texture data set, train alexnet on it, evaluate, predict."""
+    from alexnet_cli import demo as demomod
+    from alexnet_cli.config import EvaluateConfig, PredictConfig, TrainConfig
+    from alexnet_cli.engine import evaluate as run_evaluation
+    from alexnet_cli.engine import predict as run_prediction
+    from alexnet_cli.engine import train as run_training
+
+    with _boundary():
+        val_per_class = max(1, per_class // 4)
+        # Check every option before making anything.
+        TrainConfig(data=folder / "train", val=folder / "val", image_size=image_size, epochs=epochs,
+                    batch_size=batch_size, device=device, workers=workers)
+        data = demomod.ensure_demo_data(folder, per_class=per_class, val_per_class=val_per_class,
+                                        image_size=image_size)
+        verb = "made" if data.created else "reusing"
+        console.info(f"[1/3] data: {verb} {folder} ({len(demomod.CLASSES)} textures: "
+                     f"{', '.join(demomod.CLASSES)}; {data.train_per_class} training and {data.val_per_class} "
+                     "validation images each)")
+        observer = console.RichObserver()
+        try:
+            result = run_training(TrainConfig(
+                data=data.train, val=data.val, image_size=image_size, epochs=epochs, batch_size=batch_size,
+                device=device, workers=workers, log_interval=1,
+            ), observer)
+        finally:
+            observer.close()
+        best = result.run_dir / "best.pt"
+        console.info(f"[2/3] evaluate {best} on {data.val}")
+        report = run_evaluation(EvaluateConfig(data=data.val, weights=best, device=device, workers=workers),
+                                console.RichObserver()).to_dict()
+        console.evaluation(report, str(data.val))
+        samples = demomod.sample_images(data)
+        console.info("[3/3] predict a few validation images")
+        results = run_prediction(PredictConfig(inputs=tuple(samples), weights=best, top_k=2, device=device,
+                                               workers=0), console.RichObserver())
+        console.predictions(results, str(best))
+        console.info(f"validation accuracy: {report['accuracy']:.1%} after {result.epochs_done} epochs "
+                     f"(best at epoch {result.best_epoch}); weights in {best}")
+        size = "" if image_size == 227 else f" --image-size {image_size}"
+        console.demo_commands([
+            ("train", f"alexnet train {data.train} --val {data.val} --epochs {epochs}{size}"),
+            ("evaluate", f"alexnet evaluate {data.val} --weights {best}"),
+            ("predict", f"alexnet predict {samples[0]} --weights {best}"),
+            ("your data", "alexnet train path/to/train   (one sub-folder of images per class)"),
+            ("real photos", "alexnet data pets pets && alexnet train pets/train --pretrained"),
+        ])
 
 
 data_app = typer.Typer(help="Get real data sets, laid out as ImageFolder trees.", no_args_is_help=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,9 +16,15 @@ from rich.table import Table
 console = Console(stderr=True, highlight=False)
 
 
+def _rank_prefix() -> str:
+    """Under torchrun every rank may fail on its own; say which one did."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f"rank {os.environ.get('RANK', '0')} of {world}: " if world.isdigit() and int(world) > 1 else ""
+
+
 def error(message: str) -> None:
     # soft_wrap: the message stays one line however narrow the terminal.
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(_rank_prefix() + message)}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
@@ -153,6 +160,16 @@ def predictions(results: Sequence[dict[str, Any]], source: str) -> None:
     for result in results:
         ranked = ", ".join(f"{escape(r['label'])} {r['probability']:.1%}" for r in result["top_k"])
         table.add_row(escape(result["path"]), escape(result["label"]), f"{result['confidence']:.1%}", ranked)
+    console.print(table)
+
+
+def demo_commands(steps: Sequence[tuple[str, str]]) -> None:
+    """The commands behind each demo step, to copy for one's own data."""
+    table = Table(title="do it yourself", title_justify="left", box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, command in steps:
+        table.add_row(escape(name), escape(command))
     console.print(table)
 
 

@@ -12,13 +12,14 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from alexnet_cli import data as datamod
+from alexnet_cli import distributed as distmod
 from alexnet_cli.checkpoint import Checkpoint, base_payload, load_checkpoint, publish_copy, save_checkpoint
 from alexnet_cli.config import DEFAULT_EPOCHS, SGD_MOMENTUM, EvaluateConfig, PredictConfig, TrainConfig
 from alexnet_cli.device import Precision, resolve_device, resolve_precision
@@ -126,7 +127,7 @@ def report_unreadable(failed: Sequence[tuple[int, str]], strict: bool, observer:
 
 
 def evaluate_model(model, loader, device, num_classes: int, precision: Precision, k: int = 5, criterion=None,
-                   on_failed=lambda failed: None) -> EvalResult:
+                   on_failed=lambda failed: None, dist: distmod.Dist = distmod.SINGLE) -> EvalResult:
     """Loss, confusion and top-k over a loader. A model already cast to bf16/fp16 runs as it is; an fp32 model
     (validation during training) runs under autocast when the precision is reduced."""
     import torch
@@ -157,6 +158,13 @@ def evaluate_model(model, loader, device, num_classes: int, precision: Precision
             if use_topk:
                 topk_correct += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
             images += labels.numel()
+    if dist.enabled:  # each rank saw its own share of the images, each image once: sum the counts
+        counts = torch.cat([confusion.double(), loss_sum.view(1), topk_correct.double().view(1),
+                            torch.tensor([float(images)], dtype=torch.float64, device=device)])
+        distmod.all_reduce_sum(counts, dist)
+        n = num_classes * num_classes
+        confusion, loss_sum, topk_correct = counts[:n].long(), counts[n], counts[n + 1].long()
+        images = int(counts[n + 2].item())
     return EvalResult(
         class_names=(),
         images=images,
@@ -317,7 +325,22 @@ def _resume_config(cfg: TrainConfig, checkpoint: Checkpoint) -> TrainConfig:
         raise CheckpointError(f"{checkpoint.path} has a damaged config: {exc}") from None
 
 
+class _Silent:
+    """The observer of every rank but 0: they train and keep quiet."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
+    """Train as one process, or as one rank of a torchrun launch (see distributed.py)."""
+    dist = distmod.from_env()
+    choice = distmod.resolve_device_for(dist, cfg.device, cfg.no_cuda)
+    with distmod.process_group(dist, choice.device):
+        return _train(cfg, observer if dist.is_main else _Silent(), dist, choice)
+
+
+def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> TrainResult:
     import torch
 
     checkpoint = load_checkpoint(cfg.resume) if cfg.resume else None
@@ -327,7 +350,6 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
         raise ConfigError("give the training folder: alexnet train DATA")
     epochs = cfg.epochs or DEFAULT_EPOCHS
 
-    choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda)
     device = choice.device
     observer.info(f"device: {choice.reason}")
     precision = resolve_precision(cfg.precision, device)
@@ -349,7 +371,12 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
     info = arch_info(cfg.arch)
     preprocess = datamod.Preprocess.for_arch(cfg.effective_image_size, info.default_image_size)
     num_classes = len(train_set.classes)
-    # A resumed run has its weights already; only a fresh one fetches the ImageNet weights.
+    # A resumed run has its weights already; only a fresh one fetches the ImageNet weights (rank 0 first, so
+    # that the ranks do not all download into the same cache at once).
+    if dist.enabled and cfg.pretrained and checkpoint is None:
+        if dist.is_main:
+            build_model(cfg.arch, num_classes=num_classes, pretrained=True)
+        torch.distributed.barrier()
     model = build_model(cfg.arch, num_classes=num_classes, dropout=cfg.dropout,
                         pretrained=cfg.pretrained and checkpoint is None)
     if checkpoint is not None:
@@ -357,6 +384,10 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
     if cfg.freeze_features:
         model.features.requires_grad_(False)  # the optimizer below only gets the classifier's parameters
     model.to(device, memory_format=torch.channels_last)  # NHWC: the layout oneDNN and cuDNN convolve fastest
+    net = model  # what trains: the model itself, or its DistributedDataParallel wrapper
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(cfg.optimizer, model, lr=cfg.effective_lr, weight_decay=cfg.effective_weight_decay,
                                device=device)
     scheduler = _make_scheduler(cfg, optimizer, epochs)
@@ -376,22 +407,35 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
             scaler.load_state_dict(raw["scaler"])
         state = RunState(**raw["run_state"])
         _restore_rng(raw["rng"], device)
+        if dist.rank > 0:  # the checkpoint holds rank 0's random state; the others draw their own dropout masks
+            torch.manual_seed(cfg.seed * 1_000_003 + state.epoch * 1_009 + dist.rank)
         if state.epoch >= epochs:
             raise ConfigError(
                 f"{cfg.resume} already finished {state.epoch} epochs: pass --epochs greater than {state.epoch} to extend it"
             )
         observer.info(f"resuming {cfg.resume} at epoch {state.epoch + 1} of {epochs}")
 
+    elif dist.rank > 0:
+        torch.manual_seed(cfg.seed * 1_000_003 + dist.rank)  # rank 0 broadcasts the weights; dropout differs
+
     # The run folder is made only now that the data and options have passed every check: a failed start
-    # leaves no empty runs/train-N behind.
-    run_dir = Path(cfg.output) if cfg.output else new_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_record = {**cfg.to_dict(), "epochs": epochs, "output": str(run_dir), "resume": None}
-    write_json(run_dir / "config.json",
-               {**config_record, "validation": val_source, "class_names": list(train_set.classes)})
-    if split is not None:
-        write_json(run_dir / "split.json", datamod.split_record(split[1], split[0], cfg.seed))
+    # leaves no empty runs/train-N behind. Under torchrun, rank 0 alone writes it.
+    if dist.is_main:
+        run_dir = Path(cfg.output) if cfg.output else new_run_dir()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = Path(cfg.output or "runs")
+    config_record = {**cfg.to_dict(), "epochs": epochs, "output": str(run_dir), "resume": None,
+                     "world_size": dist.world_size}
+    if dist.is_main:
+        write_json(run_dir / "config.json",
+                   {**config_record, "validation": val_source, "class_names": list(train_set.classes)})
+        if split is not None:
+            write_json(run_dir / "split.json", datamod.split_record(split[1], split[0], cfg.seed))
     observer.info(f"run folder: {run_dir}")
+    if dist.enabled:
+        observer.info(f"{dist.world_size} processes, batch {cfg.batch_size} each: {dist.world_size * cfg.batch_size} "
+                      "images per step")
 
     pin = device.type == "cuda"
     workers = datamod.default_workers() if cfg.workers is None else cfg.workers
@@ -405,6 +449,7 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
         val_loader = datamod.make_loader(
             [p for p, _ in val_set.samples], [lab for _, lab in val_set.samples], preprocess.eval_transforms(),
             batch_size=cfg.batch_size, workers=workers, pin_memory=pin, draft_size=draft, persistent=True,
+            order=distmod.eval_shard(len(val_set.samples), dist) if dist.enabled else None,
         )
     sampler = datamod.EpochSampler()
     train_loader = datamod.make_loader(
@@ -433,25 +478,34 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
     partial = checkpoint.raw.get("partial") if checkpoint is not None else None
     stopped_early = False
     with graceful_interrupts() as interrupts:
+        # Every rank stops at the same step when any of them is signalled (one all-reduce per step).
+        should_stop = lambda: distmod.any_rank(bool(interrupts), device, dist)  # noqa: E731
         while state.epoch < epochs:
             epoch = state.epoch + 1
-            progress = EpochProgress(**partial) if partial and partial["epoch"] == epoch else EpochProgress(epoch)
+            progress = _epoch_progress(epoch, partial, dist, observer)
             partial = None
-            order = datamod.epoch_order(len(train_paths), cfg.seed, epoch)
-            sampler.set_epoch(order[progress.iteration * cfg.batch_size:], augment_seed=cfg.seed * 100_003 + epoch)
-            iterations = math.ceil(len(train_paths) / cfg.batch_size)
-            _train_one_epoch(
-                model, train_loader, optimizer, scaler, criterion, device, precision, progress,
-                iterations, epochs, cfg.log_interval, observer, on_failed, interrupts,
+            shard = distmod.train_shard(len(train_paths), cfg.seed, epoch, dist)
+            sampler.set_epoch(shard[progress.iteration * cfg.batch_size:], augment_seed=cfg.seed * 100_003 + epoch)
+            iterations = math.ceil(len(shard) / cfg.batch_size)
+            stopped = _train_one_epoch(
+                net, train_loader, optimizer, scaler, criterion, device, precision, progress,
+                iterations, epochs, cfg.log_interval, observer, on_failed, should_stop, dist.enabled,
             )
-            if interrupts:
+            # The epoch's totals over every rank (one process: as they are).
+            totals = distmod.all_reduce_sum(torch.tensor(
+                [progress.loss_sum, progress.correct, progress.images], dtype=torch.float64, device=device), dist)
+            progress.loss_sum, progress.correct, progress.images = totals[0].item(), int(totals[1]), int(totals[2])
+            if stopped:
                 # Stopped between two steps: save where we are, so that --resume continues from this step.
-                save_checkpoint(run_dir / "last.pt", checkpoint_payload(state.epoch, progress.to_dict()))
-                name = signal.Signals(interrupts[0]).name
+                if dist.is_main:
+                    save_checkpoint(run_dir / "last.pt", checkpoint_payload(
+                        state.epoch, {**progress.to_dict(), "world_size": dist.world_size}))
+                signum = interrupts[0] if interrupts else signal.SIGTERM
+                name = signal.Signals(signum).name
                 raise TrainingInterrupted(
                     f"stopped by {name} at epoch {epoch}, iteration {progress.iteration}/{iterations}; saved "
                     f"{run_dir / 'last.pt'}. Resume with: alexnet train --resume {run_dir / 'last.pt'}",
-                    exit_code=128 + interrupts[0],
+                    exit_code=128 + signum,
                 )
 
             lr = optimizer.param_groups[0]["lr"]
@@ -464,7 +518,7 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
             }
             if val_loader is not None:
                 result = evaluate_model(model, val_loader, device, num_classes, precision, criterion=criterion,
-                                        on_failed=on_failed)
+                                        on_failed=on_failed, dist=dist)
                 row.update(val_loss=result.loss, val_acc=result.accuracy, val_images=result.images)
             if scheduler is not None:
                 scheduler.step()
@@ -478,10 +532,11 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
             else:
                 state.epochs_since_best += 1
 
-            save_checkpoint(run_dir / "last.pt", checkpoint_payload(epoch, None))
-            if improved:
-                publish_copy(run_dir / "last.pt", run_dir / "best.pt")
-            write_metrics(run_dir / "metrics.csv", state.history)
+            if dist.is_main:
+                save_checkpoint(run_dir / "last.pt", checkpoint_payload(epoch, None))
+                if improved:
+                    publish_copy(run_dir / "last.pt", run_dir / "best.pt")
+                write_metrics(run_dir / "metrics.csv", state.history)
             observer.epoch_end(row, epochs, improved)
 
             if cfg.patience is not None and state.epochs_since_best >= cfg.patience:
@@ -493,6 +548,26 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
                 break
 
     return TrainResult(run_dir, state.epoch, state.best_epoch, state.best_acc, stopped_early)
+
+
+def _epoch_progress(epoch: int, partial: dict[str, Any] | None, dist: distmod.Dist, observer) -> EpochProgress:
+    """Where an epoch starts: at its beginning, or where an interrupted run stopped inside it.
+
+    The saved totals cover every rank; rank 0 carries them on and the others start from zero, so that the
+    sum over ranks at the epoch's end is right. With a different number of processes the rest of the epoch
+    would be sharded differently, so it starts again from its beginning.
+    """
+    if not partial or partial["epoch"] != epoch:
+        return EpochProgress(epoch)
+    fields = {k: v for k, v in partial.items() if k in EpochProgress.__dataclass_fields__}
+    saved_world = partial.get("world_size", 1)
+    if saved_world != dist.world_size:
+        observer.warn(f"the run stopped inside epoch {epoch} with {saved_world} processes; with "
+                      f"{dist.world_size} now, epoch {epoch} starts again from its beginning")
+        return EpochProgress(epoch)
+    if dist.rank > 0:
+        return EpochProgress(epoch, iteration=fields["iteration"], seconds=fields["seconds"])
+    return EpochProgress(**fields)
 
 
 @dataclass
@@ -545,7 +620,8 @@ def graceful_interrupts():
 
 def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, precision, progress: EpochProgress,
                      iterations: int, epochs: int, log_interval: int, observer: Observer, on_failed,
-                     interrupts: list[int]) -> None:
+                     should_stop: Callable[[], bool], distributed: bool = False) -> bool:
+    """One epoch (or the rest of one); returns True when a signal stopped it between two steps."""
     import torch
 
     model.train()
@@ -581,14 +657,22 @@ def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, precis
             correct += (logits.argmax(1) == labels).sum()
             images += labels.numel()
             new_images += labels.numel()
-        if progress.iteration % log_interval == 0 or progress.iteration == iterations or interrupts:
+        elif distributed:
+            # Every rank must take every step (DDP all-reduces the gradients); one with nothing to train on
+            # cannot, so it stops the run rather than leave the others waiting.
+            raise DataError(f"no image of batch {progress.iteration} of epoch {epoch} could be read on this "
+                            "rank; remove the unreadable files named above")
+        stop = should_stop()
+        if progress.iteration % log_interval == 0 or progress.iteration == iterations or stop:
             sync()
             if batch is not None:
                 rate = new_images / max(1e-9, time.perf_counter() - started)
                 observer.step(epoch, epochs, progress.iteration, iterations, loss.item(), rate)
-        if interrupts:
-            break  # the totals are synced below, whichever step the signal came in
+        if stop:
+            sync()
+            return True
     sync()
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

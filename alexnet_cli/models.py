@@ -171,6 +171,25 @@ def pretrained_state_dict(progress: bool = True) -> Mapping[str, torch.Tensor]:
         ) from None
 
 
+def init_weights(model: nn.Module) -> None:
+    """From-scratch initialisation: He (fan_out, ReLU) for the convolutions, N(0, 0.01) for the linear layers,
+    zero biases -- torchvision's VGG scheme, for the same reason: a deep ReLU net without batch norm.
+
+    PyTorch's default init shrinks the activations at every layer, and a from-scratch AlexNet sat at chance
+    loss for the first hundred or more steps on the demo data; with this one it leaves chance within the first
+    epoch (docs/architecture.md gives the runs).
+    """
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
 def build_model(
     arch: str = "alexnet",
     *,
@@ -199,6 +218,8 @@ def build_model(
         raise ConfigError(f"ImageNet weights exist only for alexnet-torchvision, not {arch}")
 
     model = _architecture(arch, 1000 if pretrained else num_classes, dropout)
+    if not pretrained and state_dict is None:
+        init_weights(model)
     if pretrained:
         model.load_state_dict(pretrained_state_dict(progress))
         if num_classes != 1000:

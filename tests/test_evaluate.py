@@ -9,7 +9,7 @@ from conftest import FAST_TRAIN, invoke
 
 def test_evaluate_json_agrees_with_a_hand_count(runner, shapes):
     assert invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *FAST_TRAIN]).exit_code == 0
-    result = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--json",
+    result = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--json", "--precision", "fp32",
                              "--batch-size", "4", "--workers", "0"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -306,8 +306,9 @@ def test_signal_handlers_are_restored(runner, shapes):
 
 
 def _train_command(data: Path, output: str, *extra: str) -> list[str]:
+    # On the CPU: a GPU's convolution kernels are not bit-reproducible, so bit-exact resume is a CPU promise.
     return [sys.executable, "-m", "alexnet_cli", "train", str(data), "--epochs", "2", "--image-size", "67",
-            "--batch-size", "2", "--workers", "0", "--output", output, *extra]
+            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--output", output, *extra]
 
 
 def _interrupted_run(data: Path, output: str, marker: str, sig: int) -> tuple[int, str]:
@@ -332,7 +333,8 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_same_weights(shapes, tmp_pat
     partial = torch.load("stopped/last.pt", weights_only=True)
     assert partial["epoch"] == 0 and partial["partial"]["iteration"] >= 3, partial["partial"]
 
-    resumed = subprocess.run([sys.executable, "-m", "alexnet_cli", "train", "--resume", "stopped/last.pt"],
+    resumed = subprocess.run([sys.executable, "-m", "alexnet_cli", "train", "--resume", "stopped/last.pt",
+                              "--device", "cpu"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load("straight/last.pt", weights_only=True)

@@ -1,0 +1,147 @@
+"""Multi-process training under torchrun: DistributedDataParallel on NCCL (CUDA) or gloo (CPU).
+
+`alexnet train` run by torchrun (`torchrun --nproc_per_node=N -m alexnet_cli train DATA`) finds WORLD_SIZE,
+RANK and LOCAL_RANK in its environment and joins the process group; run plainly, everything here is a no-op.
+Rank 0 alone prints, writes the run folder and saves checkpoints; metrics are summed over all ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from alexnet_cli.device import DeviceChoice, resolve_device
+from alexnet_cli.errors import ConfigError, DeviceError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Dist:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = Dist()
+
+
+def from_env(environ=os.environ) -> Dist:
+    """The launch torchrun describes in the environment, or a single process."""
+    if "WORLD_SIZE" not in environ:
+        return SINGLE
+    try:
+        dist = Dist(int(environ["WORLD_SIZE"]), int(environ.get("RANK", 0)), int(environ.get("LOCAL_RANK", 0)))
+    except ValueError:
+        raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun)") from None
+    if dist.world_size < 1 or not 0 <= dist.rank < dist.world_size:
+        raise ConfigError(f"RANK {dist.rank} does not fit WORLD_SIZE {dist.world_size}")
+    return dist
+
+
+def resolve_device_for(dist: Dist, name: str, no_cuda: bool) -> DeviceChoice:
+    """--device under torchrun: each process takes the GPU of its LOCAL_RANK, or the CPU."""
+    import torch
+
+    if not dist.enabled:
+        return resolve_device(name, no_cuda=no_cuda)
+    if name == "mps":
+        raise ConfigError("multi-process training runs on CUDA GPUs or the CPU, not on mps")
+    if name.startswith("cuda:"):
+        raise ConfigError(
+            f"--device {name}: under torchrun each process uses the GPU of its LOCAL_RANK; give --device cuda "
+            "(or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    use_cuda = (name == "cuda") or (name == "auto" and not no_cuda and torch.cuda.is_available())
+    if not use_cuda:
+        why = "--device cpu" if name == "cpu" else ("--no-cuda given" if no_cuda else "no CUDA device found")
+        return DeviceChoice(torch.device("cpu"), f"cpu, gloo backend ({why}), rank {dist.rank} of {dist.world_size}")
+    if not torch.cuda.is_available():
+        raise DeviceError("--device cuda asked for CUDA, but none is available: use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if dist.local_rank >= count:
+        raise DeviceError(
+            f"LOCAL_RANK {dist.local_rank} has no GPU: this node has {count}; start at most {count} processes "
+            "per node (--nproc_per_node)"
+        )
+    torch.cuda.set_device(dist.local_rank)
+    label = torch.cuda.get_device_name(dist.local_rank)
+    return DeviceChoice(torch.device("cuda", dist.local_rank),
+                        f"cuda:{dist.local_rank} ({label}), NCCL backend, rank {dist.rank} of {dist.world_size}")
+
+
+@contextmanager
+def process_group(dist: Dist, device: torch.device) -> Iterator[None]:
+    """Join the process group for the length of a run, and always leave it (destroy_process_group)."""
+    if not dist.enabled:
+        yield
+        return
+    import torch.distributed as td
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    td.init_process_group(backend, **kwargs)
+    try:
+        yield
+    finally:
+        td.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """Sum a tensor over every rank, in place; the identity for one process."""
+    if dist.enabled:
+        import torch.distributed as td
+
+        td.all_reduce(tensor, op=td.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device, dist: Dist) -> bool:
+    """True on every rank when it is true on any: all ranks then stop at the same step."""
+    if not dist.enabled:
+        return flag
+    import torch
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    return bool(all_reduce_sum(value, dist).item() > 0)
+
+
+def train_shard(n: int, seed: int, epoch: int, dist: Dist) -> list[int]:
+    """This rank's share of one epoch's shuffle, by torch's DistributedSampler (padded to equal shares).
+
+    The permutation depends on (seed, epoch) only, and rank r takes every world_size-th index from r: so the
+    images that N processes train on at one step of batch B each are exactly those that one process trains
+    on at batch N*B.
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                 seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def eval_shard(n: int, dist: Dist) -> list[int]:
+    """This rank's share of the validation set, with DistributedSampler's padding removed.
+
+    DistributedSampler pads the index list by repeating its start so that every rank gets as many; those
+    repeats would be counted twice in the metrics, so they are dropped here (ranks may differ by one image).
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=False)
+    indices: Sequence[int] = list(sampler)
+    positions = range(dist.rank, sampler.total_size, dist.world_size)  # where each index sat in the padded list
+    return [index for index, position in zip(indices, positions) if position < n]

@@ -1,0 +1,145 @@
+"""torchrun: two gloo processes on the CPU train as one, rank 0 alone writes, and a failing rank stops all."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, env_without_debug, invoke
+
+from alexnet_cli.distributed import Dist, eval_shard, from_env, train_shard
+from alexnet_cli.synthetic import make_shapes_folder
+
+TIMEOUT = 240
+
+
+def _torchrun(nproc: int) -> list[str]:
+    launcher = shutil.which("torchrun")
+    base = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
+    return [*base, "--standalone", f"--nproc_per_node={nproc}"]
+
+
+def _launch(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**env_without_debug(), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    """16 training images (2 classes) and an odd 5 validation images, so that sharding pads."""
+    root = tmp_path / "data"
+    make_shapes_folder(root / "train", classes=("circle", "square"), per_class=8, size=72, seed=3)
+    make_shapes_folder(root / "val", classes=("circle", "square"), per_class=3, size=72, seed=4)
+    (root / "val" / "square" / "square_0002.png").unlink()
+    return root
+
+
+TRAIN = ["train", "data/train", "--val", "data/val", "--image-size", str(TINY), "--workers", "0", "--device", "cpu",
+         "--precision", "fp32"]
+
+
+def test_shards_cover_every_image_and_validation_counts_each_once():
+    for n in (5, 16, 17):
+        for world in (1, 2, 3):
+            shards = [eval_shard(n, Dist(world, rank)) for rank in range(world)]
+            assert sorted(i for shard in shards for i in shard) == list(range(n))
+            train = [train_shard(n, 7, 2, Dist(world, rank)) for rank in range(world)]
+            assert len({len(t) for t in train}) == 1  # equal shares: every rank takes every step
+            assert set(i for t in train for i in t) == set(range(n))
+    # Two ranks at batch B see, step by step, one process's batch of 2B.
+    whole = train_shard(16, 1, 1, Dist(1, 0))
+    halves = [train_shard(16, 1, 1, Dist(2, rank)) for rank in (0, 1)]
+    for step in range(2):
+        assert sorted(whole[8 * step: 8 * step + 8]) == sorted(halves[0][4 * step: 4 * step + 4]
+                                                              + halves[1][4 * step: 4 * step + 4])
+
+
+def test_launch_environment_is_read_and_checked():
+    assert not from_env({}).enabled
+    dist = from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert dist.enabled and not dist.is_main and dist.local_rank == 1
+    from alexnet_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        from_env({"WORLD_SIZE": "2", "RANK": "2"})
+
+
+def test_device_index_under_torchrun_is_a_clear_error(runner, tiny, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = invoke(runner, ["train", "data/train", "--device", "cuda:1"])
+    assert result.exit_code == 2
+    assert "LOCAL_RANK" in result.stderr and "rank 0 of 2" in result.stderr
+
+
+def test_torchrun_two_processes_write_one_run_that_loads_in_plain_evaluate(runner, tiny, tmp_path):
+    result = _launch([*_torchrun(2), "-m", "alexnet_cli", *TRAIN, "--epochs", "2", "--batch-size", "4"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["train-1"]  # one folder, by rank 0
+    run = tmp_path / "runs" / "train-1"
+    assert {"best.pt", "last.pt", "metrics.csv", "config.json"} <= {p.name for p in run.iterdir()}
+    rows = _metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(int(r["val_images"]) == 5 for r in rows)  # every validation image once, padding dropped
+    assert result.stderr.count("run folder:") == 1  # only rank 0 talks
+    assert "2 processes, batch 4 each: 8 images per step" in result.stderr
+    assert "Epoch [2/2], Iter [2/2] Loss:" in result.stderr  # 16 images / (2 x 4) = 2 steps per epoch
+
+    evaluated = invoke(runner, ["evaluate", "data/val", "--weights", str(run / "best.pt"), "--workers", "0",
+                                "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    import json
+
+    report = json.loads(evaluated.stdout)
+    assert report["images"] == 5
+    assert report["accuracy"] == pytest.approx(float(rows[-1]["val_acc"])) or report["accuracy"] == pytest.approx(
+        max(float(r["val_acc"]) for r in rows))
+
+
+def test_two_processes_at_batch_b_train_like_one_at_batch_2b(tiny, tmp_path):
+    common = [*TRAIN, "--epochs", "2", "--dropout", "0"]
+    one = _launch([sys.executable, "-m", "alexnet_cli", *common, "--batch-size", "8", "--output", "one"], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _launch([*_torchrun(2), "-m", "alexnet_cli", *common, "--batch-size", "4", "--output", "two"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), strict=True):
+        for column in ("train_loss", "val_loss"):
+            assert float(b[column]) == pytest.approx(float(a[column]), rel=1e-3, abs=1e-4), (column, a, b)
+        assert a["val_images"] == b["val_images"] == "5"
+
+
+def test_a_failing_rank_stops_the_whole_launch_with_its_error(tiny, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import alexnet_cli.engine as engine\n"
+        "    original, calls = engine.train_step, []\n"
+        "    def failing(*args, **kwargs):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 2:\n"
+        "            raise RuntimeError('injected failure on rank 1')\n"
+        "        return original(*args, **kwargs)\n"
+        "    engine.train_step = failing\n"
+    )
+    pythonpath = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+    started = time.monotonic()
+    result = _launch([*_torchrun(2), "-m", "alexnet_cli", *TRAIN, "--epochs", "3", "--batch-size", "2"], tmp_path,
+                     env={"PYTHONPATH": pythonpath})
+    assert time.monotonic() - started < TIMEOUT
+    assert result.returncode != 0
+    assert "error: rank 1 of 2: unexpected RuntimeError: injected failure on rank 1" in result.stderr
+    assert "Traceback" not in result.stderr.split("injected failure on rank 1")[0]
