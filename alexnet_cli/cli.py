@@ -154,6 +154,9 @@ def train(
     output: Annotated[Optional[Path], typer.Option(help="Run folder [default: a new runs/train-N].")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt; a larger --epochs extends it.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="Log to RUN_DIR/tensorboard (pip install 'alexnet-cli[tensorboard]').")
+    ] = False,
 ) -> None:
     """Train on an ImageFolder tree, validating every epoch; writes a run folder with best.pt and last.pt."""
     from alexnet_cli.config import TrainConfig
@@ -170,7 +173,7 @@ def train(
             epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler,
             label_smoothing=label_smoothing, dropout=dropout, patience=patience, workers=workers, device=device,
             no_cuda=no_cuda, precision=precision, seed=seed, log_interval=log_interval, output=output,
-            resume=resume,
+            resume=resume, tensorboard=tensorboard,
         )
         try:
             result = run_training(cfg, observer)
@@ -181,6 +184,7 @@ def train(
         if not from_env().is_main:
             return  # under torchrun, rank 0 reports
         best = result.run_dir / "best.pt"
+        console.accuracy_trend(result.history)
         console.info(f"done: {result.epochs_done} epochs, best accuracy {result.best_acc:.2%} at epoch "
                      f"{result.best_epoch}; weights in {best}")
         console.info(f"next: alexnet evaluate DATA --weights {best}   |   alexnet predict IMAGE --weights {best}")
@@ -198,6 +202,9 @@ def evaluate(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    save_errors: Annotated[
+        Optional[Path], typer.Option(help="Link each misclassified image into DIR/<true>__as__<predicted>/.")
+    ] = None,
 ) -> None:
     """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
     from alexnet_cli.config import EvaluateConfig
@@ -205,7 +212,8 @@ def evaluate(
 
     with _boundary():
         cfg = EvaluateConfig(data=data, weights=weights, batch_size=batch_size, workers=workers, device=device,
-                             no_cuda=no_cuda, precision=precision, top_k=top_k, strict=strict)
+                             no_cuda=no_cuda, precision=precision, top_k=top_k, strict=strict,
+                             save_errors=save_errors)
         report = run_evaluation(cfg, console.RichObserver()).to_dict()
         if as_json:
             console.print_json(report)
@@ -230,6 +238,9 @@ def predict(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Write the JSON or CSV here instead of stdout.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    explain: Annotated[
+        Optional[Path], typer.Option(help="Write a Grad-CAM picture per image into this folder (where the model looked).")
+    ] = None,
 ) -> None:
     """Classify images with a trained checkpoint or ImageNet weights; prints a table, JSON or CSV."""
     from alexnet_cli.config import PredictConfig
@@ -243,7 +254,7 @@ def predict(
             as_json = not as_csv
         cfg = PredictConfig(inputs=tuple(inputs), weights=weights, pretrained=pretrained, top_k=top_k,
                             batch_size=batch_size, workers=workers, device=device, no_cuda=no_cuda,
-                            precision=precision, strict=strict)
+                            precision=precision, strict=strict, explain=explain)
         results = run_prediction(cfg, console.RichObserver())
         if as_json or as_csv:
             text = json.dumps(results, indent=2) + "\n" if as_json else console.predictions_csv(results)
@@ -256,6 +267,18 @@ def predict(
                 console.info(f"wrote {len(results)} predictions to {output}")
         else:
             console.predictions(results, "pretrained" if pretrained else "checkpoint")
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by alexnet train (runs/train-N).")],
+) -> None:
+    """Draw curves.png (loss, accuracy, learning rate per epoch) and confusion_matrix.png into a run folder."""
+    from alexnet_cli.plots import plot_run
+
+    with _boundary():
+        for path in plot_run(run_dir):
+            console.info(f"wrote {path}")
 
 
 @app.command()

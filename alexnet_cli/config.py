@@ -84,6 +84,7 @@ class TrainConfig:
     pretrained: bool = False  # start from torchvision's ImageNet weights, with a new classifier head
     freeze_features: bool = False  # with pretrained: train the classifier only
     strict: bool = False  # any unreadable or skipped file is an error instead of a warning
+    tensorboard: bool = False  # log to RUN_DIR/tensorboard (the tensorboard extra)
 
     def __post_init__(self) -> None:
         arch_info(self.arch)
@@ -151,6 +152,7 @@ class EvaluateConfig:
     precision: str = "auto"
     top_k: int = 5
     strict: bool = False
+    save_errors: Path | None = None  # link the misclassified images into DIR/<true>__as__<pred>/
 
     def __post_init__(self) -> None:
         _positive("--batch-size", self.batch_size)
@@ -170,6 +172,7 @@ class PredictConfig:
     no_cuda: bool = False
     precision: str = "auto"
     strict: bool = False
+    explain: Path | None = None  # write a Grad-CAM overlay per image into this folder
 
     def __post_init__(self) -> None:
         if not self.inputs:

@@ -163,6 +163,26 @@ def predictions(results: Sequence[dict[str, Any]], source: str) -> None:
     console.print(table)
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], low: float = 0.0, high: float = 1.0) -> str:
+    """One block character per value, from ▁ (low) to █ (high)."""
+    span = max(1e-12, high - low)
+    return "".join(SPARKS[min(len(SPARKS) - 1, max(0, int((v - low) / span * len(SPARKS))))] for v in values)
+
+
+def accuracy_trend(history: Sequence[dict[str, Any]]) -> None:
+    """The end-of-training summary's compact picture: validation (else training) accuracy per epoch."""
+    key = "val_acc" if history and history[-1].get("val_acc") is not None else "train_acc"
+    values = [float(row[key]) for row in history if row.get(key) is not None]
+    if not values:
+        return
+    name = "val acc" if key == "val_acc" else "train acc"
+    console.print(f"{name} per epoch  [cyan]{sparkline(values)}[/]  {values[0]:.1%} → {values[-1]:.1%} "
+                  f"(best {max(values):.1%})", soft_wrap=True)
+
+
 def demo_commands(steps: Sequence[tuple[str, str]]) -> None:
     """The commands behind each demo step, to copy for one's own data."""
     table = Table(title="do it yourself", title_justify="left", box=None, show_header=False)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from alexnet_cli import data as datamod
 from alexnet_cli import distributed as distmod
-from alexnet_cli.checkpoint import Checkpoint, base_payload, load_checkpoint, publish_copy, save_checkpoint
+from alexnet_cli.checkpoint import Checkpoint, atomic_write, base_payload, load_checkpoint, publish_copy, save_checkpoint
 from alexnet_cli.config import DEFAULT_EPOCHS, SGD_MOMENTUM, EvaluateConfig, PredictConfig, TrainConfig
 from alexnet_cli.device import Precision, resolve_device, resolve_precision
 from alexnet_cli.errors import AlexNetError, CheckpointError, ConfigError, DataError, NonFiniteLossError
@@ -127,7 +127,8 @@ def report_unreadable(failed: Sequence[tuple[int, str]], strict: bool, observer:
 
 
 def evaluate_model(model, loader, device, num_classes: int, precision: Precision, k: int = 5, criterion=None,
-                   on_failed=lambda failed: None, dist: distmod.Dist = distmod.SINGLE) -> EvalResult:
+                   on_failed=lambda failed: None, dist: distmod.Dist = distmod.SINGLE,
+                   predictions: list[tuple[int, int, int]] | None = None) -> EvalResult:
     """Loss, confusion and top-k over a loader. A model already cast to bf16/fp16 runs as it is; an fp32 model
     (validation during training) runs under autocast when the precision is reduced."""
     import torch
@@ -142,7 +143,7 @@ def evaluate_model(model, loader, device, num_classes: int, precision: Precision
     images = 0
     model.eval()
     with torch.inference_mode():
-        for batch, labels, _, failed in loader:
+        for batch, labels, indices, failed in loader:
             on_failed(failed)
             if batch is None:
                 continue
@@ -154,6 +155,8 @@ def evaluate_model(model, loader, device, num_classes: int, precision: Precision
             # Sum, not mean, so that a short last batch weighs what it holds.
             loss_sum += criterion(logits, labels).double() * labels.numel()
             predicted = logits.argmax(1)
+            if predictions is not None:  # (dataset index, true, predicted) per image
+                predictions.extend(zip(indices, labels.tolist(), predicted.tolist()))
             confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
             if use_topk:
                 topk_correct += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
@@ -197,6 +200,7 @@ class TrainResult:
     best_epoch: int
     best_acc: float
     stopped_early: bool
+    history: tuple[dict[str, Any], ...] = ()
 
 
 def _seed_everything(seed: int) -> None:
@@ -351,6 +355,10 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
     epochs = cfg.epochs or DEFAULT_EPOCHS
 
     device = choice.device
+    if cfg.tensorboard:
+        from alexnet_cli import tboard
+
+        tboard.check_available()  # before anything is written
     observer.info(f"device: {choice.reason}")
     precision = resolve_precision(cfg.precision, device)
     observer.info(f"precision: {precision.reason}")
@@ -433,6 +441,9 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
         if split is not None:
             write_json(run_dir / "split.json", datamod.split_record(split[1], split[0], cfg.seed))
     observer.info(f"run folder: {run_dir}")
+    if cfg.tensorboard and dist.is_main:
+        observer = tboard.TensorBoardObserver(observer, run_dir / "tensorboard")
+        observer.info(f"tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
     if dist.enabled:
         observer.info(f"{dist.world_size} processes, batch {cfg.batch_size} each: {dist.world_size * cfg.batch_size} "
                       "images per step")
@@ -456,6 +467,9 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
         train_paths, train_labels, preprocess.train_transforms(), batch_size=cfg.batch_size, workers=workers,
         pin_memory=pin, order=sampler, draft_size=draft, persistent=True,
     )
+
+    if cfg.tensorboard and dist.is_main:
+        observer.samples(train_paths, train_labels, train_set.classes, preprocess)
 
     def checkpoint_payload(epoch: int, partial: dict[str, Any] | None) -> dict[str, Any]:
         payload = base_payload(
@@ -516,6 +530,7 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
                 "epoch_seconds": round(progress.seconds, 3),
                 "images_per_second": round(progress.images / progress.seconds, 2) if progress.seconds > 0 else None,
             }
+            result = None
             if val_loader is not None:
                 result = evaluate_model(model, val_loader, device, num_classes, precision, criterion=criterion,
                                         on_failed=on_failed, dist=dist)
@@ -536,6 +551,10 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
                 save_checkpoint(run_dir / "last.pt", checkpoint_payload(epoch, None))
                 if improved:
                     publish_copy(run_dir / "last.pt", run_dir / "best.pt")
+                    if result is not None:  # the best epoch's validation confusion, for the plots
+                        write_json(run_dir / "confusion.json", {
+                            "epoch": epoch, "class_names": list(train_set.classes),
+                            "confusion_matrix": result.confusion})
                 write_metrics(run_dir / "metrics.csv", state.history)
             observer.epoch_end(row, epochs, improved)
 
@@ -547,7 +566,24 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
                 stopped_early = True
                 break
 
-    return TrainResult(run_dir, state.epoch, state.best_epoch, state.best_acc, stopped_early)
+    if dist.is_main:
+        _draw_plots(run_dir, observer)
+        if cfg.tensorboard:
+            observer.close()
+    return TrainResult(run_dir, state.epoch, state.best_epoch, state.best_acc, stopped_early,
+                       tuple(state.history))
+
+
+def _draw_plots(run_dir: Path, observer: Observer) -> None:
+    """curves.png and confusion_matrix.png in the run folder, or one line on how to get them."""
+    from alexnet_cli import plots
+
+    try:
+        written = plots.plot_run(run_dir)
+    except plots.PlotsUnavailable as exc:
+        observer.info(str(exc))
+        return
+    observer.info("plots: " + ", ".join(str(p) for p in written))
 
 
 def _epoch_progress(epoch: int, partial: dict[str, Any] | None, dist: distmod.Dist, observer) -> EpochProgress:
@@ -687,10 +723,10 @@ def resolve_weights(weights: Path | None, observer: Observer, alternative: str =
 
 
 def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
-    checkpoint = load_checkpoint(resolve_weights(cfg.weights, observer))
     choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda)
-    observer.info(f"device: {choice.reason}")
     precision = resolve_precision(cfg.precision, choice.device)
+    checkpoint = load_checkpoint(resolve_weights(cfg.weights, observer))
+    observer.info(f"device: {choice.reason}")
     observer.info(f"precision: {precision.reason}")
     configure_backends(choice.device)
     # One pass over the data: no separate scan; the loader names and skips bad files as it meets them.
@@ -703,12 +739,39 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
         batch_size=cfg.batch_size, workers=datamod.default_workers() if cfg.workers is None else cfg.workers,
         pin_memory=choice.device.type == "cuda", draft_size=checkpoint.preprocess.resize_size,
     )
+    predictions: list[tuple[int, int, int]] | None = [] if cfg.save_errors is not None else None
     result = evaluate_model(model, loader, choice.device, checkpoint.num_classes, precision, k=cfg.top_k,
-                            on_failed=lambda failed: report_unreadable(failed, cfg.strict, observer))
+                            on_failed=lambda failed: report_unreadable(failed, cfg.strict, observer),
+                            predictions=predictions)
     result.class_names = checkpoint.class_names
+    if predictions is not None:
+        saved = save_errors(cfg.save_errors, [p for p, _ in images.samples], predictions, checkpoint.class_names)
+        observer.info(f"misclassified: {saved} images linked into {cfg.save_errors}/<true>__as__<predicted>/")
     if images.skipped:
         observer.warn(f"{len(images.skipped)} files skipped")
     return result
+
+
+def save_errors(folder: Path, paths: Sequence[str], predictions: Sequence[tuple[int, int, int]],
+                class_names: Sequence[str]) -> int:
+    """Link (or copy) each misclassified image into folder/<true>__as__<predicted>/; the number placed."""
+    from alexnet_cli.pets import place_file
+
+    placed = 0
+    for index, true, predicted in predictions:
+        if true == predicted:
+            continue
+        target_dir = Path(folder) / f"{class_names[true]}__as__{class_names[predicted]}"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        source = Path(paths[index])
+        target = target_dir / source.name
+        n = 2
+        while target.exists() or target.is_symlink():  # two files of one name from different sub-folders
+            target = target_dir / f"{source.stem}-{n}{source.suffix}"
+            n += 1
+        place_file(source, target)
+        placed += 1
+    return placed
 
 
 # ---------------------------------------------------------------------------------------------- prediction
@@ -739,6 +802,18 @@ def load_predictor(weights: Path | None, pretrained: bool, observer: Observer) -
     return Predictor(checkpoint.build(), checkpoint.class_names, checkpoint.preprocess, str(checkpoint.path))
 
 
+def _write_explanation(explain, path: str, cam, preprocess, folder: Path, result: dict[str, Any],
+                       taken: set[str]) -> Path:
+    """One PNG: the original image, at its own size, with the Grad-CAM of the predicted class over it."""
+    image = datamod.open_image(path)
+    heat = explain.full_size_cam(cam, image.width, image.height, preprocess)
+    caption = f"{result['label']} {result['confidence']:.1%}"
+    target = explain.output_name(folder, path, result["label"], result["confidence"], taken)
+    picture = explain.overlay(image, heat, caption)
+    atomic_write(target, lambda file: picture.save(file, format="PNG"))
+    return target
+
+
 def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
     """One result per readable image: path, label, confidence and the top-k labels with probabilities."""
     import torch
@@ -748,11 +823,12 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
         observer.warn(problem)
     if not paths:
         raise DataError("nothing to predict: none of the inputs is an image, a folder of images or a matching glob")
-    predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
     choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda)
-    observer.info(f"device: {choice.reason}")
     device = choice.device
-    precision = resolve_precision(cfg.precision, device)
+    # Grad-CAM's gradients are taken in fp32.
+    precision = resolve_precision("fp32" if cfg.explain is not None else cfg.precision, device)
+    predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
+    observer.info(f"device: {choice.reason}")
     observer.info(f"precision: {precision.reason}")
     configure_backends(device)
     model = prepare_for_inference(predictor.model, device, precision)
@@ -762,22 +838,35 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
         draft_size=predictor.preprocess.resize_size,
     )
     k = min(cfg.top_k, len(predictor.class_names))
+    explain_dir = cfg.explain
+    if explain_dir is not None:
+        from alexnet_cli import explain
+
+        explain_dir.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
     results: list[dict[str, Any]] = []
     skipped = 0
-    with torch.inference_mode():
+    # Grad-CAM needs gradients; plain prediction runs without autograd at all.
+    with torch.inference_mode(explain_dir is None):
         for images, _, indices, failed in loader:
             skipped += report_unreadable(failed, cfg.strict, observer)
             if images is None:
                 continue
-            logits = model(to_device(images, device, precision.dtype))
+            batch = to_device(images, device, precision.dtype)
+            if explain_dir is not None:
+                cams, logits = explain.grad_cam(model, batch)
+            else:
+                logits = model(batch)
             probabilities = logits.float().softmax(dim=1)
             top = probabilities.topk(k, dim=1)
-            for index, values, classes in zip(indices, top.values.tolist(), top.indices.tolist()):
+            for row, (index, values, classes) in enumerate(zip(indices, top.values.tolist(), top.indices.tolist())):
                 ranked = [{"label": predictor.class_names[c], "probability": p} for p, c in zip(values, classes)]
-                results.append({
-                    "path": paths[index], "label": ranked[0]["label"], "confidence": ranked[0]["probability"],
-                    "top_k": ranked,
-                })
+                result = {"path": paths[index], "label": ranked[0]["label"], "confidence": ranked[0]["probability"],
+                          "top_k": ranked}
+                if explain_dir is not None:
+                    result["explanation"] = str(_write_explanation(
+                        explain, paths[index], cams[row], predictor.preprocess, explain_dir, result, taken))
+                results.append(result)
     if not results:
         raise DataError(f"none of the {len(paths)} files could be read as an image")
     if skipped:

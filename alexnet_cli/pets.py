@@ -26,7 +26,7 @@ class PetsReport:
     methods: dict[str, int] = field(default_factory=dict)  # "hard link" / "symbolic link" / "copy" / "present"
 
 
-def _place(source: Path, target: Path) -> str:
+def place_file(source: Path, target: Path) -> str:
     if target.exists():
         return "present"
     try:
@@ -68,7 +68,7 @@ def prepare_pets(root: str | Path, download: bool = True) -> PetsReport:
                 continue
             target = root / folder / species / source.name
             target.parent.mkdir(parents=True, exist_ok=True)
-            method = _place(source, target)
+            method = place_file(source, target)
             report.methods[method] = report.methods.get(method, 0) + 1
             counts[species] += 1
         if len(dataset) != sum(counts.values()):

@@ -1,0 +1,119 @@
+"""The fast path: --precision, channels_last, fused optimizers, inference casting, and bf16 accuracy."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from conftest import TINY, invoke, one_error_line
+
+from alexnet_cli import device as devmod
+from alexnet_cli.device import Precision, resolve_precision
+from alexnet_cli.engine import make_optimizer, prepare_for_inference, to_device, train_step
+from alexnet_cli.errors import ConfigError, DeviceError
+from alexnet_cli.models import build_model
+
+CPU = torch.device("cpu")
+
+
+def test_explicit_precisions_and_their_limits():
+    assert resolve_precision("fp32", CPU).name == "fp32"
+    assert resolve_precision("bf16", CPU).name == "bf16"
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(ConfigError, match="unknown precision"):
+        resolve_precision("fp8", CPU)
+
+
+def test_auto_on_a_cpu_uses_bf16_only_where_it_measured_faster(monkeypatch):
+    chosen = resolve_precision("auto", CPU, speedup=1.9)
+    assert chosen.name == "bf16" and "1.90x" in chosen.reason
+    slow = resolve_precision("auto", CPU, speedup=0.54)
+    assert slow.name == "fp32" and "native bf16, but it measured 0.54x" in slow.reason
+    # Without native bf16 it does not even measure.
+    monkeypatch.setattr(devmod, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(devmod, "measure_cpu_bf16_speedup", lambda: pytest.fail("measured"))
+    assert resolve_precision("auto", CPU).reason == "auto: fp32 (this CPU has no native bf16)"
+    monkeypatch.setattr(devmod, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(devmod, "measure_cpu_bf16_speedup", lambda: 1.5)
+    assert resolve_precision("auto", CPU).name == "bf16"
+
+
+def test_the_cpu_measurement_is_a_real_ratio():
+    ratio = devmod.measure_cpu_bf16_speedup(rounds=1)
+    assert 0.05 < ratio < 20
+
+
+def test_auto_on_cuda_prefers_bf16_then_fp16(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", cuda).name == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Old GPU")
+    assert resolve_precision("auto", cuda).name == "fp16"
+    with pytest.raises(DeviceError, match="Old GPU has no bf16"):
+        resolve_precision("bf16", cuda)
+    assert resolve_precision("auto", torch.device("mps")).name == "fp32"
+
+
+def test_training_uses_fused_optimizers_and_keeps_fp32_master_weights_under_bf16():
+    model = build_model("alexnet", num_classes=3).to(memory_format=torch.channels_last)
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for name in ("adam", "sgd"):
+        assert make_optimizer(name, model, lr=1e-4, weight_decay=0.0, device=CPU).defaults["fused"] is True
+    optimizer = make_optimizer("adam", model, lr=1e-4, weight_decay=0.0, device=CPU)
+    images = to_device(torch.randn(4, 3, TINY, TINY), CPU)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    before = model.classifier[-1].weight.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss, logits = train_step(model, images, torch.tensor([0, 1, 2, 0]), optimizer, scaler,
+                              torch.nn.CrossEntropyLoss(), Precision("bf16", "test"))
+    assert torch.isfinite(loss) and logits.dtype == torch.bfloat16  # computed in bf16...
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # ...weights stay fp32
+    assert not torch.equal(before, model.classifier[-1].weight)
+
+
+def test_inference_casts_the_weights_rather_than_autocasting():
+    model = prepare_for_inference(build_model("alexnet", num_classes=2), CPU, Precision("bf16", "test"))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters()) and not model.training
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    fp32 = prepare_for_inference(build_model("alexnet", num_classes=2), CPU, Precision("fp32", "test"))
+    assert all(p.dtype == torch.float32 for p in fp32.parameters())
+
+
+def test_precision_option_is_checked_and_reported(runner, shapes):
+    result = invoke(runner, ["train", str(shapes / "train"), "--precision", "fp8"])
+    assert result.exit_code == 2 and "unknown precision 'fp8'" in one_error_line(result)
+    result = invoke(runner, ["predict", str(shapes / "val"), "--pretrained", "--precision", "fp16", "--device", "cpu"])
+    assert result.exit_code == 2 and "fp16 needs a GPU" in one_error_line(result)
+    result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--image-size", str(TINY), "--workers",
+                             "0", "--batch-size", "8", "--precision", "bf16", "--output", "run"])
+    assert result.exit_code == 0, result.output
+    assert "precision: bf16 mixed precision (--precision bf16" in result.output
+    evaluated = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--precision", "bf16",
+                                "--workers", "0"])
+    assert evaluated.exit_code == 0 and "precision: bf16" in evaluated.output
+
+
+def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
+    """Tiny: 4 textures x 64 images, 3 epochs, 256 validation images; bench/precision_accuracy.py is the full size."""
+    from alexnet_cli import demo
+    from alexnet_cli.config import TrainConfig
+    from alexnet_cli.engine import train
+
+    class Quiet:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    data = demo.ensure_demo_data(tmp_path / "demo", per_class=64, val_per_class=64)
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        train(TrainConfig(data=data.train, val=data.val, image_size=TINY, epochs=3, batch_size=16, workers=0,
+                          precision=precision, output=tmp_path / precision), Quiet())
+        with open(tmp_path / precision / "metrics.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        accuracy[precision] = float(rows[-1]["val_acc"])
+    assert accuracy["fp32"] > 0.4  # it learnt something: chance is 0.25
+    assert abs(accuracy["bf16"] - accuracy["fp32"]) <= 0.02, accuracy
