@@ -98,22 +98,26 @@ def test_precision_option_is_checked_and_reported(runner, shapes):
 
 
 def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
-    """Tiny: 4 textures x 64 images, 3 epochs, 256 validation images; bench/precision_accuracy.py is the full size."""
-    from alexnet_cli import demo
+    """Tiny: two of the demo's textures (stripes, rings), 96 training and 64 validation images each, 4 epochs.
+
+    Both runs use the same seed and data; their best validation accuracies must agree within 2 points.
+    bench/precision_accuracy.py is the full-size check (the whole demo data set, 8 epochs).
+    """
     from alexnet_cli.config import TrainConfig
     from alexnet_cli.engine import train
+    from alexnet_cli.synthetic import make_shapes_folder
 
     class Quiet:
         def __getattr__(self, name):
             return lambda *args, **kwargs: None
 
-    data = demo.ensure_demo_data(tmp_path / "demo", per_class=64, val_per_class=64)
-    accuracy = {}
+    make_shapes_folder(tmp_path / "train", ("stripes", "rings"), 96, TINY, seed=0)
+    make_shapes_folder(tmp_path / "val", ("stripes", "rings"), 64, TINY, seed=1)
+    best = {}
     for precision in ("fp32", "bf16"):
-        train(TrainConfig(data=data.train, val=data.val, image_size=TINY, epochs=3, batch_size=16, workers=0,
-                          precision=precision, output=tmp_path / precision), Quiet())
+        train(TrainConfig(data=tmp_path / "train", val=tmp_path / "val", image_size=TINY, epochs=4, batch_size=16,
+                          workers=0, precision=precision, output=tmp_path / precision), Quiet())
         with open(tmp_path / precision / "metrics.csv") as handle:
-            rows = list(csv.DictReader(handle))
-        accuracy[precision] = float(rows[-1]["val_acc"])
-    assert accuracy["fp32"] > 0.4  # it learnt something: chance is 0.25
-    assert abs(accuracy["bf16"] - accuracy["fp32"]) <= 0.02, accuracy
+            best[precision] = max(float(row["val_acc"]) for row in csv.DictReader(handle))
+    assert best["fp32"] >= 0.8, best  # it learnt: chance is 0.5
+    assert abs(best["bf16"] - best["fp32"]) <= 0.02, best
