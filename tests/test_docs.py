@@ -23,7 +23,7 @@ def test_cli_reference_is_up_to_date(tmp_path):
     )
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "summary", "check", "export", "demo", "plot"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "summary", "check", "export", "demo"])
 def test_every_option_of_every_command_is_documented(runner, command):
     reference = (ROOT / "docs" / "cli.md").read_text()
     section = reference.split(f"## `alexnet {command}`", 1)[1].split("\n## ", 1)[0]
