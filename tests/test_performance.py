@@ -98,9 +98,11 @@ def test_precision_option_is_checked_and_reported(runner, shapes):
 
 
 def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
-    """Tiny: two of the demo's textures (stripes, rings), 96 training and 64 validation images each, 4 epochs.
+    """Tiny: two of the demo's textures (stripes, rings), 160 training and 64 validation images each, 4 epochs.
 
-    Both runs use the same seed and data; their best validation accuracies must agree within 2 points.
+    Both runs use the same seed and data, and both train until they saturate (mid-training, accuracies that
+    differ only by rounding drift apart by several points); their best validation accuracies must agree within
+    2 points.
     bench/precision_accuracy.py is the full-size check (the whole demo data set, 8 epochs).
     """
     from alexnet_cli.config import TrainConfig
@@ -111,7 +113,7 @@ def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
         def __getattr__(self, name):
             return lambda *args, **kwargs: None
 
-    make_shapes_folder(tmp_path / "train", ("stripes", "rings"), 96, TINY, seed=0)
+    make_shapes_folder(tmp_path / "train", ("stripes", "rings"), 160, TINY, seed=0)
     make_shapes_folder(tmp_path / "val", ("stripes", "rings"), 64, TINY, seed=1)
     best = {}
     for precision in ("fp32", "bf16"):
@@ -119,5 +121,5 @@ def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
                           workers=0, precision=precision, output=tmp_path / precision), Quiet())
         with open(tmp_path / precision / "metrics.csv") as handle:
             best[precision] = max(float(row["val_acc"]) for row in csv.DictReader(handle))
-    assert best["fp32"] >= 0.8, best  # it learnt: chance is 0.5
+    assert min(best.values()) >= 0.95, best  # both learnt the task: chance is 0.5
     assert abs(best["bf16"] - best["fp32"]) <= 0.02, best
