@@ -107,6 +107,25 @@ def test_torchrun_two_processes_write_one_run_that_loads_in_plain_evaluate(runne
     assert report["accuracy"] == pytest.approx(float(rows[-1]["val_acc"])) or report["accuracy"] == pytest.approx(
         max(float(r["val_acc"]) for r in rows))
 
+    # The 2-process run resumes as one process, and goes on in the same run folder.
+    resumed = _launch([sys.executable, "-m", "alexnet_cli", "train", "--resume", str(run / "last.pt"), "--epochs", "3",
+                       "--workers", "0", "--device", "cpu"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr and "at epoch 3 of 3" in resumed.stderr
+    rows = _metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and rows[-1]["val_images"] == "5"
+
+
+def test_torchrun_runs_the_installed_alexnet_script_too(tiny, tmp_path):
+    import sysconfig
+
+    script = Path(sysconfig.get_path("scripts")) / "alexnet"  # what `$(which alexnet)` is in a venv
+    if not script.is_file():
+        pytest.skip("the alexnet script is not installed")
+    result = _launch([*_torchrun(2), str(script), *TRAIN, "--epochs", "1", "--batch-size", "8"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "runs" / "train-1" / "best.pt").is_file()
+
 
 def test_two_processes_at_batch_b_train_like_one_at_batch_2b(tiny, tmp_path):
     common = [*TRAIN, "--epochs", "2", "--dropout", "0"]
