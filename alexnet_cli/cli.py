@@ -145,7 +145,7 @@ def train(
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.0,
     dropout: Annotated[float, typer.Option(help="Dropout before/after the FC layers.")] = 0.5,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val accuracy.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes [default: cores - 1, at most 4].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes [default: 0 on 2 cores or fewer, else cores - 1, at most 4].")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA (as in the original script).")] = False,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",

@@ -414,8 +414,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def default_workers() -> int:
-    """Leave one core for the training process itself; a few workers are enough for 227px AlexNet."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """Loader processes: none on 2 cores or fewer, else cores - 1 (at most 4), leaving a core for the model.
+
+    On 2 cores a worker process competes with the model's two compute threads: training measured 33 img/s
+    with no worker against 30 with one (500x375 JPEGs), and 16.5 against 10.7 (4000x3000); docs/performance.md.
+    """
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
