@@ -405,14 +405,6 @@ def make_loader(
     )
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffle of one epoch: a function of (seed, epoch) only, so a resumed run repeats it exactly."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
-
-
 def default_workers() -> int:
     """Loader processes: none on 2 cores or fewer, else cores - 1 (at most 4), leaving a core for the model.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from dataclasses import dataclass
@@ -117,8 +118,10 @@ def cpu_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@functools.lru_cache(maxsize=None)
 def measure_cpu_bf16_speedup(rounds: int = 3) -> float:
-    """fp32 time / bf16 time for an AlexNet-shaped convolution and matmul on this CPU (about 0.3 s).
+    """fp32 time / bf16 time for an AlexNet-shaped convolution and matmul on this CPU (about 0.2 s, once per
+    process: the demo's train, evaluate and predict share one measurement).
 
     A measurement rather than a table of CPU models: what counts is how the kernels torch ships run on
     the cores we have, and a hypervisor can hide the units that make bf16 fast.

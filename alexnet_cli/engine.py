@@ -329,8 +329,8 @@ def _resume_config(cfg: TrainConfig, checkpoint: Checkpoint) -> TrainConfig:
         raise CheckpointError(f"{checkpoint.path} has a damaged config: {exc}") from None
 
 
-class _Silent:
-    """The observer of every rank but 0: they train and keep quiet."""
+class SilentObserver:
+    """An observer that shows nothing: every torchrun rank but 0, and callers that only want the results."""
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
@@ -341,7 +341,7 @@ def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
     dist = distmod.from_env()
     choice = distmod.resolve_device_for(dist, cfg.device, cfg.no_cuda)
     with distmod.process_group(dist, choice.device):
-        return _train(cfg, observer if dist.is_main else _Silent(), dist, choice)
+        return _train(cfg, observer if dist.is_main else SilentObserver(), dist, choice)
 
 
 def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> TrainResult:
@@ -705,8 +705,7 @@ def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, precis
                 rate = new_images / max(1e-9, time.perf_counter() - started)
                 observer.step(epoch, epochs, progress.iteration, iterations, loss.item(), rate)
         if stop:
-            sync()
-            return True
+            return True  # synced just above
     sync()
     return False
 

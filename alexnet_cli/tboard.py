@@ -61,9 +61,13 @@ class TensorBoardObserver:
         mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         std = torch.tensor(preprocess.std).view(3, 1, 1)
         picked, names = [], []
-        # One of each class first, then more in order: the grid shows every class it can.
-        order = sorted(range(len(paths)), key=lambda i: (list(labels[:i]).count(labels[i]), i))
-        for i in order[:SAMPLES]:
+        # One of each class first, then the second of each, ...: the grid shows every class it can.
+        rank_in_class: dict[int, int] = {}
+        ranks = []
+        for label in labels:
+            ranks.append(rank_in_class.get(label, 0))
+            rank_in_class[label] = ranks[-1] + 1
+        for i in sorted(range(len(paths)), key=lambda i: (ranks[i], i))[:SAMPLES]:
             try:
                 image = transform(open_image(paths[i], preprocess.resize_size))
             except UnreadableImage:
@@ -75,5 +79,4 @@ class TensorBoardObserver:
             self.writer.add_text("samples/labels", "  \n".join(names), 0)
 
     def close(self) -> None:
-        self.writer.close()
-        self.inner.close() if hasattr(self.inner, "close") else None
+        self.writer.close()  # the wrapped observer is closed by whoever made it

@@ -100,8 +100,3 @@ def make_jpeg_folder(root: Path, count: int, size: tuple[int, int], classes: int
     return root
 
 
-class QuietObserver:
-    """An engine Observer that prints nothing (the bench scripts time the engine, not the terminal)."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None

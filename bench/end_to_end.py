@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import OriginalLoop, QuietObserver, make_jpeg_folder, row
+from common import OriginalLoop, make_jpeg_folder, row
 
 
 def plain_epoch(folder: Path, batch_size: int) -> float:
@@ -41,10 +41,10 @@ def plain_epoch(folder: Path, batch_size: int) -> float:
 
 def tool_epoch(folder: Path, batch_size: int, out: Path) -> float:
     from alexnet_cli.config import TrainConfig
-    from alexnet_cli.engine import train
+    from alexnet_cli.engine import SilentObserver, train
 
     cfg = TrainConfig(data=folder, epochs=1, val_split=0, batch_size=batch_size, output=out, log_interval=1000)
-    train(cfg, QuietObserver())
+    train(cfg, SilentObserver())
     with open(out / "metrics.csv") as handle:
         return float(list(csv.DictReader(handle))[-1]["images_per_second"])
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import QuietObserver, make_jpeg_folder, row
+from common import make_jpeg_folder, row
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     from alexnet_cli.config import PredictConfig
     from alexnet_cli.data import Preprocess
     from alexnet_cli.device import resolve_precision
-    from alexnet_cli.engine import predict, prepare_for_inference, to_device
+    from alexnet_cli.engine import SilentObserver, predict, prepare_for_inference, to_device
     from alexnet_cli.models import build_model
 
     device = torch.device("cpu")
@@ -97,7 +97,7 @@ def main() -> None:
 
         def tool_loop() -> float:
             start = time.perf_counter()
-            predict(PredictConfig(inputs=(str(folder),), weights=weights), QuietObserver())
+            predict(PredictConfig(inputs=(str(folder),), weights=weights), SilentObserver())
             return len(paths) / (time.perf_counter() - start)
 
         plain, ours = [], []

@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import QuietObserver
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
 
     from alexnet_cli import demo
     from alexnet_cli.config import TrainConfig
-    from alexnet_cli.engine import train
+    from alexnet_cli.engine import SilentObserver, train
 
     data = demo.ensure_demo_data(args.cache / "demo")
     for seed in args.seeds:
@@ -37,7 +36,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 train(TrainConfig(data=data.train, val=data.val, image_size=demo.IMAGE_SIZE, epochs=args.epochs,
-                                  precision=precision, seed=seed, output=Path(tmp) / "run"), QuietObserver())
+                                  precision=precision, seed=seed, output=Path(tmp) / "run"), SilentObserver())
                 with open(Path(tmp) / "run" / "metrics.csv") as handle:
                     accs = [float(row["val_acc"]) for row in csv.DictReader(handle)]
                 results[precision] = (max(accs), accs[-1], time.perf_counter() - start)

@@ -106,19 +106,15 @@ def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
     bench/precision_accuracy.py is the full-size check (the whole demo data set, 8 epochs).
     """
     from alexnet_cli.config import TrainConfig
-    from alexnet_cli.engine import train
+    from alexnet_cli.engine import SilentObserver, train
     from alexnet_cli.synthetic import make_shapes_folder
-
-    class Quiet:
-        def __getattr__(self, name):
-            return lambda *args, **kwargs: None
 
     make_shapes_folder(tmp_path / "train", ("stripes", "rings"), 160, TINY, seed=0)
     make_shapes_folder(tmp_path / "val", ("stripes", "rings"), 64, TINY, seed=1)
     best = {}
     for precision in ("fp32", "bf16"):
         train(TrainConfig(data=tmp_path / "train", val=tmp_path / "val", image_size=TINY, epochs=4, batch_size=16,
-                          workers=0, precision=precision, output=tmp_path / precision), Quiet())
+                          workers=0, precision=precision, output=tmp_path / precision), SilentObserver())
         with open(tmp_path / precision / "metrics.csv") as handle:
             best[precision] = max(float(row["val_acc"]) for row in csv.DictReader(handle))
     assert min(best.values()) >= 0.95, best  # both learnt the task: chance is 0.5

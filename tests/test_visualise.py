@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from conftest import FAST_TRAIN, TINY, invoke, one_error_line
+from conftest import FAST_TRAIN, invoke, one_error_line
 
 from alexnet_cli import explain
 from alexnet_cli.models import ARCHITECTURES, arch_info, build_model

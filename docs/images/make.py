@@ -14,13 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from alexnet_cli.config import PredictConfig
-from alexnet_cli.engine import predict
+from alexnet_cli.engine import SilentObserver, predict
 from alexnet_cli.plots import plot_run
-
-
-class Quiet:
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
 
 
 def main() -> None:
@@ -31,7 +26,7 @@ def main() -> None:
         shutil.copy(picture, here / picture.name)
     samples = [str(sorted((demo / "val" / name).iterdir())[3]) for name in ("checks", "dots", "rings", "stripes")]
     with tempfile.TemporaryDirectory() as tmp:
-        results = predict(PredictConfig(inputs=tuple(samples), weights=run / "best.pt", explain=Path(tmp)), Quiet())
+        results = predict(PredictConfig(inputs=tuple(samples), weights=run / "best.pt", explain=Path(tmp)), SilentObserver())
         tiles = [Image.open(r["explanation"]).resize((201, 201), Image.NEAREST) for r in results]
         strip = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), 201), "white")
         x = 0
