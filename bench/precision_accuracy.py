@@ -1,6 +1,6 @@
 """bf16 against fp32 training on the demo data set at full size: the same validation accuracy within 2 points.
 
-    python bench/precision_accuracy.py [--epochs 8] [--rounds 1] [--cache DIR]
+    python bench/precision_accuracy.py [--epochs 8] [--seeds 1 2] [--cache DIR]
 
 Trains the demo's configuration (4 textures, 300 training and 75 validation images each, 67x67, 8 epochs,
 the default alexnet and optimizer) once with --precision fp32 and once with --precision bf16, same seed, and
