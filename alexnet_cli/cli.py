@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 
 ARCH_HELP = "Architecture: alexnet (the write-up's), alexnet-paper (2012, LRN + groups) or alexnet-torchvision."
+CACHE_HELP = ("Keep the decoded images in memory after the first read: auto (when they fit in half the free "
+              "memory), ram (insist) or off.")
 STRICT_HELP = "Stop at the first unreadable or skipped file instead of warning and going on."
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU."
 PRECISION_HELP = (
@@ -157,6 +159,7 @@ def train(
     tensorboard: Annotated[
         bool, typer.Option("--tensorboard", help="Log to RUN_DIR/tensorboard (pip install 'alexnet-cli[tensorboard]').")
     ] = False,
+    cache: Annotated[str, typer.Option(help=CACHE_HELP)] = "auto",
 ) -> None:
     """Train on an ImageFolder tree, validating every epoch; writes a run folder with best.pt and last.pt."""
     from alexnet_cli.config import TrainConfig
@@ -173,7 +176,7 @@ def train(
             epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler,
             label_smoothing=label_smoothing, dropout=dropout, patience=patience, workers=workers, device=device,
             no_cuda=no_cuda, precision=precision, seed=seed, log_interval=log_interval, output=output,
-            resume=resume, tensorboard=tensorboard,
+            resume=resume, tensorboard=tensorboard, cache=cache,
         )
         try:
             result = run_training(cfg, observer)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from alexnet_cli.data import CACHE_MODES
 from alexnet_cli.device import check_device_name, check_precision_name
 from alexnet_cli.errors import ConfigError
 from alexnet_cli.models import arch_info, check_image_size
@@ -85,9 +86,12 @@ class TrainConfig:
     freeze_features: bool = False  # with pretrained: train the classifier only
     strict: bool = False  # any unreadable or skipped file is an error instead of a warning
     tensorboard: bool = False  # log to RUN_DIR/tensorboard (the tensorboard extra)
+    cache: str = "auto"  # auto|ram|off: keep the decoded images in memory (data.ImageCache)
 
     def __post_init__(self) -> None:
         arch_info(self.arch)
+        if self.cache not in CACHE_MODES:
+            raise ConfigError(f"unknown --cache {self.cache!r}: choose one of {', '.join(CACHE_MODES)}")
         if self.pretrained and self.arch != "alexnet-torchvision":
             raise ConfigError(
                 f"--pretrained needs --arch alexnet-torchvision (the variant with ImageNet weights), not {self.arch}"

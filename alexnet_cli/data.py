@@ -11,6 +11,7 @@ import random
 import struct
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,26 +59,37 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Open one image as RGB with its EXIF orientation applied, or raise UnreadableImage naming it.
+class _PillowWarnings:
+    """Pillow's warnings while images open: a decompression bomb is an error, notes on damaged metadata are
+    hidden (the file is judged by whether it decodes). Warning filters are process-wide, so a parallel scan
+    enters this once around all its threads rather than once per image."""
 
-    Every failure a file can cause (empty, truncated, not an image, a decompression bomb) becomes
-    UnreadableImage, so callers can skip the file and carry on. `draft_size` lets a large JPEG decode at a
-    reduced scale (DCT scaling) that is still at least that many pixels on each side.
-    """
+    def __enter__(self):
+        from PIL import Image
+
+        self._saved = warnings.catch_warnings()
+        self._saved.__enter__()
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+    def __exit__(self, *exc):
+        return self._saved.__exit__(*exc)
+
+
+def _open_image(path: str | Path, draft_size: int | None) -> Image.Image:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS and refuses at twice that. We refuse at the limit itself,
-            # inside this scope only, rather than changing the limit for the whole process.
-            warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata: the file is judged below
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if draft_size and image.format == "JPEG":
-                    image.draft("RGB", (draft_size, draft_size))
-                image.load()  # decode now: a truncated file fails here, not later in a transform
-                return _to_rgb(ImageOps.exif_transpose(image))
+        with Image.open(path) as image:
+            # Refuse at Pillow's limit itself, and without relying on the warning filters, which another
+            # thread could be changing.
+            if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise Image.DecompressionBombWarning(
+                    f"{image.width}x{image.height} pixels is over the limit of {Image.MAX_IMAGE_PIXELS}")
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()  # decode now: a truncated file fails here, not later in a transform
+            return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombWarning as exc:
         raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, EOFError,
@@ -89,6 +101,17 @@ def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         if os.path.exists(path) and os.path.getsize(path) == 0:
             reason = "empty file"
         raise UnreadableImage(f"{path}: {reason}") from None
+
+
+def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Open one image as RGB with its EXIF orientation applied, or raise UnreadableImage naming it.
+
+    Every failure a file can cause (empty, truncated, not an image, a decompression bomb) becomes
+    UnreadableImage, so callers can skip the file and carry on. `draft_size` lets a large JPEG decode at a
+    reduced scale (DCT scaling) that is still at least that many pixels on each side.
+    """
+    with _PillowWarnings():
+        return _open_image(path, draft_size)
 
 
 @dataclass(frozen=True)
@@ -128,29 +151,41 @@ class Preprocess:
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"the stored preprocessing is malformed: {exc}") from None
 
+    def decode_transforms(self) -> Callable:
+        """The deterministic first half, a PIL image to a uint8 CHW tensor at the resize: what the cache holds."""
+        from torchvision.transforms import v2
+
+        mode = v2.InterpolationMode(self.interpolation)
+        return v2.Compose([v2.Resize(self.resize_size, interpolation=mode, antialias=True), v2.PILToTensor()])
+
     def _tail(self) -> list:
         import torch
         from torchvision.transforms import v2
 
         return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
 
-    def _resize(self):
+    def train_augment(self) -> Callable:
+        """The second half for training, from decode_transforms' tensor: random crop, random flip, normalise."""
         from torchvision.transforms import v2
 
-        mode = v2.InterpolationMode(self.interpolation)
-        return v2.Resize(self.resize_size, interpolation=mode, antialias=True)
+        return v2.Compose([v2.ToImage(), v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip(), *self._tail()])
+
+    def eval_augment(self) -> Callable:
+        from torchvision.transforms import v2
+
+        return v2.Compose([v2.ToImage(), v2.CenterCrop(self.image_size), *self._tail()])
 
     def train_transforms(self) -> Callable:
+        """A PIL image to a normalised training tensor: decode_transforms then train_augment, the very same ops
+        whether an image comes from the file or from the cache."""
         from torchvision.transforms import v2
 
-        return v2.Compose(
-            [self._resize(), v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip(), *self._tail()]
-        )
+        return v2.Compose([self.decode_transforms(), self.train_augment()])
 
     def eval_transforms(self) -> Callable:
         from torchvision.transforms import v2
 
-        return v2.Compose([self._resize(), v2.CenterCrop(self.image_size), *self._tail()])
+        return v2.Compose([self.decode_transforms(), self.eval_augment()])
 
 
 @dataclass(frozen=True)
@@ -173,14 +208,129 @@ class ImageSet:
 # is read), but a 12-megapixel photo decodes about 8 times faster than at full size.
 SCAN_DRAFT_SIZE = 64
 
+CACHE_MODES = ("auto", "ram", "off")
+
 
 def scan_image(path: str) -> str | None:
     """Check one file before training: None if it opens as an image, else why not (naming the file)."""
     try:
-        open_image(path, draft_size=SCAN_DRAFT_SIZE)
+        _open_image(path, draft_size=SCAN_DRAFT_SIZE)
     except UnreadableImage as exc:
         return str(exc)
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux MemAvailable), or None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # other Unixes: half the physical memory, as a guess at what is free
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(size: int) -> str:
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GiB"
+    return f"{size / 2**20:.1f} MiB" if size < 10 * 2**20 else f"{size / 2**20:.0f} MiB"
+
+
+class ImageCache:
+    """Images decoded once, during the scan, and held in memory as decode_transforms leaves them (uint8 at the
+    resize size, about 3 x 256 x 341 bytes for a 4:3 photo), so that no epoch opens a file again.
+
+    Training then does only the random crop, flip and normalisation per image: large photos that take tens of
+    milliseconds to decode cost nothing after the scan (docs/performance.md). The pixels are the very ones the
+    uncached path produces, so a run is the same with or without the cache. The images sit in a few large
+    uint8 blocks rather than one tensor each, so that loader processes share them (fork) or receive them
+    (spawn) as a handful of shared-memory blocks.
+
+    `auto` caches when the images fit in half the free memory (split between the processes of one machine)
+    and otherwise gives up, at the image that passes that, and reads from the files as before; `ram` insists
+    and stops with an error only when they would not fit in the free memory at all.
+    """
+
+    BLOCK_BYTES = 64 << 20
+
+    def __init__(self, preprocess: Preprocess, mode: str, local_processes: int = 1) -> None:
+        if mode not in ("auto", "ram"):
+            raise ValueError(mode)
+        self.mode = mode
+        self.decode = preprocess.decode_transforms()
+        self.draft_size = preprocess.resize_size
+        free = available_memory()
+        share = 0.9 if mode == "ram" else 0.5
+        self.free = free
+        self.limit = int(share * free / max(1, local_processes)) if free is not None else 2**30
+        self.blocks: list[torch.Tensor] = []
+        self.entries: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        self.used = 0  # bytes of images held
+        self.fill = 0  # bytes used in the last block
+        self.overflow: int | None = None  # set when auto gave up: the bytes it would have needed by then
+
+    @property
+    def accepting(self) -> bool:
+        return self.overflow is None
+
+    def load(self, path: str) -> torch.Tensor:
+        """Decode one file as the cache holds it (raises UnreadableImage). Safe to call from threads."""
+        return self.decode(_open_image(path, self.draft_size))
+
+    def add(self, path: str, pixels: torch.Tensor) -> None:
+        import torch
+
+        if not self.accepting:
+            return
+        size = pixels.numel()
+        if self.used + size > self.limit:
+            if self.mode == "ram":
+                from alexnet_cli.errors import ConfigError
+
+                raise ConfigError(
+                    f"--cache ram: the decoded images need more than {_gib(self.limit)}, and only "
+                    f"{_gib(self.free or 0)} of memory is free; use --cache auto (cache when they fit) or --cache off"
+                )
+            self.overflow = self.used + size
+            self.blocks, self.entries, self.used, self.fill = [], {}, 0, 0
+            return
+        if not self.blocks or self.fill + size > self.blocks[-1].numel():
+            self.blocks.append(torch.empty(max(self.BLOCK_BYTES, size), dtype=torch.uint8))
+            self.fill = 0
+        self.blocks[-1][self.fill:self.fill + size] = pixels.reshape(-1)
+        self.entries[path] = (len(self.blocks) - 1, self.fill, tuple(pixels.shape))
+        self.fill += size
+        self.used += size
+
+    def get(self, path: str) -> torch.Tensor | None:
+        """The cached pixels of `path` (a read-only view: transforms copy before they change anything)."""
+        entry = self.entries.get(path)
+        if entry is None:
+            return None
+        block, offset, shape = entry
+        return self.blocks[block][offset:offset + shape[0] * shape[1] * shape[2]].view(shape)
+
+    def describe(self) -> str:
+        if self.accepting:
+            return (f"cache: {len(self.entries)} images decoded once and kept in memory ({_gib(self.used)}); "
+                    "no epoch reads a file again")
+        return (f"cache: not used, the decoded images need more than {_gib(self.overflow or 0)}, over the "
+                f"{_gib(self.limit)} allowed (half the free memory); each epoch decodes the files "
+                "(--cache ram insists)")
+
+
+def make_cache(mode: str, preprocess: Preprocess, local_processes: int = 1) -> ImageCache | None:
+    return None if mode == "off" else ImageCache(preprocess, mode, local_processes)
+
+
+def scan_threads() -> int:
+    """Threads for the scan: Pillow decodes without holding the GIL, so they decode in parallel."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def find_classes(root: Path) -> list[str]:
@@ -195,14 +345,15 @@ def find_classes(root: Path) -> list[str]:
 
 
 def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, strict: bool = False,
-                      scan: bool = True) -> ImageSet:
+                      scan: bool = True, cache: ImageCache | None = None) -> ImageSet:
     """Read an ImageFolder tree (root/<class>/**/<image>). With `classes`, labels follow that order and every
     folder must be one of them (evaluation against a checkpoint's classes).
 
     With `scan`, every image is decoded once, up front: a bad file is found in seconds, not mid-epoch (a
     single pass, such as evaluation, skips the scan and lets the loader skip bad files as it meets them).
     Files that are not used are listed in `skipped` with the reason; with `strict`, the first one is an
-    error instead.
+    error instead. With a `cache`, the scan decodes each image as training will and keeps it there. The scan
+    runs on a few threads; the result is in a fixed order whatever finishes first.
     """
     root = Path(root)
     found = find_classes(root)
@@ -216,8 +367,7 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
                 f"(it knows {', '.join(classes)})"
             )
     index = {name: i for i, name in enumerate(classes)}
-    samples: list[Sample] = []
-    skipped: list[str] = []
+    candidates: list[tuple[str, int, str | None]] = []  # (path, label, why it is skipped before any decoding)
     for name in found:
         for directory, subdirs, files in os.walk(root / name, followlinks=True):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
@@ -228,13 +378,37 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
                 elif not is_image_file(filename):
                     reason = f"{path}: not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
                 else:
-                    reason = scan_image(path) if scan else None
+                    reason = None
+                candidates.append((path, index[name], reason))
+
+    def check(candidate: tuple[str, int, str | None]):
+        """(why the file is unusable or None, its decoded pixels when they go to the cache)."""
+        path, _, reason = candidate
+        if reason is not None or not scan:
+            return reason, None
+        if cache is not None and cache.accepting:
+            try:
+                return None, cache.load(path)
+            except UnreadableImage as exc:
+                return str(exc), None
+        return scan_image(path), None
+
+    samples: list[Sample] = []
+    skipped: list[str] = []
+    with _PillowWarnings(), ThreadPoolExecutor(scan_threads()) as pool:
+        try:
+            for (path, label, _), (reason, pixels) in zip(candidates, pool.map(check, candidates)):
                 if reason is None:
-                    samples.append((path, index[name]))
+                    samples.append((path, label))
+                    if pixels is not None:
+                        cache.add(path, pixels)
                 elif strict:
                     raise DataError(f"--strict: {reason}")
                 else:
                     skipped.append(reason)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # stop now: the images still queued are not needed
+            raise
     if not samples:
         raise DataError(f"no readable images under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return ImageSet(root, tuple(classes), tuple(samples), tuple(skipped))
@@ -305,12 +479,15 @@ def _dataset_class():
         """
 
         def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform: Callable,
-                     augment_seed: int | None = None, draft_size: int | None = None) -> None:
+                     augment_seed: int | None = None, draft_size: int | None = None,
+                     cache: ImageCache | None = None, augment: Callable | None = None) -> None:
             self.paths = list(paths)
             self.labels = list(labels) if labels is not None else None
             self.transform = transform
             self.augment_seed = augment_seed
             self.draft_size = draft_size
+            self.cache = cache  # with `augment`, the second half of `transform`, for the cached pixels
+            self.augment = augment
 
         def __len__(self) -> int:
             return len(self.paths)
@@ -319,15 +496,19 @@ def _dataset_class():
             # An EpochSampler hands (index, augment_seed) pairs; a plain sampler hands indices.
             index, augment_seed = key if isinstance(key, tuple) else (key, self.augment_seed)
             label = self.labels[index] if self.labels is not None else -1
-            try:
-                image = open_image(self.paths[index], self.draft_size)
-            except UnreadableImage as exc:
-                return None, label, index, str(exc)
+            pixels = self.cache.get(self.paths[index]) if self.cache is not None else None
+            if pixels is not None:
+                source, transform = pixels, self.augment
+            else:
+                try:
+                    source, transform = open_image(self.paths[index], self.draft_size), self.transform
+                except UnreadableImage as exc:
+                    return None, label, index, str(exc)
             if augment_seed is None:
-                return self.transform(image), label, index, None
+                return transform(source), label, index, None
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(augment_seed * 1_000_003 + index)
-                return self.transform(image), label, index, None
+                return transform(source), label, index, None
 
     return ImageDataset
 
@@ -382,14 +563,19 @@ def make_loader(
     augment_seed: int | None = None,
     draft_size: int | None = None,
     persistent: bool = False,
+    cache: ImageCache | None = None,
+    augment: Callable | None = None,
 ):
     """Batches in `order` (default: as given), or as an EpochSampler says. Each batch is
     (images, labels, indices, failed). `persistent` keeps the workers alive between passes (a loader that is
-    iterated once per epoch)."""
+    iterated once per epoch). Images in `cache` skip the file and the first half of `transform`: `augment` is
+    the rest (Preprocess.train_augment or eval_augment)."""
     import torch
     from torch.utils.data import DataLoader
 
-    dataset = _dataset_class()(paths, labels, transform, augment_seed, draft_size)
+    if cache is not None and augment is None:
+        raise ValueError("a cache needs the augment half of the transform")
+    dataset = _dataset_class()(paths, labels, transform, augment_seed, draft_size, cache, augment)
     sampler = order if isinstance(order, EpochSampler) or order is None else list(order)
     return DataLoader(
         dataset,

@@ -25,6 +25,7 @@ class Dist:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine: they share its memory
 
     @property
     def enabled(self) -> bool:
@@ -43,7 +44,8 @@ def from_env(environ=os.environ) -> Dist:
     if "WORLD_SIZE" not in environ:
         return SINGLE
     try:
-        dist = Dist(int(environ["WORLD_SIZE"]), int(environ.get("RANK", 0)), int(environ.get("LOCAL_RANK", 0)))
+        dist = Dist(int(environ["WORLD_SIZE"]), int(environ.get("RANK", 0)), int(environ.get("LOCAL_RANK", 0)),
+                    int(environ.get("LOCAL_WORLD_SIZE", environ["WORLD_SIZE"])))
     except ValueError:
         raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun)") from None
     if dist.world_size < 1 or not 0 <= dist.rank < dist.world_size:

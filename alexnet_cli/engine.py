@@ -277,9 +277,10 @@ def _make_scheduler(cfg: TrainConfig, optimizer, epochs: int):
     return None
 
 
-def _split_data(cfg: TrainConfig, observer: Observer, saved_split: Path | None):
-    """Training and validation ImageSets, and a one-line description of where validation came from."""
-    train = datamod.load_image_folder(cfg.data, strict=cfg.strict)
+def _split_data(cfg: TrainConfig, observer: Observer, saved_split: Path | None, cache=None):
+    """Training and validation ImageSets, and a one-line description of where validation came from. The scan
+    fills `cache`, when there is one."""
+    train = datamod.load_image_folder(cfg.data, strict=cfg.strict, cache=cache)
     if len(train.classes) < 2:
         raise DataError(f"{cfg.data} has only one class ({train.classes[0]}): a classifier needs at least two")
     val_dir = cfg.val
@@ -292,7 +293,7 @@ def _split_data(cfg: TrainConfig, observer: Observer, saved_split: Path | None):
                 f"validation classes differ from training classes: {val_dir} has {', '.join(found)}, "
                 f"{cfg.data} has {', '.join(train.classes)}"
             )
-        val = datamod.load_image_folder(val_dir, classes=train.classes, strict=cfg.strict)
+        val = datamod.load_image_folder(val_dir, classes=train.classes, strict=cfg.strict, cache=cache)
         return train, val, f"folder {val_dir}", None
     if saved_split is not None and saved_split.is_file():
         train_part, val = datamod.split_from_file(train, saved_split)
@@ -317,7 +318,7 @@ def _resume_config(cfg: TrainConfig, checkpoint: Checkpoint) -> TrainConfig:
             saved[key] = Path(saved[key])
     overrides = dict(
         device=cfg.device, no_cuda=cfg.no_cuda, precision=cfg.precision, workers=cfg.workers,
-        log_interval=cfg.log_interval,
+        log_interval=cfg.log_interval, cache=cfg.cache,
         resume=cfg.resume, epochs=cfg.epochs or saved.get("epochs"),
         output=cfg.output or checkpoint.path.parent,
     )
@@ -365,8 +366,11 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
     configure_backends(device)
     _seed_everything(cfg.seed)
 
+    info = arch_info(cfg.arch)
+    preprocess = datamod.Preprocess.for_arch(cfg.effective_image_size, info.default_image_size)
+    cache = datamod.make_cache(cfg.cache, preprocess, dist.local_world_size)
     saved_split = Path(cfg.output) / "split.json" if checkpoint is not None else None
-    train_set, val_set, val_source, split = _split_data(cfg, observer, saved_split)
+    train_set, val_set, val_source, split = _split_data(cfg, observer, saved_split, cache)
     for skipped in train_set.skipped + (val_set.skipped if val_set else ()):
         observer.warn(f"skipped {skipped}")
     observer.data_summary(train_set.classes, train_set.counts(), val_set.counts() if val_set else None, val_source)
@@ -376,8 +380,10 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
             f"({', '.join(checkpoint.class_names)})"
         )
 
-    info = arch_info(cfg.arch)
-    preprocess = datamod.Preprocess.for_arch(cfg.effective_image_size, info.default_image_size)
+    if cache is not None:
+        observer.info(cache.describe())
+        if not cache.accepting:
+            cache = None
     num_classes = len(train_set.classes)
     # A resumed run has its weights already; only a fresh one fetches the ImageNet weights (rank 0 first, so
     # that the ranks do not all download into the same cache at once).
@@ -461,11 +467,13 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
             [p for p, _ in val_set.samples], [lab for _, lab in val_set.samples], preprocess.eval_transforms(),
             batch_size=cfg.batch_size, workers=workers, pin_memory=pin, draft_size=draft, persistent=True,
             order=distmod.eval_shard(len(val_set.samples), dist) if dist.enabled else None,
+            cache=cache, augment=preprocess.eval_augment(),
         )
     sampler = datamod.EpochSampler()
     train_loader = datamod.make_loader(
         train_paths, train_labels, preprocess.train_transforms(), batch_size=cfg.batch_size, workers=workers,
         pin_memory=pin, order=sampler, draft_size=draft, persistent=True,
+        cache=cache, augment=preprocess.train_augment(),
     )
 
     if cfg.tensorboard and dist.is_main:

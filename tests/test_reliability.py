@@ -157,7 +157,8 @@ def test_strict_turns_a_skip_into_an_error(runner, messy):
 
 
 def test_a_file_that_breaks_after_the_scan_is_skipped_mid_epoch(runner, shapes, monkeypatch):
-    """The scan happens once; if a file is damaged later, loading skips it instead of crashing."""
+    """The scan happens once; if a file is damaged later, loading skips it instead of crashing. (With the
+    cache, a file is never read after the scan, so this is about --cache off.)"""
     import alexnet_cli.data as data
 
     real = data.scan_image
@@ -166,7 +167,8 @@ def test_a_file_that_breaks_after_the_scan_is_skipped_mid_epoch(runner, shapes, 
     data_scan = lambda path: None if path == str(broken) else real(path)  # noqa: E731
     monkeypatch.setattr(data, "scan_image", data_scan)
     broken.write_bytes(b"gone bad")
-    result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *FAST_TRAIN])
+    result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", "--cache", "off",
+                             *FAST_TRAIN])
     assert result.exit_code == 0, result.output
     assert "skipped " in result.stderr and "circle_0003.png" in result.stderr
 

@@ -1,0 +1,127 @@
+"""--cache: images decoded once, during the scan, and every epoch after reads them from memory."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST_TRAIN, invoke, one_error_line
+
+from alexnet_cli import data
+from alexnet_cli.data import ImageCache, Preprocess, UnreadableImage
+
+EXACT = ["--device", "cpu", "--precision", "fp32"]
+
+
+def losses(run: Path) -> list[tuple[str, str, str]]:
+    with open(run / "metrics.csv") as handle:
+        return [(r["train_loss"], r["val_loss"], r["val_acc"]) for r in csv.DictReader(handle)]
+
+
+def count_file_reads(monkeypatch) -> list[str]:
+    """Record every path the loaders open (the scan uses its own decoder, so only epochs count)."""
+    opened: list[str] = []
+    real = data.open_image
+
+    def counting(path, draft_size=None):
+        opened.append(str(path))
+        return real(path, draft_size)
+
+    monkeypatch.setattr(data, "open_image", counting)
+    return opened
+
+
+def test_a_cached_run_is_the_same_run_and_opens_no_file(runner, shapes, monkeypatch):
+    opened = count_file_reads(monkeypatch)
+    cached = invoke(runner, ["train", str(shapes / "train"), "--epochs", "2", "--output", "cached", "--cache", "ram",
+                             *EXACT, *FAST_TRAIN])
+    assert cached.exit_code == 0, cached.output
+    # 16 training and 6 validation images, each 3 x 76 x 76 bytes at the resize for a 67-pixel input.
+    assert "cache: 22 images decoded once and kept in memory (0.4 MiB)" in cached.stderr
+    assert opened == []  # two epochs of training and validation, and no file read after the scan
+
+    plain = invoke(runner, ["train", str(shapes / "train"), "--epochs", "2", "--output", "plain", "--cache", "off",
+                            *EXACT, *FAST_TRAIN])
+    assert plain.exit_code == 0, plain.output
+    assert "cache:" not in plain.stderr
+    assert len(opened) == 2 * 22  # every image, every epoch
+    assert losses(Path("cached")) == losses(Path("plain"))  # bit for bit: the same pixels and the same crops
+
+
+def test_loader_processes_share_the_cache(runner, shapes):
+    args = ["train", str(shapes / "train"), "--epochs", "1", "--cache", "ram", *EXACT, *FAST_TRAIN]
+    in_process = invoke(runner, [*args, "--output", "zero"])
+    assert in_process.exit_code == 0, in_process.output
+    two_workers = invoke(runner, [*args, "--output", "two", "--workers", "2"])  # the later --workers wins
+    assert two_workers.exit_code == 0, two_workers.output
+    assert losses(Path("zero")) == losses(Path("two"))
+
+
+def test_auto_gives_up_on_images_that_do_not_fit_and_reads_the_files(runner, shapes, monkeypatch):
+    monkeypatch.setattr(data, "available_memory", lambda: 100_000)  # half of it holds 2 of the 17 kB images
+    opened = count_file_reads(monkeypatch)
+    result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *EXACT, *FAST_TRAIN])
+    assert result.exit_code == 0, result.output
+    assert "cache: not used, the decoded images need more than" in result.stderr
+    assert "(--cache ram insists)" in result.stderr
+    assert len(opened) == 22
+
+
+def test_cache_ram_refuses_what_memory_cannot_hold(runner, shapes, monkeypatch):
+    monkeypatch.setattr(data, "available_memory", lambda: 100_000)
+    result = invoke(runner, ["train", str(shapes / "train"), "--cache", "ram", "--output", "run", *FAST_TRAIN])
+    assert result.exit_code == 2
+    assert one_error_line(result).startswith("error: --cache ram: the decoded images need more than")
+    assert not Path("run").exists()  # refused before the run folder was made
+
+
+def test_unknown_cache_mode(runner, shapes):
+    result = invoke(runner, ["train", str(shapes / "train"), "--cache", "disk", *FAST_TRAIN])
+    assert result.exit_code == 2
+    assert one_error_line(result) == "error: unknown --cache 'disk': choose one of auto, ram, off"
+
+
+def test_images_across_blocks_come_back_exactly(monkeypatch):
+    monkeypatch.setattr(ImageCache, "BLOCK_BYTES", 1000)
+    cache = ImageCache(Preprocess.for_arch(67, 227), "ram")
+    generator = torch.Generator().manual_seed(0)
+    images = {f"img{i}": torch.randint(0, 256, (3, 10 + i, 9), dtype=torch.uint8, generator=generator)
+              for i in range(12)}
+    images["big"] = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8, generator=generator)  # > one block
+    for path, pixels in images.items():
+        cache.add(path, pixels)
+    assert len(cache.blocks) > 3 and cache.used == sum(p.numel() for p in images.values())
+    for path, pixels in images.items():
+        assert torch.equal(cache.get(path), pixels)
+    assert cache.get("never added") is None
+
+
+def test_cached_pixels_are_what_the_file_path_gives(shapes):
+    """The cache holds decode_transforms' output; the augment half then gives what the whole transform gives."""
+    from alexnet_cli.data import open_image
+
+    preprocess = Preprocess.for_arch(67, 227)
+    cache = ImageCache(preprocess, "ram")
+    path = str(shapes / "train" / "circle" / "circle_0001.png")
+    cache.add(path, cache.load(path))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        from_file = preprocess.train_transforms()(open_image(path, preprocess.resize_size))
+        torch.manual_seed(seed)
+        from_cache = preprocess.train_augment()(cache.get(path))
+        assert torch.equal(from_file, from_cache)
+
+
+def test_a_bomb_is_refused_even_with_warnings_silenced(tmp_path):
+    """The parallel scan cannot rely on per-call warning filters, so the pixel limit is checked directly."""
+    from PIL import Image
+
+    Image.new("1", (10_000, 9_000)).save(tmp_path / "bomb.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UnreadableImage, match="decompression bomb"):
+            data._open_image(tmp_path / "bomb.png", None)
