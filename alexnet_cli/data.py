@@ -238,6 +238,8 @@ def available_memory() -> int | None:
 def _gib(size: int) -> str:
     if size >= 2**30:
         return f"{size / 2**30:.1f} GiB"
+    if size < 2**20:
+        return f"{size / 2**10:.0f} kB"
     return f"{size / 2**20:.1f} MiB" if size < 10 * 2**20 else f"{size / 2**20:.0f} MiB"
 
 
@@ -272,7 +274,7 @@ class ImageCache:
         self.entries: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self.used = 0  # bytes of images held
         self.fill = 0  # bytes used in the last block
-        self.overflow: int | None = None  # set when auto gave up: the bytes it would have needed by then
+        self.overflow: int | None = None  # set when auto gave up: how many images it held by then
 
     @property
     def accepting(self) -> bool:
@@ -293,10 +295,11 @@ class ImageCache:
                 from alexnet_cli.errors import ConfigError
 
                 raise ConfigError(
-                    f"--cache ram: the decoded images need more than {_gib(self.limit)}, and only "
-                    f"{_gib(self.free or 0)} of memory is free; use --cache auto (cache when they fit) or --cache off"
+                    f"--cache ram: the decoded images passed {_gib(self.limit)} after {len(self.entries)} images, "
+                    f"and only {_gib(self.free or 0)} of memory is free; use --cache auto (cache when they fit) "
+                    "or --cache off"
                 )
-            self.overflow = self.used + size
+            self.overflow = len(self.entries)
             self.blocks, self.entries, self.used, self.fill = [], {}, 0, 0
             return
         if not self.blocks or self.fill + size > self.blocks[-1].numel():
@@ -319,9 +322,8 @@ class ImageCache:
         if self.accepting:
             return (f"cache: {len(self.entries)} images decoded once and kept in memory ({_gib(self.used)}); "
                     "no epoch reads a file again")
-        return (f"cache: not used, the decoded images need more than {_gib(self.overflow or 0)}, over the "
-                f"{_gib(self.limit)} allowed (half the free memory); each epoch decodes the files "
-                "(--cache ram insists)")
+        return (f"cache: not used, the decoded images passed the {_gib(self.limit)} allowed (half the free "
+                f"memory) after {self.overflow} images; each epoch decodes the files (--cache ram insists)")
 
 
 def make_cache(mode: str, preprocess: Preprocess, local_processes: int = 1) -> ImageCache | None:

@@ -41,7 +41,7 @@ def test_a_cached_run_is_the_same_run_and_opens_no_file(runner, shapes, monkeypa
                              *EXACT, *FAST_TRAIN])
     assert cached.exit_code == 0, cached.output
     # 16 training and 6 validation images, each 3 x 76 x 76 bytes at the resize for a 67-pixel input.
-    assert "cache: 22 images decoded once and kept in memory (0.4 MiB)" in cached.stderr
+    assert "cache: 22 images decoded once and kept in memory (372 kB)" in cached.stderr
     assert opened == []  # two epochs of training and validation, and no file read after the scan
 
     plain = invoke(runner, ["train", str(shapes / "train"), "--epochs", "2", "--output", "plain", "--cache", "off",
@@ -66,7 +66,9 @@ def test_auto_gives_up_on_images_that_do_not_fit_and_reads_the_files(runner, sha
     opened = count_file_reads(monkeypatch)
     result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *EXACT, *FAST_TRAIN])
     assert result.exit_code == 0, result.output
-    assert "cache: not used, the decoded images need more than" in result.stderr
+    # 50 kB allowed, 17 kB an image: it gives up at the third.
+    assert "cache: not used, the decoded images passed the 49 kB allowed (half the free memory) after 2 images" \
+        in result.stderr
     assert "(--cache ram insists)" in result.stderr
     assert len(opened) == 22
 
@@ -75,7 +77,7 @@ def test_cache_ram_refuses_what_memory_cannot_hold(runner, shapes, monkeypatch):
     monkeypatch.setattr(data, "available_memory", lambda: 100_000)
     result = invoke(runner, ["train", str(shapes / "train"), "--cache", "ram", "--output", "run", *FAST_TRAIN])
     assert result.exit_code == 2
-    assert one_error_line(result).startswith("error: --cache ram: the decoded images need more than")
+    assert one_error_line(result).startswith("error: --cache ram: the decoded images passed 88 kB after 5 images")
     assert not Path("run").exists()  # refused before the run folder was made
 
 
