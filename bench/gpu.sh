@@ -5,12 +5,7 @@
 # 2. a 1-GPU torchrun smoke run with NCCL, then a single-process evaluate of its checkpoint;
 # 3. the demo on the GPU;
 # 4. the train/evaluate/predict tests with CUDA present (device auto picks it).
-set -uo pipefail
-OUT=${1:-${OUT:-/tmp/gpu-out}}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, torchvision, typer, rich; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'typer', typer.__version__, 'cuda', torch.version.cuda)"
+source "$(dirname "$0")/gpu_env.sh" "$@"
 
 echo "== 1. training step, batch 256"
 timeout 150 python3 bench/train_step.py --device cuda --batch-size 256 --rounds 5 --steps 10 2>&1 | tee "$OUT/train_step.txt"

@@ -5,12 +5,7 @@
 #    (the training-step benchmark on the CPU, as on the CI machine);
 # 2. end to end on the GPU: the original's loop against `alexnet train` with and without the decoded-image cache,
 #    500x375 and 4000x3000 JPEGs, where loading rather than the model sets the speed.
-set -uo pipefail
-OUT=${1:-${OUT:-/tmp/gpu-out}}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+source "$(dirname "$0")/gpu_env.sh" "$@"
 
 echo "== 1. the CPU, 2 cores"
 lscpu | grep -E "Model name|^CPU\(s\)|Thread|Socket" | tee "$OUT/cpu.txt"
