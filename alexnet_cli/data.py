@@ -12,6 +12,7 @@ import struct
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,21 +60,17 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-class _PillowWarnings:
+@contextmanager
+def _pillow_warnings():
     """Pillow's warnings while images open: a decompression bomb is an error, notes on damaged metadata are
     hidden (the file is judged by whether it decodes). Warning filters are process-wide, so a parallel scan
     enters this once around all its threads rather than once per image."""
+    from PIL import Image
 
-    def __enter__(self):
-        from PIL import Image
-
-        self._saved = warnings.catch_warnings()
-        self._saved.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-    def __exit__(self, *exc):
-        return self._saved.__exit__(*exc)
+        yield
 
 
 def _open_image(path: str | Path, draft_size: int | None) -> Image.Image:
@@ -110,7 +107,7 @@ def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
     UnreadableImage, so callers can skip the file and carry on. `draft_size` lets a large JPEG decode at a
     reduced scale (DCT scaling) that is still at least that many pixels on each side.
     """
-    with _PillowWarnings():
+    with _pillow_warnings():
         return _open_image(path, draft_size)
 
 
@@ -397,9 +394,11 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
 
     samples: list[Sample] = []
     skipped: list[str] = []
-    with _PillowWarnings(), ThreadPoolExecutor(scan_threads()) as pool:
+    # Without a scan nothing is decoded here, so there is nothing to spread over threads.
+    with _pillow_warnings(), ThreadPoolExecutor(scan_threads() if scan else 1) as pool:
         try:
-            for (path, label, _), (reason, pixels) in zip(candidates, pool.map(check, candidates)):
+            results = pool.map(check, candidates) if scan else map(check, candidates)
+            for (path, label, _), (reason, pixels) in zip(candidates, results):
                 if reason is None:
                     samples.append((path, label))
                     if pixels is not None:
