@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ def atomic_write(path: str | Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); give it the mode of the file it replaces, or the usual 0644.
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        # Windows has no os.fchmod before Python 3.13, and its modes are only a read-only flag: leave it be.
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -66,6 +69,8 @@ def atomic_write(path: str | Path, write) -> None:
         if isinstance(exc, OSError):
             raise CheckpointError(f"could not write {path}: {exc.strerror or exc}") from None
         raise
+    if os.name == "nt":  # Windows cannot open a folder to fsync it; NTFS journals the rename itself
+        return
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -80,25 +85,56 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
+# Windows refuses to replace a file that another program holds open (`alexnet predict` reading best.pt,
+# an antivirus scan): try again for about two seconds before giving up.
+PUBLISH_ATTEMPTS = 8
+PUBLISH_WAIT = 0.25
+
+
 def publish_copy(source: str | Path, target: str | Path) -> None:
     """Make `target` an atomic snapshot of `source` (best.pt from last.pt) without writing the bytes twice.
 
     A hard link shares the file until `source` is next replaced: os.replace gives `source` a new inode and
     leaves `target` holding the old one, which is exactly the snapshot wanted. Where links are not
-    supported, the file is copied through atomic_write.
+    supported, the file is copied through atomic_write. A target held open elsewhere (PermissionError on
+    Windows) is tried again; CheckpointError if it stays so, with the previous target left as it was.
     """
     source, target = Path(source), Path(target)
+    for attempt in range(PUBLISH_ATTEMPTS):
+        try:
+            _publish_once(source, target)
+            return
+        except PermissionError as exc:
+            if attempt + 1 == PUBLISH_ATTEMPTS:
+                raise CheckpointError(f"could not replace {target}: {exc.strerror or exc} (is another program "
+                                      "holding it open?)") from None
+            time.sleep(PUBLISH_WAIT)
+        except CheckpointError as exc:  # atomic_write's report of a failed copy
+            if not isinstance(exc.__context__, PermissionError) or attempt + 1 == PUBLISH_ATTEMPTS:
+                raise
+            time.sleep(PUBLISH_WAIT)
+
+
+def _publish_once(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
     try:
         os.link(source, tmp)
-        os.replace(tmp, target)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except OSError:  # no hard links here (FAT, some network shares): copy instead
         with open(source, "rb") as src:
             atomic_write(target, lambda file: shutil.copyfileobj(src, file, 16 * 2**20))
+        return
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:

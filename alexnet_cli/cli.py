@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,13 +16,17 @@ from typing import Annotated, Optional
 import typer
 
 from alexnet_cli import __version__, console
+from alexnet_cli.config import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY
 from alexnet_cli.errors import AlexNetError, ConfigError, DeviceError
+from alexnet_cli.models import ARCHITECTURES
 
 app = typer.Typer(
     name="alexnet",
     help="Train, evaluate and use AlexNet on your own image folders.",
     no_args_is_help=True,
-    add_completion=False,
+    # Rich markup in help strings: a literal bracket is written \\[ (see TENSORBOARD_HELP). Defaults that depend
+    # on other options are shown through show_default, so Typer prints them as it prints every other default.
+    rich_markup_mode="rich",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -33,6 +36,15 @@ CACHE_HELP = ("Keep the decoded images in memory after the first read: auto (whe
               "memory), ram (insist) or off.")
 STRICT_HELP = "Stop at the first unreadable or skipped file instead of warning and going on."
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU."
+TENSORBOARD_HELP = "Log to RUN_DIR/tensorboard (pip install 'alexnet-cli\\[tensorboard]')."
+# The defaults that depend on something else, written from the constants that decide them.
+WORKERS_DEFAULT = "0 on 2 cores or fewer, else cores - 1, at most 4"
+LR_DEFAULT = ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items())
+WEIGHT_DECAY_DEFAULT = ", ".join(f"{decay:g} for {name}" for name, decay in DEFAULT_WEIGHT_DECAY.items())
+IMAGE_SIZE_DEFAULT = "the arch's own: " + ", ".join(f"{name} {info.default_image_size}"
+                                                    for name, info in ARCHITECTURES.items())
+SIBLING_VAL_DEFAULT = "a sibling val/ or test/ folder"
+NEWEST_BEST_DEFAULT = "the newest runs/*/best.pt"
 PRECISION_HELP = (
     "auto, fp32, bf16 or fp16. auto: bf16 (or fp16) mixed precision on CUDA; bf16 on a CPU only where it "
     "measures faster than fp32; says what it chose."
@@ -82,7 +94,8 @@ def _main(
 def summary(
     arch: Annotated[str, typer.Option(help=ARCH_HELP)] = "alexnet",
     num_classes: Annotated[int, typer.Option(help="Number of output classes.")] = 2,
-    image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels [default: the arch's own]")] = None,
+    image_size: Annotated[
+        Optional[int], typer.Option(help="Input size in pixels.", show_default=IMAGE_SIZE_DEFAULT)] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Take arch, size and classes from this checkpoint.")] = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Load torchvision's ImageNet weights (alexnet-torchvision).")
@@ -126,12 +139,13 @@ def summary(
 @app.command()
 def train(
     data: Annotated[Optional[Path], typer.Argument(help="ImageFolder tree: DATA/<class>/<image>.")] = None,
-    val: Annotated[Optional[Path], typer.Option(help="Validation folder [default: a sibling val/ or test/].")] = None,
-    val_split: Annotated[
-        Optional[float], typer.Option(help="Hold out this fraction of DATA per class [default: 0.1 if no val folder].")
+    val: Annotated[Optional[Path], typer.Option(help="Validation folder.", show_default=SIBLING_VAL_DEFAULT)] = None,
+    val_split: Annotated[Optional[float], typer.Option(
+        help="Hold out this fraction of DATA per class.", show_default="0.1 when there is no validation folder")
     ] = None,
-    arch: Annotated[Optional[str], typer.Option(help=ARCH_HELP + " [default: alexnet]")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input size [default: 227, or 224 for torchvision].")] = None,
+    arch: Annotated[Optional[str], typer.Option(
+        help=ARCH_HELP, show_default="alexnet, or alexnet-torchvision with --pretrained")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size.", show_default=IMAGE_SIZE_DEFAULT)] = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Start from ImageNet weights (alexnet-torchvision, new head).")
     ] = False,
@@ -139,25 +153,27 @@ def train(
         bool, typer.Option("--freeze-features", help="With --pretrained: train the classifier only.")
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = 32,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train to [default: 10].")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate [default: 1e-4 for adam, 0.01 for sgd].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Epochs to train to.", show_default=f"{DEFAULT_EPOCHS}, or the resumed run's own")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=LR_DEFAULT)] = None,
     optimizer: Annotated[str, typer.Option(help="adam, or sgd (momentum 0.9, weight decay 5e-4).")] = "adam",
-    weight_decay: Annotated[Optional[float], typer.Option(help="[default: 0 for adam, 5e-4 for sgd]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        help="L2 weight decay.", show_default=WEIGHT_DECAY_DEFAULT)] = None,
     scheduler: Annotated[str, typer.Option(help="Learning-rate schedule: none, step or cosine.")] = "none",
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.0,
     dropout: Annotated[float, typer.Option(help="Dropout before/after the FC layers.")] = 0.5,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val accuracy.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes [default: 0 on 2 cores or fewer, else cores - 1, at most 4].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA (as in the original script).")] = False,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same data, same run.")] = 1,
     log_interval: Annotated[int, typer.Option(help="Log the loss every N iterations.")] = 1,
-    output: Annotated[Optional[Path], typer.Option(help="Run folder [default: a new runs/train-N].")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Run folder.", show_default="a new runs/train-N")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt; a larger --epochs extends it.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
     tensorboard: Annotated[
-        bool, typer.Option("--tensorboard", help="Log to RUN_DIR/tensorboard (pip install 'alexnet-cli[tensorboard]').")
+        bool, typer.Option("--tensorboard", help=TENSORBOARD_HELP)
     ] = False,
     cache: Annotated[str, typer.Option(help=CACHE_HELP)] = "auto",
 ) -> None:
@@ -196,10 +212,10 @@ def train(
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Argument(help="ImageFolder tree with the same class folders as the model.")],
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint [default: the newest runs/*/best.pt].")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     top_k: Annotated[int, typer.Option(help="Also report top-k accuracy when there are more than k classes.")] = 5,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
@@ -227,13 +243,13 @@ def evaluate(
 @app.command()
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or globs.")],
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint [default: the newest runs/*/best.pt].")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Use torchvision's ImageNet weights (1000 classes); no training.")
     ] = False,
     top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
@@ -260,9 +276,10 @@ def predict(
                             precision=precision, strict=strict, explain=explain)
         results = run_prediction(cfg, console.RichObserver())
         if as_json or as_csv:
-            text = json.dumps(results, indent=2) + "\n" if as_json else console.predictions_csv(results)
+            text = (json.dumps(results, indent=2, ensure_ascii=False) + "\n" if as_json
+                    else console.predictions_csv(results))
             if output is None:
-                sys.stdout.write(text)
+                console.write_stdout(text)
             else:
                 from alexnet_cli.checkpoint import atomic_write_text
 
@@ -292,7 +309,7 @@ def demo(
     per_class: Annotated[int, typer.Option(help="Training images per class when the data set is made.")] = 300,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)] = None,
 ) -> None:
     """The whole tool in one command: make a small texture data set, train alexnet on it, evaluate, predict."""
     from alexnet_cli import demo as demomod
@@ -366,7 +383,7 @@ def data_pets(
 @app.command()
 def check(
     data: Annotated[Path, typer.Argument(help="ImageFolder tree to check (DATA/<class>/<image>).")],
-    val: Annotated[Optional[Path], typer.Option(help="Validation folder [default: a sibling val/ or test/].")] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Validation folder.", show_default=SIBLING_VAL_DEFAULT)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with code 3 when any problem is found.")] = False,
 ) -> None:
@@ -388,7 +405,7 @@ def check(
 def export(
     weights: Annotated[Path, typer.Argument(help="The checkpoint to export (a best.pt or last.pt).")],
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    output: Annotated[Optional[Path], typer.Option(help="Model file [default: beside the checkpoint].")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Model file.", show_default="beside the checkpoint")] = None,
 ) -> None:
     """Write the model with softmax included, plus its class names and preprocessing as JSON; checks the result."""
     from alexnet_cli.checkpoint import load_checkpoint

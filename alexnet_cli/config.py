@@ -74,7 +74,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     dropout: float = 0.5
     patience: int | None = None  # stop after this many epochs without a better validation accuracy
-    workers: int | None = None  # None: data.default_workers()
+    workers: int | None = None  # None: loading.default_workers()
     device: str = "auto"
     no_cuda: bool = False
     precision: str = "auto"  # auto|fp32|bf16|fp16: see device.resolve_precision
@@ -137,8 +137,9 @@ class TrainConfig:
         return self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.optimizer]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values only (paths as strings), with the defaults resolved: what config.json records."""
-        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        """Plain values only (paths as strings with `/`, which every OS reads back), with the defaults
+        resolved: what config.json records."""
+        data = {k: (v.as_posix() if isinstance(v, Path) else v) for k, v in asdict(self).items()}
         data.update(
             image_size=self.effective_image_size, lr=self.effective_lr, weight_decay=self.effective_weight_decay
         )

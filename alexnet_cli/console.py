@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import sys
@@ -35,9 +36,28 @@ def info(message: str) -> None:
     console.print(escape(message), soft_wrap=True)
 
 
+def write_stdout(text: str) -> None:
+    """Machine output (--json, --csv) as UTF-8 on every OS. A Windows stdout that is redirected to a file
+    encodes in the ANSI code page (cp1252 in the west), which cannot write most non-ASCII paths or labels,
+    and scripts reading the output expect UTF-8 anyway."""
+    stream = sys.stdout
+    buffer = getattr(stream, "buffer", None)
+    try:
+        utf8 = codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name == "utf-8"
+    except LookupError:
+        utf8 = False
+    if utf8 or buffer is None:
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # whatever the text layer holds goes first
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    sys.stdout.flush()
+    """JSON with non-ASCII kept readable (café, not caf\\u00e9), as UTF-8."""
+    write_stdout(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _count(n: int) -> str:

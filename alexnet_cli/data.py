@@ -9,6 +9,7 @@ import json
 import os
 import random
 import struct
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,22 @@ Sample = tuple[str, int]  # (path, class index)
 
 class UnreadableImage(DataError):
     """A file that cannot be used as an image; the message names the file and why."""
+
+
+# What Finder, Explorer and zip tools leave in folders they touch. Ignored without a word: they are not the
+# user's files, and reporting them as skipped would make --strict refuse every folder opened on a Mac.
+OS_METADATA_FILES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", ".localized"})
+OS_METADATA_FOLDERS = frozenset({"__macosx", "$recycle.bin", "system volume information"})
+
+
+def is_os_metadata(name: str) -> bool:
+    """`.DS_Store`, `._photo.jpg` (macOS resource forks), `Thumbs.db`, `desktop.ini`, `__MACOSX/` and kin."""
+    folded = name.casefold()
+    return folded in OS_METADATA_FILES or folded in OS_METADATA_FOLDERS or folded.startswith("._")
+
+
+def _visible_folders(names) -> list[str]:
+    return sorted(name for name in names if not name.startswith(".") and not is_os_metadata(name))
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -218,7 +235,17 @@ def scan_image(path: str) -> str | None:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory free for new allocations (Linux MemAvailable), or None where it cannot be told."""
+    """Bytes of memory free for new allocations, or None where it cannot be told: the machine's free memory
+    (MemAvailable on Linux, the available physical memory on Windows, a guess elsewhere), and no more than
+    this process's cgroup still allows (a Docker or Kubernetes memory limit), which the kernel enforces by
+    killing the process."""
+    known = [free for free in (_machine_available(), _cgroup_available()) if free is not None]
+    return min(known) if known else None
+
+
+def _machine_available() -> int | None:
+    if sys.platform == "win32":
+        return _windows_available()
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -226,10 +253,84 @@ def available_memory() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:  # other Unixes: half the physical memory, as a guess at what is free
+    try:  # other Unixes (macOS): half the physical memory, as a guess at what is free
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _windows_available() -> int | None:
+    import ctypes
+
+    class MemoryStatus(ctypes.Structure):  # MEMORYSTATUSEX
+        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong)] + [
+            (name, ctypes.c_ulonglong) for name in ("ullTotalPhys", "ullAvailPhys", "ullTotalPageFile",
+                                                    "ullAvailPageFile", "ullTotalVirtual", "ullAvailVirtual",
+                                                    "ullAvailExtendedVirtual")]
+
+    status = MemoryStatus()
+    status.dwLength = ctypes.sizeof(MemoryStatus)
+    try:
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+            return int(status.ullAvailPhys)
+    except (AttributeError, OSError):
+        pass
+    return None
+
+
+# Where Linux shows a process its control groups; tests point these at fake trees.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None  # missing, unreadable, or "max" (no limit)
+
+
+def _reclaimable(stat: Path, key: str) -> int:
+    """Page cache that the kernel drops before it counts against the limit (inactive_file in memory.stat)."""
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_available() -> int | None:
+    """What the memory limits of this process's cgroup and its parents still allow (cgroup v2, or v1's
+    memory controller), as container tools count it: the limit less the usage that is not reclaimable
+    cache. None without a cgroup limit (or off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        lines = SELF_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    headroom: list[int] = []
+    for line in lines:
+        _, controllers, relative = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
+        if controllers == "":  # v2: one unified tree
+            base, files = CGROUP_ROOT, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):  # v1: the memory controller's own tree
+            base, files = CGROUP_ROOT / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                   "total_inactive_file")
+        else:
+            continue
+        folder = base / relative.strip("/")
+        while True:  # this cgroup and each parent up to the root: the tightest limit counts
+            limit, usage = _read_int(folder / files[0]), _read_int(folder / files[1])
+            if limit is not None and usage is not None and limit < 2**60:  # v1 writes "no limit" as ~2**63
+                headroom.append(max(0, limit - usage + _reclaimable(folder / "memory.stat", files[2])))
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(headroom) if headroom else None
 
 
 def _gib(size: int) -> str:
@@ -266,7 +367,10 @@ class ImageCache:
         free = available_memory()
         share = 0.9 if mode == "ram" else 0.5
         self.free = free
-        self.limit = int(share * free / max(1, local_processes)) if free is not None else 2**30
+        # Where the free memory cannot be told, auto keeps to a modest 1 GiB and ram, told to insist, takes
+        # what it is given.
+        self.limit: int | None = int(share * free / max(1, local_processes)) if free is not None else (
+            None if mode == "ram" else 2**30)
         self.blocks: list[torch.Tensor] = []
         self.entries: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self.used = 0  # bytes of images held
@@ -287,7 +391,7 @@ class ImageCache:
         if not self.accepting:
             return
         size = pixels.numel()
-        if self.used + size > self.limit:
+        if self.limit is not None and self.used + size > self.limit:
             if self.mode == "ram":
                 from alexnet_cli.errors import ConfigError
 
@@ -319,8 +423,9 @@ class ImageCache:
         if self.accepting:
             return (f"cache: {len(self.entries)} images decoded once and kept in memory ({_gib(self.used)}); "
                     "no epoch reads a file again")
-        return (f"cache: not used, the decoded images passed the {_gib(self.limit)} allowed (half the free "
-                f"memory) after {self.overflow} images; each epoch decodes the files (--cache ram insists)")
+        allowed = "half the free memory" if self.free is not None else "the free memory could not be told"
+        return (f"cache: not used, the decoded images passed the {_gib(self.limit or 0)} allowed ({allowed}) "
+                f"after {self.overflow} images; each epoch decodes the files (--cache ram insists)")
 
 
 def make_cache(mode: str, preprocess: Preprocess, local_processes: int = 1) -> ImageCache | None:
@@ -337,7 +442,7 @@ def find_classes(root: Path) -> list[str]:
         raise DataError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"not a folder: {root} (give a folder with one subfolder per class)")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    classes = _visible_folders(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
         raise DataError(f"{root} has no class subfolders: lay images out as {root}/<class>/<image>.jpg")
     return classes
@@ -369,9 +474,11 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
     candidates: list[tuple[str, int, str | None]] = []  # (path, label, why it is skipped before any decoding)
     for name in found:
         for directory, subdirs, files in os.walk(root / name, followlinks=True):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            subdirs[:] = _visible_folders(subdirs)
             for filename in sorted(files):
                 path = os.path.join(directory, filename)
+                if is_os_metadata(filename):
+                    continue
                 if filename.startswith("."):
                     reason = f"{path}: hidden file"
                 elif not is_image_file(filename):
@@ -451,155 +558,26 @@ def split_from_file(images: ImageSet, split_file: Path) -> tuple[ImageSet, Image
         held_out = set(json.loads(split_file.read_text())["val"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cannot read the saved split {split_file}: {exc}") from None
-    rel = lambda path: os.path.relpath(path, images.root)  # noqa: E731
-    train = tuple(s for s in images.samples if rel(s[0]) not in held_out)
-    val = tuple(s for s in images.samples if rel(s[0]) in held_out)
+    held_out = {str(path).replace("\\", "/") for path in held_out}  # written on Windows, read anywhere
+    train = tuple(s for s in images.samples if _relative(s[0], images.root) not in held_out)
+    val = tuple(s for s in images.samples if _relative(s[0], images.root) in held_out)
     return (
         ImageSet(images.root, images.classes, train, images.skipped),
         ImageSet(images.root, images.classes, val),
     )
 
 
+def _relative(path: str, root: Path) -> str:
+    """`path` from `root`, with `/` on every OS: what split.json stores."""
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
 def split_record(val: ImageSet, fraction: float, seed: int) -> dict[str, Any]:
     return {
         "fraction": fraction,
         "seed": seed,
-        "val": [os.path.relpath(path, val.root) for path, _ in val.samples],
+        "val": [_relative(path, val.root) for path, _ in val.samples],
     }
-
-
-def _dataset_class():
-    import torch
-    from torch.utils.data import Dataset
-
-    class ImageDataset(Dataset):
-        """(image, label) pairs that never stop a run: a file that fails to open yields its error instead.
-
-        With `augment_seed`, each sample's random augmentation is seeded by (augment_seed, index) alone, so it
-        is the same whichever worker loads it, and the same after a resume in the middle of an epoch.
-        """
-
-        def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform: Callable,
-                     augment_seed: int | None = None, draft_size: int | None = None,
-                     cache: ImageCache | None = None, augment: Callable | None = None) -> None:
-            self.paths = list(paths)
-            self.labels = list(labels) if labels is not None else None
-            self.transform = transform
-            self.augment_seed = augment_seed
-            self.draft_size = draft_size
-            self.cache = cache  # with `augment`, the second half of `transform`, for the cached pixels
-            self.augment = augment
-
-        def __len__(self) -> int:
-            return len(self.paths)
-
-        def __getitem__(self, key):
-            # An EpochSampler hands (index, augment_seed) pairs; a plain sampler hands indices.
-            index, augment_seed = key if isinstance(key, tuple) else (key, self.augment_seed)
-            label = self.labels[index] if self.labels is not None else -1
-            pixels = self.cache.get(self.paths[index]) if self.cache is not None else None
-            if pixels is not None:
-                source, transform = pixels, self.augment
-            else:
-                try:
-                    source, transform = open_image(self.paths[index], self.draft_size), self.transform
-                except UnreadableImage as exc:
-                    return None, label, index, str(exc)
-            if augment_seed is None:
-                return transform(source), label, index, None
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(augment_seed * 1_000_003 + index)
-                return transform(source), label, index, None
-
-    return ImageDataset
-
-
-def collate_readable(batch):
-    """Stack the images that opened; pass on the indices and errors of those that did not.
-
-    Returns (images or None, labels, indices, failed) where failed is a list of (index, message).
-    """
-    import torch
-
-    good = [item for item in batch if item[0] is not None]
-    failed = [(index, error) for image, _, index, error in batch if image is None]
-    if not good:
-        return None, None, [], failed
-    images = torch.stack([item[0] for item in good])
-    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
-    return images, labels, [item[2] for item in good], failed
-
-
-class EpochSampler:
-    """The order of one epoch and its augmentation seed, replaced between epochs.
-
-    One DataLoader over it serves the whole run, so its worker processes persist from epoch to epoch
-    (persistent_workers) instead of starting again each time. It yields (index, augment_seed) pairs: the seed
-    travels with each index to whichever worker loads it.
-    """
-
-    def __init__(self) -> None:
-        self.order: list[int] = []
-        self.augment_seed: int | None = None
-
-    def set_epoch(self, order: Sequence[int], augment_seed: int | None) -> None:
-        self.order, self.augment_seed = list(order), augment_seed
-
-    def __iter__(self):
-        return iter([(index, self.augment_seed) for index in self.order])
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-
-def make_loader(
-    paths: Sequence[str],
-    labels: Sequence[int] | None,
-    transform: Callable,
-    *,
-    batch_size: int,
-    workers: int,
-    pin_memory: bool,
-    order: Sequence[int] | EpochSampler | None = None,
-    augment_seed: int | None = None,
-    draft_size: int | None = None,
-    persistent: bool = False,
-    cache: ImageCache | None = None,
-    augment: Callable | None = None,
-):
-    """Batches in `order` (default: as given), or as an EpochSampler says. Each batch is
-    (images, labels, indices, failed). `persistent` keeps the workers alive between passes (a loader that is
-    iterated once per epoch). Images in `cache` skip the file and the first half of `transform`: `augment` is
-    the rest (Preprocess.train_augment or eval_augment)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    if cache is not None and augment is None:
-        raise ValueError("a cache needs the augment half of the transform")
-    dataset = _dataset_class()(paths, labels, transform, augment_seed, draft_size, cache, augment)
-    sampler = order if isinstance(order, EpochSampler) or order is None else list(order)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        persistent_workers=persistent and workers > 0,
-        pin_memory=pin_memory,  # page-locked host memory makes non_blocking copies to CUDA asynchronous
-        collate_fn=collate_readable,
-        # Every new iterator draws a seed from this generator; without one it would draw from the global RNG
-        # and shift the dropout masks of everything after it, so a resumed run would drift from a straight one.
-        generator=torch.Generator().manual_seed(augment_seed or 0),
-    )
-
-
-def default_workers() -> int:
-    """Loader processes: none on 2 cores or fewer, else cores - 1 (at most 4), leaving a core for the model.
-
-    On 2 cores a worker process competes with the model's two compute threads: training measured 33 img/s
-    with no worker against 30 with one (500x375 JPEGs), and 16.5 against 10.7 (4000x3000); docs/performance.md.
-    """
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -627,7 +605,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
         for match in matches:
             if os.path.isdir(match):
                 for directory, subdirs, files in os.walk(match, followlinks=True):
-                    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+                    subdirs[:] = _visible_folders(subdirs)
                     found.extend(os.path.join(directory, f) for f in sorted(files) if is_image_file(f))
             elif is_image_file(match):
                 found.append(match)

@@ -51,6 +51,8 @@ def resolve_device(name: str = "auto", *, no_cuda: bool = False) -> DeviceChoice
         count = torch.cuda.device_count()
         if index >= count:
             raise DeviceError(f"--device {name}: there is no GPU {index} (found {count}, numbered from 0)")
+        # The current device too: pinned memory, cuDNN handles and anything else that takes "the" GPU.
+        torch.cuda.set_device(index)
         return DeviceChoice(torch.device("cuda", index), f"cuda:{index} ({torch.cuda.get_device_name(index)})")
     if name == "mps":
         if not _mps_available():
@@ -101,6 +103,26 @@ class Precision:
         import torch
 
         return torch.autocast(device.type, dtype=self.dtype, enabled=self.reduced)
+
+
+# bf16 tensor cores arrived with Ampere (compute capability 8.0). Older GPUs (T4, V100) emulate bf16 and
+# run it slower than fp16, though torch.cuda.is_bf16_supported() counts the emulation as support.
+CUDA_BF16_CAPABILITY = (8, 0)
+
+
+def cuda_native_bf16(device: torch.device) -> bool:
+    """Whether the chosen GPU (not whichever is current) computes bf16 in hardware."""
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(device)) >= CUDA_BF16_CAPABILITY
+
+
+def mps_bf16() -> bool:
+    """MPS computes bf16 from macOS 14 on."""
+    import torch
+
+    check = getattr(torch.backends.mps, "is_macos_or_newer", None)
+    return bool(check and check(14, 0))
 
 
 def cpu_native_bf16() -> bool:
@@ -154,8 +176,9 @@ def measure_cpu_bf16_speedup(rounds: int = 3) -> float:
 def resolve_precision(name: str, device: torch.device, *, speedup: float | None = None) -> Precision:
     """--precision auto|fp32|bf16|fp16 on the chosen device.
 
-    auto: CUDA uses bf16 where the GPU has it, else fp16 (with loss scaling); a CPU uses bf16 only where it
-    has native bf16 and bf16 measured at least BF16_MIN_SPEEDUP times fp32; MPS stays fp32.
+    auto: CUDA uses bf16 where the GPU has it in hardware (compute capability 8.0 or more), else fp16 (with
+    loss scaling); a CPU uses bf16 only where it has native bf16 and bf16 measured at least BF16_MIN_SPEEDUP
+    times fp32; MPS stays fp32.
     `speedup` replaces the CPU measurement (tests).
     """
     import torch
@@ -169,15 +192,20 @@ def resolve_precision(name: str, device: torch.device, *, speedup: float | None 
             raise ConfigError("--precision fp16 needs a GPU: on a CPU use bf16 or fp32")
         return Precision("fp16", "fp16 mixed precision with loss scaling (--precision fp16)")
     if name == "bf16":
-        if kind == "cuda" and not torch.cuda.is_bf16_supported():
-            raise DeviceError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16 or fp32")
+        if kind == "cuda" and not cuda_native_bf16(device):
+            major, minor = torch.cuda.get_device_capability(device)
+            raise DeviceError(f"--precision bf16: {torch.cuda.get_device_name(device)} (compute capability "
+                              f"{major}.{minor}) has no bf16 units, which need 8.0 or newer; use fp16 or fp32")
+        if kind == "mps" and not mps_bf16():
+            raise DeviceError("--precision bf16: MPS has bf16 from macOS 14 on; use fp32 (or upgrade macOS)")
         note = "" if kind != "cpu" or cpu_native_bf16() else "; this CPU has no native bf16, so expect it to be slow"
         return Precision("bf16", f"bf16 mixed precision (--precision bf16{note})")
     # auto
     if kind == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return Precision("bf16", "auto: bf16 mixed precision (the GPU supports bf16)")
-        return Precision("fp16", "auto: fp16 mixed precision with loss scaling (the GPU has no bf16)")
+        if cuda_native_bf16(device):
+            return Precision("bf16", "auto: bf16 mixed precision (the GPU computes bf16 in hardware)")
+        return Precision("fp16", "auto: fp16 mixed precision with loss scaling (the GPU has no bf16 units: "
+                                 "compute capability below 8.0)")
     if kind != "cpu":
         return Precision("fp32", f"auto: fp32 (mixed precision is not used on {kind})")
     if speedup is None and not cpu_native_bf16():
@@ -186,3 +214,19 @@ def resolve_precision(name: str, device: torch.device, *, speedup: float | None 
     if ratio >= BF16_MIN_SPEEDUP:
         return Precision("bf16", f"auto: bf16 mixed precision (bf16 measured {ratio:.2f}x fp32 on this CPU)")
     return Precision("fp32", f"auto: fp32 (this CPU has native bf16, but it measured {ratio:.2f}x fp32 here)")
+
+
+# ---------------------------------------------------------------------------------------------- running sums
+
+
+def device_has_float64(device: torch.device) -> bool:
+    """Apple's MPS has no float64: a float64 tensor there is an error, not a slow path."""
+    return device.type != "mps"
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the running sums of a loop (loss over an epoch, counts across ranks): float64 where the
+    device has it, so that tens of thousands of additions lose nothing, else float32."""
+    import torch
+
+    return torch.float64 if device_has_float64(device) else torch.float32

@@ -1,4 +1,5 @@
-"""Multi-process training under torchrun: DistributedDataParallel on NCCL (CUDA) or gloo (CPU).
+"""Multi-process training under torchrun: DistributedDataParallel on NCCL (CUDA, where torch has it) or gloo
+(the CPU, and CUDA on Windows, whose wheels have no NCCL).
 
 `alexnet train` run by torchrun (`torchrun --nproc_per_node=N -m alexnet_cli train DATA`) finds WORLD_SIZE,
 RANK and LOCAL_RANK in its environment and joins the process group; run plainly, everything here is a no-op.
@@ -53,6 +54,13 @@ def from_env(environ=os.environ) -> Dist:
     return dist
 
 
+def backend_for(device: torch.device) -> str:
+    """NCCL for CUDA where this torch build has it; gloo otherwise (the CPU, and Windows, which has no NCCL)."""
+    import torch.distributed as td
+
+    return "nccl" if device.type == "cuda" and td.is_nccl_available() else "gloo"
+
+
 def resolve_device_for(dist: Dist, name: str, no_cuda: bool) -> DeviceChoice:
     """--device under torchrun: each process takes the GPU of its LOCAL_RANK, or the CPU."""
     import torch
@@ -80,8 +88,10 @@ def resolve_device_for(dist: Dist, name: str, no_cuda: bool) -> DeviceChoice:
         )
     torch.cuda.set_device(dist.local_rank)
     label = torch.cuda.get_device_name(dist.local_rank)
-    return DeviceChoice(torch.device("cuda", dist.local_rank),
-                        f"cuda:{dist.local_rank} ({label}), NCCL backend, rank {dist.rank} of {dist.world_size}")
+    device = torch.device("cuda", dist.local_rank)
+    backend = "NCCL" if backend_for(device) == "nccl" else "gloo"
+    return DeviceChoice(device, f"cuda:{dist.local_rank} ({label}), {backend} backend, rank {dist.rank} of "
+                                f"{dist.world_size}")
 
 
 @contextmanager
@@ -92,8 +102,9 @@ def process_group(dist: Dist, device: torch.device) -> Iterator[None]:
         return
     import torch.distributed as td
 
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    backend = backend_for(device)
+    # NCCL binds its communicator to the rank's GPU up front; gloo copies CUDA tensors through the host.
+    kwargs = {"device_id": device} if backend == "nccl" else {}
     td.init_process_group(backend, **kwargs)
     try:
         yield

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from alexnet_cli import data as datamod
 from alexnet_cli import distributed as distmod
+from alexnet_cli import loading
 from alexnet_cli.checkpoint import Checkpoint, atomic_write, base_payload, load_checkpoint, publish_copy, save_checkpoint
 from alexnet_cli.config import DEFAULT_EPOCHS, SGD_MOMENTUM, EvaluateConfig, PredictConfig, TrainConfig
-from alexnet_cli.device import Precision, resolve_device, resolve_precision
+from alexnet_cli.device import Precision, resolve_device, resolve_precision, sum_dtype
 from alexnet_cli.errors import AlexNetError, CheckpointError, ConfigError, DataError, NonFiniteLossError
 from alexnet_cli.models import arch_info, build_model
 from alexnet_cli.runs import new_run_dir, newest_checkpoint, write_json, write_metrics
@@ -137,7 +138,7 @@ def evaluate_model(model, loader, device, num_classes: int, precision: Precision
     dtype = _model_dtype(model)
     autocast = precision.autocast(device) if dtype == torch.float32 else contextlib.nullcontext()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=sum_dtype(device), device=device)
     topk_correct = torch.zeros((), dtype=torch.long, device=device)
     use_topk = num_classes > k
     images = 0
@@ -153,7 +154,7 @@ def evaluate_model(model, loader, device, num_classes: int, precision: Precision
                 logits = model(batch)
             logits = logits.float()
             # Sum, not mean, so that a short last batch weighs what it holds.
-            loss_sum += criterion(logits, labels).double() * labels.numel()
+            loss_sum += criterion(logits, labels).to(loss_sum.dtype) * labels.numel()
             predicted = logits.argmax(1)
             if predictions is not None:  # (dataset index, true, predicted) per image
                 predictions.extend(zip(indices, labels.tolist(), predicted.tolist()))
@@ -162,8 +163,9 @@ def evaluate_model(model, loader, device, num_classes: int, precision: Precision
                 topk_correct += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
             images += labels.numel()
     if dist.enabled:  # each rank saw its own share of the images, each image once: sum the counts
-        counts = torch.cat([confusion.double(), loss_sum.view(1), topk_correct.double().view(1),
-                            torch.tensor([float(images)], dtype=torch.float64, device=device)])
+        dtype = sum_dtype(device)
+        counts = torch.cat([confusion.to(dtype), loss_sum.view(1), topk_correct.to(dtype).view(1),
+                            torch.tensor([float(images)], dtype=dtype, device=device)])
         distmod.all_reduce_sum(counts, dist)
         n = num_classes * num_classes
         confusion, loss_sum, topk_correct = counts[:n].long(), counts[n], counts[n + 1].long()
@@ -439,7 +441,7 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = Path(cfg.output or "runs")
-    config_record = {**cfg.to_dict(), "epochs": epochs, "output": str(run_dir), "resume": None,
+    config_record = {**cfg.to_dict(), "epochs": epochs, "output": run_dir.as_posix(), "resume": None,
                      "world_size": dist.world_size}
     if dist.is_main:
         write_json(run_dir / "config.json",
@@ -455,7 +457,7 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
                       "images per step")
 
     pin = device.type == "cuda"
-    workers = datamod.default_workers() if cfg.workers is None else cfg.workers
+    workers = loading.default_workers() if cfg.workers is None else cfg.workers
     # JPEGs much larger than the input decode at a reduced scale that still covers the resize.
     draft = preprocess.resize_size
     train_paths = [path for path, _ in train_set.samples]
@@ -463,17 +465,17 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
     on_failed = lambda failed: report_unreadable(failed, cfg.strict, observer)  # noqa: E731
     val_loader = None
     if val_set is not None:
-        val_loader = datamod.make_loader(
+        val_loader = loading.make_loader(
             [p for p, _ in val_set.samples], [lab for _, lab in val_set.samples], preprocess.eval_transforms(),
-            batch_size=cfg.batch_size, workers=workers, pin_memory=pin, draft_size=draft, persistent=True,
+            batch_size=cfg.batch_size, workers=workers, pin_memory=pin, draft_size=draft,
             order=distmod.eval_shard(len(val_set.samples), dist) if dist.enabled else None,
-            cache=cache, augment=preprocess.eval_augment(),
+            cache=cache, augment=preprocess.eval_augment(), warn=observer.warn,
         )
-    sampler = datamod.EpochSampler()
-    train_loader = datamod.make_loader(
+    sampler = loading.EpochSampler()
+    train_loader = loading.make_loader(
         train_paths, train_labels, preprocess.train_transforms(), batch_size=cfg.batch_size, workers=workers,
-        pin_memory=pin, order=sampler, draft_size=draft, persistent=True,
-        cache=cache, augment=preprocess.train_augment(),
+        pin_memory=pin, order=sampler, draft_size=draft, cache=cache, augment=preprocess.train_augment(),
+        warn=observer.warn,
     )
 
     if cfg.tensorboard and dist.is_main:
@@ -499,7 +501,8 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
 
     partial = checkpoint.raw.get("partial") if checkpoint is not None else None
     stopped_early = False
-    with graceful_interrupts() as interrupts:
+    # Leaving this block, by the end of the run, a signal or an error, stops the loader processes.
+    with graceful_interrupts() as interrupts, train_loader, val_loader or contextlib.nullcontext():
         # Every rank stops at the same step when any of them is signalled (one all-reduce per step).
         should_stop = lambda: distmod.any_rank(bool(interrupts), device, dist)  # noqa: E731
         while state.epoch < epochs:
@@ -515,7 +518,7 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
             )
             # The epoch's totals over every rank (one process: as they are).
             totals = distmod.all_reduce_sum(torch.tensor(
-                [progress.loss_sum, progress.correct, progress.images], dtype=torch.float64, device=device), dist)
+                [progress.loss_sum, progress.correct, progress.images], dtype=sum_dtype(device), device=device), dist)
             progress.loss_sum, progress.correct, progress.images = totals[0].item(), int(totals[1]), int(totals[2])
             if stopped:
                 # Stopped between two steps: save where we are, so that --resume continues from this step.
@@ -558,7 +561,10 @@ def _train(cfg: TrainConfig, observer: Observer, dist: distmod.Dist, choice) -> 
             if dist.is_main:
                 save_checkpoint(run_dir / "last.pt", checkpoint_payload(epoch, None))
                 if improved:
-                    publish_copy(run_dir / "last.pt", run_dir / "best.pt")
+                    try:
+                        publish_copy(run_dir / "last.pt", run_dir / "best.pt")
+                    except CheckpointError as exc:  # a locked best.pt must not end a run that can go on
+                        observer.warn(f"{exc}; best.pt was not updated, last.pt holds epoch {epoch}")
                     if result is not None:  # the best epoch's validation confusion, for the plots
                         write_json(run_dir / "confusion.json", {
                             "epoch": epoch, "class_names": list(train_set.classes),
@@ -672,7 +678,7 @@ def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, precis
     epoch = progress.epoch
     observer.epoch_start(epoch, epochs, iterations, len(loader.dataset))
     # Running sums stay on the device; .item() (a host sync) happens only at log intervals and at the end.
-    loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float64, device=device)
+    loss_sum = torch.tensor(progress.loss_sum, dtype=sum_dtype(device), device=device)
     correct = torch.tensor(progress.correct, dtype=torch.long, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     images = progress.images
@@ -697,7 +703,7 @@ def _train_one_epoch(model, loader, optimizer, scaler, criterion, device, precis
             labels = labels.to(device, non_blocking=True)
             loss, logits = train_step(model, batch, labels, optimizer, scaler, criterion, precision)
             nonfinite |= ~torch.isfinite(loss)
-            loss_sum += loss.double() * labels.numel()
+            loss_sum += loss.to(loss_sum.dtype) * labels.numel()
             correct += (logits.argmax(1) == labels).sum()
             images += labels.numel()
             new_images += labels.numel()
@@ -741,15 +747,16 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     for skipped in images.skipped:
         observer.warn(f"skipped {skipped}")
     model = prepare_for_inference(checkpoint.build(), choice.device, precision)
-    loader = datamod.make_loader(
+    loader = loading.make_loader(
         [p for p, _ in images.samples], [lab for _, lab in images.samples], checkpoint.preprocess.eval_transforms(),
-        batch_size=cfg.batch_size, workers=datamod.default_workers() if cfg.workers is None else cfg.workers,
-        pin_memory=choice.device.type == "cuda", draft_size=checkpoint.preprocess.resize_size,
+        batch_size=cfg.batch_size, workers=loading.default_workers() if cfg.workers is None else cfg.workers,
+        pin_memory=choice.device.type == "cuda", draft_size=checkpoint.preprocess.resize_size, warn=observer.warn,
     )
     predictions: list[tuple[int, int, int]] | None = [] if cfg.save_errors is not None else None
-    result = evaluate_model(model, loader, choice.device, checkpoint.num_classes, precision, k=cfg.top_k,
-                            on_failed=lambda failed: report_unreadable(failed, cfg.strict, observer),
-                            predictions=predictions)
+    with loader:
+        result = evaluate_model(model, loader, choice.device, checkpoint.num_classes, precision, k=cfg.top_k,
+                                on_failed=lambda failed: report_unreadable(failed, cfg.strict, observer),
+                                predictions=predictions)
     result.class_names = checkpoint.class_names
     if predictions is not None:
         saved = save_errors(cfg.save_errors, [p for p, _ in images.samples], predictions, checkpoint.class_names)
@@ -839,10 +846,10 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
     observer.info(f"precision: {precision.reason}")
     configure_backends(device)
     model = prepare_for_inference(predictor.model, device, precision)
-    loader = datamod.make_loader(
+    loader = loading.make_loader(
         paths, None, predictor.preprocess.eval_transforms(), batch_size=cfg.batch_size,
-        workers=datamod.default_workers() if cfg.workers is None else cfg.workers, pin_memory=device.type == "cuda",
-        draft_size=predictor.preprocess.resize_size,
+        workers=loading.default_workers() if cfg.workers is None else cfg.workers, pin_memory=device.type == "cuda",
+        draft_size=predictor.preprocess.resize_size, warn=observer.warn,
     )
     k = min(cfg.top_k, len(predictor.class_names))
     explain_dir = cfg.explain
@@ -854,7 +861,7 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     skipped = 0
     # Grad-CAM needs gradients; plain prediction runs without autograd at all.
-    with torch.inference_mode(explain_dir is None):
+    with torch.inference_mode(explain_dir is None), loader:
         for images, _, indices, failed in loader:
             skipped += report_unreadable(failed, cfg.strict, observer)
             if images is None:

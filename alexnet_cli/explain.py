@@ -107,11 +107,12 @@ def overlay(image: Image.Image, cam: torch.Tensor, caption: str | None = None) -
 
 
 def output_name(folder: Path, source: str, label: str, confidence: float, taken: set[str]) -> Path:
-    """<stem>__<label>_<confidence>pct.png, unique within the folder, safe on any filesystem."""
+    """<stem>__<label>_<confidence>pct.png, unique within the folder, safe on any filesystem. Names are
+    compared casefolded, as macOS and Windows compare them: IMG_1.jpg and img_1.JPG get two files there too."""
     safe = re.sub(r"[^\w.-]+", "-", label).strip("-") or "class"
     base = f"{Path(source).stem}__{safe}_{confidence * 100:.0f}pct"
     name, n = f"{base}.png", 2
-    while name in taken:
+    while name.casefold() in taken:
         name, n = f"{base}-{n}.png", n + 1
-    taken.add(name)
+    taken.add(name.casefold())
     return folder / name

@@ -11,7 +11,7 @@ import torch
 
 from conftest import FAST_TRAIN, invoke, one_error_line
 
-from alexnet_cli import data
+from alexnet_cli import data, loading
 from alexnet_cli.data import ImageCache, Preprocess, UnreadableImage
 
 EXACT = ["--device", "cpu", "--precision", "fp32"]
@@ -31,7 +31,7 @@ def count_file_reads(monkeypatch) -> list[str]:
         opened.append(str(path))
         return real(path, draft_size)
 
-    monkeypatch.setattr(data, "open_image", counting)
+    monkeypatch.setattr(loading, "open_image", counting)
     return opened
 
 

@@ -50,3 +50,50 @@ def test_unexpected_errors_are_one_line(runner, monkeypatch):
     assert result.exit_code == 1
     assert "unexpected ZeroDivisionError: deep inside" in result.stderr
     assert "Traceback" not in result.output
+
+
+def _all_commands():
+    import typer
+
+    from alexnet_cli.cli import app
+
+    root = typer.main.get_command(app)
+    for name, command in root.commands.items():
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            yield [name, sub_name], sub
+        if not getattr(command, "commands", None):
+            yield [name], command
+
+
+@pytest.mark.parametrize("words, command", list(_all_commands()), ids=lambda value: " ".join(value)
+                         if isinstance(value, list) else "")
+def test_help_shows_every_option_as_written_with_its_default(runner, monkeypatch, words, command):
+    """Rich reads `[...]` in a help string as markup and drops it: every help text must come out as written,
+    and every default (a value, or a described one such as --lr's) must be shown."""
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option, so that nothing wraps
+    rendered = " ".join(invoke(runner, [*words, "--help"]).output.replace("│", " ").split())
+    for param in command.params:
+        if param.name == "help" or getattr(param, "hidden", False):
+            continue
+        written = " ".join((param.help or "").replace("\\[", "[").split())
+        assert written in rendered, f"{param.name}: {written!r} is not shown as written"
+        if getattr(param, "is_flag", False):
+            continue
+        if isinstance(param.show_default, str):
+            assert f"[default: ({param.show_default})]" in rendered, param.name
+        elif param.default is not None:
+            assert f"[default: {param.default}]" in rendered, param.name
+
+
+def test_the_defaults_that_depend_on_other_options_are_shown(runner, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    rendered = " ".join(invoke(runner, ["train", "--help"]).output.split())
+    for shown in ("[default: (0.0001 for adam, 0.01 for sgd)]", "[default: (10, or the resumed run's own)]",
+                  "[default: (0 for adam, 0.0005 for sgd)]", "pip install 'alexnet-cli[tensorboard]'",
+                  "[default: (a new runs/train-N)]", "[default: (0 on 2 cores or fewer, else cores - 1, at most 4)]"):
+        assert shown in rendered, shown
+
+
+def test_shell_completion_is_offered(runner):
+    help_text = invoke(runner, ["--help"]).output
+    assert "--install-completion" in help_text and "--show-completion" in help_text

@@ -18,6 +18,9 @@ def two_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: f"Fake GPU {i}")
+    selected = []
+    monkeypatch.setattr(torch.cuda, "set_device", selected.append)
+    return selected
 
 
 def test_auto_falls_back_to_cpu_and_says_why(no_gpu):
@@ -46,6 +49,7 @@ def test_auto_then_mps(no_gpu, monkeypatch):
 
 def test_explicit_cuda_index(two_gpus):
     assert resolve_device("cuda:1").device == torch.device("cuda", 1)
+    assert two_gpus == [1]  # cuda:1 becomes the current device: pinned memory and cuDNN go there too
     with pytest.raises(DeviceError, match="no GPU 2"):
         resolve_device("cuda:2")
 

@@ -162,3 +162,23 @@ def test_a_failing_rank_stops_the_whole_launch_with_its_error(tiny, tmp_path):
     assert result.returncode != 0
     assert "error: rank 1 of 2: unexpected RuntimeError: injected failure on rank 1" in result.stderr
     assert "Traceback" not in result.stderr.split("injected failure on rank 1")[0]
+
+
+@pytest.mark.parametrize("nccl", [True, False])
+def test_nccl_only_where_torch_has_it(monkeypatch, nccl):
+    """Windows wheels have no NCCL: CUDA ranks then talk over gloo instead of failing to start."""
+    import torch
+    import torch.distributed as td
+
+    from alexnet_cli import distributed as distmod
+
+    monkeypatch.setattr(td, "is_nccl_available", lambda: nccl)
+    started = []
+    monkeypatch.setattr(td, "init_process_group", lambda backend, **kwargs: started.append((backend, kwargs)))
+    monkeypatch.setattr(td, "destroy_process_group", lambda: started.append("left"))
+    cuda = torch.device("cuda", 1)
+    with distmod.process_group(Dist(2, 1, 1, 2), cuda):
+        pass
+    expected = ("nccl", {"device_id": cuda}) if nccl else ("gloo", {})
+    assert started == [expected, "left"]
+    assert distmod.backend_for(torch.device("cpu")) == "gloo"

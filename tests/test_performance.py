@@ -46,16 +46,34 @@ def test_the_cpu_measurement_is_a_real_ratio():
     assert 0.05 < ratio < 20
 
 
-def test_auto_on_cuda_prefers_bf16_then_fp16(monkeypatch):
-    cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert resolve_precision("auto", cuda).name == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Old GPU")
-    assert resolve_precision("auto", cuda).name == "fp16"
-    with pytest.raises(DeviceError, match="Old GPU has no bf16"):
-        resolve_precision("bf16", cuda)
-    assert resolve_precision("auto", torch.device("mps")).name == "fp32"
+@pytest.mark.parametrize("capability, auto", [((7, 5), "fp16"), ((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_on_cuda_uses_bf16_only_with_bf16_units(monkeypatch, capability, auto):
+    """torch.cuda.is_bf16_supported() says yes on a T4 (7.5) too, where bf16 is emulated and slower than fp16:
+    the compute capability of the chosen GPU decides."""
+    cuda = torch.device("cuda", 1)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some GPU")
+    chosen = resolve_precision("auto", cuda)
+    assert chosen.name == auto
+    assert asked and all(device == cuda for device in asked)  # the chosen GPU, not the current one
+    if auto == "fp16":
+        with pytest.raises(DeviceError, match=rf"Some GPU \(compute capability {capability[0]}.{capability[1]}\) has no bf16"):
+            resolve_precision("bf16", cuda)
+    else:
+        assert resolve_precision("bf16", cuda).name == "bf16"
+
+
+def test_mps_stays_fp32_and_takes_bf16_only_from_macos_14(monkeypatch):
+    mps = torch.device("mps")
+    assert resolve_precision("auto", mps).name == "fp32"
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: (major, minor) <= (13, 6),
+                        raising=False)
+    with pytest.raises(DeviceError, match="MPS has bf16 from macOS 14"):
+        resolve_precision("bf16", mps)
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: True, raising=False)
+    assert resolve_precision("bf16", mps).name == "bf16"
 
 
 def test_training_uses_fused_optimizers_and_keeps_fp32_master_weights_under_bf16():

@@ -324,27 +324,8 @@ def _interrupted_run(data: Path, output: str, marker: str, sig: int) -> tuple[in
     return process.wait(timeout=300), rest
 
 
-def test_sigterm_mid_epoch_saves_and_resumes_to_the_same_weights(shapes, tmp_path):
-    data = shapes / "train"  # 16 images at batch 2: 8 iterations per epoch
-    straight = subprocess.run(_train_command(data, "straight"), capture_output=True, text=True, timeout=600)
-    assert straight.returncode == 0, straight.stderr
-
-    code, rest = _interrupted_run(data, "stopped", "Epoch [1/2], Iter [3/8]", signal.SIGTERM)
-    assert code == 143, rest
-    assert "stopped by SIGTERM at epoch 1" in rest and "alexnet train --resume stopped/last.pt" in rest
-    partial = torch.load("stopped/last.pt", weights_only=True)
-    assert partial["epoch"] == 0 and partial["partial"]["iteration"] >= 3, partial["partial"]
-
-    resumed = subprocess.run([sys.executable, "-m", "alexnet_cli", "train", "--resume", "stopped/last.pt",
-                              "--device", "cpu"],
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    a = torch.load("straight/last.pt", weights_only=True)
-    b = torch.load("stopped/last.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    columns = ("train_loss", "train_acc", "val_loss", "val_acc")
-    assert [[row[c] for c in columns] for row in a["run_state"]["history"]] == \
-           [[row[c] for c in columns] for row in b["run_state"]["history"]]
+# A SIGTERM to the main process alone, resumed to the same weights: tests/test_platforms.py, beside the same
+# signal sent to the whole process group.
 
 
 # ---------------------------------------------------------------------------------------- check
@@ -383,3 +364,50 @@ def test_ctrl_c_saves_and_exits_130(shapes):
     assert code == 130, rest
     assert "stopped by SIGINT" in rest and "Traceback" not in rest
     assert torch.load("run/last.pt", weights_only=True)["partial"]["iteration"] >= 2
+
+
+def test_os_metadata_is_ignored_without_a_word(runner, tmp_path):
+    """Finder and Explorer leave .DS_Store, ._* resource forks, Thumbs.db and desktop.ini in every folder they
+    open, and zip tools a __MACOSX/ tree: none of them is the user's, so --strict must not refuse the set."""
+    from alexnet_cli.synthetic import make_shapes_folder
+
+    root = tmp_path / "d"
+    make_shapes_folder(root / "train", classes=("circle", "square"), per_class=3, size=80)
+    for folder in (root / "train", root / "train" / "circle", root / "train" / "square"):
+        (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+        (folder / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (root / "train" / "circle" / "._circle_0000.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    (root / "train" / "__MACOSX" / "circle").mkdir(parents=True)
+    (root / "train" / "__MACOSX" / "circle" / "._circle_0001.png").write_bytes(b"\0\5\26\7")
+
+    result = invoke(runner, ["check", str(root / "train"), "--strict", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(row["class"], row["images"], row["skipped"]) for row in report["train"]] == [
+        ("circle", 3, []), ("square", 3, [])]
+    assert "warning" not in result.stderr
+
+
+def test_a_split_written_on_windows_is_read_back_here(shapes, tmp_path):
+    from alexnet_cli import data as datamod
+
+    images = datamod.load_image_folder(shapes / "train")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"fraction": 0.25, "seed": 1,
+                                 "val": ["circle\\circle_0001.png", "square\\square_0003.png"]}))
+    train, val = datamod.split_from_file(images, split)
+    assert sorted(Path(p).relative_to(shapes / "train").as_posix() for p, _ in val.samples) == [
+        "circle/circle_0001.png", "square/square_0003.png"]
+    assert len(train.samples) == len(images.samples) - 2
+    # And what this OS writes uses `/`, which every OS reads back.
+    assert all("\\" not in path for path in datamod.split_record(val, 0.25, 1)["val"])
+
+
+def test_grad_cam_names_differ_where_the_file_system_ignores_case(tmp_path):
+    from alexnet_cli.explain import output_name
+
+    taken: set[str] = set()
+    first = output_name(tmp_path, "a/IMG_1.jpg", "cat", 0.9, taken)
+    second = output_name(tmp_path, "b/img_1.JPG", "cat", 0.9, taken)
+    assert first.name.casefold() != second.name.casefold()

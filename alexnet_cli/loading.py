@@ -1,0 +1,259 @@
+"""Loaders: the dataset, sampler and collate function that carry images to the model, and the processes
+that load them.
+
+Everything a loader process receives is defined at module level and pickles, so loader processes start
+under any start method: fork (Linux up to Python 3.13), spawn (macOS and Windows) and forkserver (Linux
+from Python 3.14). Loader processes ignore SIGINT and SIGTERM: a Ctrl-C in a terminal, or a SIGTERM sent
+to the whole process group (Slurm preemption, systemd, `timeout`), reaches the main process alone, which
+stops training gracefully and then shuts its loaders down itself (`Loader.close`).
+
+Only the commands that load images import this module, so it imports torch at the top.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import multiprocessing
+import os
+import pickle
+import signal
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch.utils.data import DataLoader
+
+from alexnet_cli.data import ImageCache, UnreadableImage, open_image
+
+
+class ImageDataset:
+    """(image, label) pairs that never stop a run: a file that fails to open yields its error instead.
+
+    It holds only paths, labels, picklable transforms and the cache (whose blocks torch hands to spawned
+    processes as shared memory). With `augment_seed`, each sample's random augmentation is seeded by
+    (augment_seed, index) alone, so it is the same whichever worker loads it, and the same after a resume in
+    the middle of an epoch.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform: Callable,
+                 augment_seed: int | None = None, draft_size: int | None = None,
+                 cache: ImageCache | None = None, augment: Callable | None = None) -> None:
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else None
+        self.transform = transform
+        self.augment_seed = augment_seed
+        self.draft_size = draft_size
+        self.cache = cache  # with `augment`, the second half of `transform`, for the cached pixels
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        # An EpochSampler hands (index, augment_seed) pairs; a plain sampler hands indices.
+        index, augment_seed = key if isinstance(key, tuple) else (key, self.augment_seed)
+        label = self.labels[index] if self.labels is not None else -1
+        pixels = self.cache.get(self.paths[index]) if self.cache is not None else None
+        if pixels is not None:
+            source, transform = pixels, self.augment
+        else:
+            try:
+                source, transform = open_image(self.paths[index], self.draft_size), self.transform
+            except UnreadableImage as exc:
+                return None, label, index, str(exc)
+        if augment_seed is None:
+            return transform(source), label, index, None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(augment_seed * 1_000_003 + index)
+            return transform(source), label, index, None
+
+
+def collate_readable(batch):
+    """Stack the images that opened; pass on the indices and errors of those that did not.
+
+    Returns (images or None, labels, indices, failed) where failed is a list of (index, message).
+    """
+    good = [item for item in batch if item[0] is not None]
+    failed = [(index, error) for image, _, index, error in batch if image is None]
+    if not good:
+        return None, None, [], failed
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    return images, labels, [item[2] for item in good], failed
+
+
+class EpochSampler:
+    """The order of one epoch and its augmentation seed, replaced between epochs.
+
+    One DataLoader over it serves the whole run, so its worker processes persist from epoch to epoch
+    (persistent_workers) instead of starting again each time. It yields (index, augment_seed) pairs: the seed
+    travels with each index to whichever worker loads it.
+    """
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+        self.augment_seed: int | None = None
+
+    def set_epoch(self, order: Sequence[int], augment_seed: int | None) -> None:
+        self.order, self.augment_seed = list(order), augment_seed
+
+    def __iter__(self):
+        return iter([(index, self.augment_seed) for index in self.order])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """SIGINT and SIGTERM, where the platform has them."""
+    return [getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)]
+
+
+def worker_init(worker_id: int) -> None:
+    """The first thing each loader process runs: leave SIGINT and SIGTERM to the main process, which stops
+    gracefully and then tells its loaders to stop. A loader killed by the group's signal would instead end
+    the run with "DataLoader worker is killed by signal" and lose the epoch."""
+    for sig in _stop_signals():
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked while the process started (_stop_signals_blocked)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signals())
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread while loader processes start, as CPython's resource tracker
+    does: the children inherit the mask (across fork, and across exec under spawn), so a signal that arrives
+    before worker_init has run cannot kill them. The main process gets any such signal as soon as the mask is
+    lifted. Windows has no signal masks; there worker_init alone does the work."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class Loader(DataLoader):
+    """A DataLoader whose worker processes start with the stop signals blocked and end when it is closed.
+
+    Use it as a context manager, or call close(): the workers ignore SIGTERM, and torch's own clean-up at
+    interpreter exit stops workers with SIGTERM (and then waits for them). Loaders still open at exit are
+    closed by an atexit hook that runs before torch's.
+    """
+
+    def __iter__(self):
+        with _stop_signals_blocked():
+            return super().__iter__()
+
+    def close(self) -> None:
+        # A loader with workers is always persistent (make_loader), so torch keeps its one iterator here.
+        iterator, self._iterator = getattr(self, "_iterator", None), None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        _OPEN.discard(self)
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+_OPEN: weakref.WeakSet[Loader] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_loaders() -> None:
+    # Registered when this module is first imported, after torch's own exit hook, so it runs before it.
+    for loader in list(_OPEN):
+        loader.close()
+
+
+def start_method() -> str:
+    """How this process starts loader processes: fork, spawn or forkserver."""
+    return multiprocessing.get_start_method()
+
+
+class _TensorsByReference(pickle.Pickler):
+    """Pickles everything but tensors, which torch sends to a loader process through shared memory: pickling
+    them here would copy the whole image cache just to ask whether it can be sent."""
+
+    def persistent_id(self, obj):
+        return id(obj) if isinstance(obj, torch.Tensor) else None
+
+
+def why_not_picklable(*objects) -> str | None:
+    """Why these objects cannot be sent to a loader process started by spawn or forkserver; None if they can."""
+    try:
+        _TensorsByReference(io.BytesIO()).dump(objects)
+    except Exception as exc:  # pickling fails with AttributeError, TypeError or PicklingError, among others
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def make_loader(
+    paths: Sequence[str],
+    labels: Sequence[int] | None,
+    transform: Callable,
+    *,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    order: Sequence[int] | EpochSampler | None = None,
+    augment_seed: int | None = None,
+    draft_size: int | None = None,
+    cache: ImageCache | None = None,
+    augment: Callable | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> Loader:
+    """Batches in `order` (default: as given), or as an EpochSampler says. Each batch is
+    (images, labels, indices, failed). Images in `cache` skip the file and the first half of `transform`:
+    `augment` is the rest (Preprocess.train_augment or eval_augment).
+
+    With workers, the loader's processes persist from one pass to the next (a loader iterated once per epoch
+    starts them once) until the loader is closed. Where the dataset cannot be sent to a process started by
+    spawn or forkserver, `warn` is told so in one line and the images load in this process instead.
+    """
+    if cache is not None and augment is None:
+        raise ValueError("a cache needs the augment half of the transform")
+    dataset = ImageDataset(paths, labels, transform, augment_seed, draft_size, cache, augment)
+    if workers > 0 and start_method() != "fork":
+        reason = why_not_picklable(dataset, collate_readable, worker_init)
+        if reason is not None:
+            warn(f"loader processes cannot start under the {start_method()!r} start method ({reason}); "
+                 "loading in this process instead")
+            workers = 0
+    sampler = order if isinstance(order, EpochSampler) or order is None else list(order)
+    loader = Loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=worker_init if workers > 0 else None,
+        pin_memory=pin_memory,  # page-locked host memory makes non_blocking copies to CUDA asynchronous
+        collate_fn=collate_readable,
+        # Every new iterator draws a seed from this generator; without one it would draw from the global RNG
+        # and shift the dropout masks of everything after it, so a resumed run would drift from a straight one.
+        generator=torch.Generator().manual_seed(augment_seed or 0),
+    )
+    if workers > 0:
+        _OPEN.add(loader)
+    return loader
+
+
+def default_workers() -> int:
+    """Loader processes: none on 2 cores or fewer, else cores - 1 (at most 4), leaving a core for the model.
+
+    On 2 cores a worker process competes with the model's two compute threads: training measured 33 img/s
+    with no worker against 30 with one (500x375 JPEGs), and 16.5 against 10.7 (4000x3000); docs/performance.md.
+    """
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
