@@ -127,6 +127,29 @@ def test_torchrun_runs_the_installed_alexnet_script_too(tiny, tmp_path):
     assert (tmp_path / "runs" / "train-1" / "best.pt").is_file()
 
 
+def test_torchrun_ranks_start_loader_processes_under_spawn(tiny, tmp_path):
+    """Each rank sets the spawn start method first (as on macOS and Windows), through a sitecustomize.py, and
+    loads with one loader process from the shared decoded-image cache."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import multiprocessing, os, sys\n"
+        "if 'RANK' in os.environ:\n"
+        "    multiprocessing.set_start_method('spawn')\n"
+        "    print(f\"rank {os.environ['RANK']} starts loaders by {multiprocessing.get_start_method()}\", "
+        "file=sys.stderr)\n"
+    )
+    pythonpath = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+    args = [arg if arg != "0" else "1" for arg in TRAIN]  # --workers 1
+    result = _launch([*_torchrun(2), "-m", "alexnet_cli", *args, "--epochs", "1", "--batch-size", "4"], tmp_path,
+                     env={"PYTHONPATH": pythonpath})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 starts loaders by spawn" in result.stderr and "rank 1 starts loaders by spawn" in result.stderr
+    assert "cache: 21 images decoded once" in result.stderr and "cannot start" not in result.stderr
+    rows = _metrics(tmp_path / "runs" / "train-1")
+    assert [int(r["epoch"]) for r in rows] == [1] and rows[0]["val_images"] == "5"
+
+
 def test_two_processes_at_batch_b_train_like_one_at_batch_2b(tiny, tmp_path):
     common = [*TRAIN, "--epochs", "2", "--dropout", "0"]
     one = _launch([sys.executable, "-m", "alexnet_cli", *common, "--batch-size", "8", "--output", "one"], tmp_path)
