@@ -247,7 +247,7 @@ def _machine_available() -> int | None:
     if sys.platform == "win32":
         return _windows_available()
     try:
-        with open("/proc/meminfo") as handle:
+        with open(MEMINFO) as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
@@ -278,7 +278,8 @@ def _windows_available() -> int | None:
     return None
 
 
-# Where Linux shows a process its control groups; tests point these at fake trees.
+# Where Linux shows free memory and a process's control groups; tests point these at fake files.
+MEMINFO = Path("/proc/meminfo")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 

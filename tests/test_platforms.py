@@ -140,6 +140,15 @@ def test_a_closed_loader_leaves_no_process_and_an_open_one_does_not_hang_the_exi
     assert result.returncode == 0 and "exiting" in result.stdout, result.stderr
 
 
+def test_loader_processes_start_where_there_are_no_signal_masks(shapes, monkeypatch):
+    """Windows has no signal.pthread_sigmask: worker_init alone makes the loader processes ignore signals."""
+    monkeypatch.delattr(signal, "pthread_sigmask")
+    paths = [str(p) for p in sorted((shapes / "val").rglob("*.png"))]
+    with loading.make_loader(paths, None, Preprocess.for_arch(TINY, 227).eval_transforms(), batch_size=3,
+                             workers=1, pin_memory=False) as loader:
+        assert sum(len(indices) for _, _, indices, _ in loader) == len(paths)
+
+
 # ---------------------------------------------------------------------------------------------- signals
 
 
@@ -231,9 +240,17 @@ def test_training_and_evaluation_make_no_float64_tensor_where_the_device_has_non
 # --------------------------------------------------------------------------------------------- Windows
 
 
-def test_atomic_write_without_os_fchmod(tmp_path, monkeypatch):
-    """Windows has no os.fchmod before Python 3.13."""
+def test_atomic_write_without_os_fchmod_or_a_folder_to_fsync(tmp_path, monkeypatch):
+    """Windows has no os.fchmod before Python 3.13, and refuses to open a folder."""
     monkeypatch.delattr(os, "fchmod")
+    real_open = os.open
+
+    def no_folders(path, flags, *args, **kwargs):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_folders)
     target = tmp_path / "weights.pt"
     for value in (1.0, 2.0):  # a new file, then one replaced
         save_checkpoint(target, {"format_version": 1, "weights": torch.full((3,), value)})
@@ -339,8 +356,14 @@ def test_free_memory_on_windows(monkeypatch):
     assert datamod.available_memory() == 3 * 2**30
 
 
-def test_where_free_memory_cannot_be_told_ram_does_not_refuse(monkeypatch):
-    monkeypatch.setattr(datamod, "available_memory", lambda: None)
+def test_where_free_memory_cannot_be_told_ram_does_not_refuse(tmp_path, monkeypatch):
+    """No /proc/meminfo (macOS) falls back to os.sysconf; without that either, nothing is known."""
+    monkeypatch.setattr(datamod, "MEMINFO", tmp_path / "no-meminfo")
+    monkeypatch.setattr(datamod, "_cgroup_available", lambda: None)
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert datamod.available_memory() == pages // 2  # a guess: half the physical memory
+    monkeypatch.delattr(os, "sysconf")
+    assert datamod.available_memory() is None
     preprocess = Preprocess.for_arch(TINY, 227)
     insisting = ImageCache(preprocess, "ram")
     insisting.add("big.png", torch.zeros(3, 2000, 2000, dtype=torch.uint8))
