@@ -119,3 +119,58 @@ def test_imports_the_original_writeups_state_dict(tmp_path):
 def test_recognises_the_paper_variant_from_shapes(tmp_path):
     torch.save(build_model("alexnet-paper", num_classes=4).state_dict(), tmp_path / "paper.pth")
     assert load_checkpoint(tmp_path / "paper.pth").arch == "alexnet-paper"
+
+
+def _v1_checkpoint(path, data_dir) -> None:
+    """A last.pt laid out as alexnet-cli 0.1.0 writes format 1, key by key, written here without the
+    tool's own writer: after one training step of a 2-class alexnet at 67 pixels, epoch 1 of 2 done."""
+    import random
+
+    from conftest import TINY
+
+    torch.manual_seed(3)
+    model = build_model("alexnet", num_classes=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss = model(torch.randn(2, 3, TINY, TINY)).sum()
+    loss.backward()
+    optimizer.step()
+    row = {"epoch": 1, "train_loss": 0.7, "train_acc": 0.5, "val_loss": 0.69, "val_acc": 0.5, "val_images": 6,
+           "lr": 1e-4, "epoch_seconds": 1.0, "images_per_second": 16.0}
+    config = {
+        "data": str(data_dir / "train"), "val": None, "val_split": None, "arch": "alexnet", "image_size": TINY,
+        "batch_size": 8, "epochs": 2, "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none",
+        "label_smoothing": 0.0, "dropout": 0.5, "patience": None, "workers": 0, "device": "cpu", "no_cuda": False,
+        "precision": "fp32", "seed": 1, "log_interval": 1, "output": str(path.parent), "resume": None,
+        "pretrained": False, "freeze_features": False, "strict": False, "tensorboard": False, "cache": "auto",
+        "world_size": 1,
+    }
+    python_state = random.getstate()
+    torch.save({
+        "format_version": 1, "tool_version": "0.1.0", "arch": "alexnet", "num_classes": 2,
+        "class_names": ["circle", "square"],
+        "preprocess": {"image_size": TINY, "resize_size": 76, "mean": [0.485, 0.456, 0.406],
+                       "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"},
+        "dropout": 0.5, "model": model.state_dict(), "epoch": 1, "optimizer": optimizer.state_dict(),
+        "scheduler": None, "scaler": None,
+        "rng": {"torch": torch.get_rng_state(), "python": [python_state[0], list(python_state[1]), None]},
+        "run_state": {"epoch": 1, "history": [row], "best_acc": 0.5, "best_loss": 0.69, "best_epoch": 1,
+                      "epochs_since_best": 0},
+        "metrics": row, "config": config, "partial": None,
+    }, path)
+
+
+def test_a_format_1_checkpoint_of_release_0_1_0_evaluates_and_resumes(runner, shapes, tmp_path):
+    from conftest import invoke
+
+    run = tmp_path / "old-run"
+    run.mkdir()
+    _v1_checkpoint(run / "last.pt", shapes)
+    evaluated = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", str(run / "last.pt"), "--workers", "0",
+                                "--device", "cpu", "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert '"images": 6' in evaluated.stdout
+    resumed = invoke(runner, ["train", "--resume", str(run / "last.pt"), "--workers", "0", "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.stderr and "at epoch 2 of 2" in resumed.stderr
+    after = torch.load(run / "last.pt", weights_only=True)
+    assert after["epoch"] == 2 and [row["epoch"] for row in after["run_state"]["history"]] == [1, 2]
