@@ -1,9 +1,9 @@
 """Checkpoints: one self-describing file, written atomically and only ever loaded with weights_only=True.
 
-A checkpoint is a dict of tensors and plain values (see docs/checkpoint-format.md):
-
-    format_version, tool_version, arch, num_classes, class_names, preprocess, dropout, model,
-    epoch, optimizer, scheduler, scaler, rng, metrics, best, config
+A checkpoint is a dict of tensors and plain values, and `Checkpoint` is its one schema: every writer builds
+one and calls `to_payload()`, every reader gets one from `from_payload()` (docs/checkpoint-format.md, which a
+test holds to the same keys). The model half is what evaluate, predict and export need; the training half
+(`TrainingState`) is what --resume restores.
 
 Plain state_dicts (torchvision's AlexNet, or the original write-up's AlexNet.pkl) are imported on load:
 the architecture is recognised from the keys and shapes, so they work wherever a checkpoint does.
@@ -18,12 +18,12 @@ import tempfile
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from alexnet_cli import __version__
-from alexnet_cli.data import Preprocess
+from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.errors import AlexNetError, CheckpointError
 from alexnet_cli.models import ARCHITECTURES, build_model
 
@@ -144,14 +144,44 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
+class TrainingState:
+    """The training half of a checkpoint, written by `alexnet train` into last.pt (and so best.pt)."""
+
+    epoch: int  # epochs completed
+    optimizer: Mapping[str, Any]  # optimizer.state_dict()
+    scheduler: Mapping[str, Any] | None
+    scaler: Mapping[str, Any] | None  # the fp16 gradient scaler, where one is used
+    rng: Mapping[str, Any]  # training.state.rng_state()
+    run_state: Mapping[str, Any]  # training.state.RunState as a dict
+    metrics: Mapping[str, Any] | None  # the last row of metrics.csv
+    config: Mapping[str, Any]  # the resolved TrainConfig, as in config.json
+    partial: Mapping[str, Any] | None = None  # set when the run stopped inside an epoch (EpochProgress)
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> TrainingState | None:
+        """None where the file holds no training state (a checkpoint cut down to its weights, say)."""
+        if "optimizer" not in data or not data.get("config"):
+            return None
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
 class Checkpoint:
-    path: Path
     arch: str
     class_names: tuple[str, ...]
     preprocess: Preprocess
     dropout: float
     state_dict: Mapping[str, Any]
-    raw: Mapping[str, Any]  # everything else the file holds (optimizer, RNG, metrics...)
+    training: TrainingState | None = None
+    path: Path | None = None  # where it was read from
+
+    # The keys of a payload, in the order written: the model half, then TrainingState's fields.
+    MODEL_KEYS = ("format_version", "tool_version", "arch", "num_classes", "class_names", "preprocess", "dropout",
+                  "model")
+
+    @classmethod
+    def payload_keys(cls) -> tuple[str, ...]:
+        return cls.MODEL_KEYS + tuple(f.name for f in fields(TrainingState))
 
     @property
     def num_classes(self) -> int:
@@ -161,6 +191,52 @@ class Checkpoint:
         """The model with these weights, on the CPU, in eval mode."""
         model = build_model(self.arch, num_classes=self.num_classes, dropout=self.dropout, state_dict=self.state_dict)
         return model.eval()
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict torch.save writes. The weights are stored as CPU tensors, so a checkpoint written on a GPU
+        opens anywhere, even with a plain torch.load."""
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "tool_version": __version__,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess.to_dict(),
+            "dropout": self.dropout,
+            "model": {name: tensor.detach().cpu() for name, tensor in self.state_dict.items()},
+        }
+        if self.training is not None:
+            payload.update({f.name: getattr(self.training, f.name) for f in fields(TrainingState)})
+        return payload
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any], path: Path) -> Checkpoint:
+        version = data["format_version"]
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has checkpoint format {version!r}, newer than this alexnet-cli understands "
+                f"({FORMAT_VERSION}): upgrade alexnet-cli"
+            )
+        try:
+            checkpoint = cls(
+                arch=str(data["arch"]),
+                class_names=tuple(str(c) for c in data["class_names"]),
+                preprocess=Preprocess.from_dict(dict(data["preprocess"])),
+                dropout=float(data.get("dropout", 0.5)),
+                state_dict=data["model"],
+                training=TrainingState.from_payload(data),
+                path=path,
+            )
+        except (KeyError, TypeError, ValueError, AlexNetError) as exc:
+            raise CheckpointError(f"{path} is a damaged checkpoint: missing or bad field {exc}") from None
+        if checkpoint.arch not in ARCHITECTURES:
+            raise CheckpointError(f"{path} is for an unknown architecture {checkpoint.arch!r}")
+        if not checkpoint.class_names:
+            raise CheckpointError(f"{path} has no class names")
+        return checkpoint
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, self.to_payload())
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -187,32 +263,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(data).__name__}, not a dict")
     if "format_version" in data:
-        return _from_ours(path, data)
+        return Checkpoint.from_payload(data, path)
     if data and all(isinstance(v, torch.Tensor) for v in data.values()):
         return _from_state_dict(path, data)
     raise CheckpointError(f"{path} is not an alexnet-cli checkpoint or a plain AlexNet state_dict")
-
-
-def _from_ours(path: Path, data: Mapping[str, Any]) -> Checkpoint:
-    version = data["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {version!r}, newer than this alexnet-cli understands "
-            f"({FORMAT_VERSION}): upgrade alexnet-cli"
-        )
-    try:
-        arch = str(data["arch"])
-        class_names = tuple(str(c) for c in data["class_names"])
-        preprocess = Preprocess.from_dict(dict(data["preprocess"]))
-        state_dict = data["model"]
-        dropout = float(data.get("dropout", 0.5))
-    except (KeyError, TypeError, ValueError, AlexNetError) as exc:
-        raise CheckpointError(f"{path} is a damaged checkpoint: missing or bad field {exc}") from None
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path} is for an unknown architecture {arch!r}")
-    if not class_names:
-        raise CheckpointError(f"{path} has no class names")
-    return Checkpoint(path, arch, class_names, preprocess, dropout, state_dict, data)
 
 
 def _state_shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -239,7 +293,7 @@ def _from_state_dict(path: Path, state: Mapping[str, Any]) -> Checkpoint:
         if _state_shapes(reference.state_dict()) == shapes:
             class_names = _default_class_names(arch, num_classes)
             preprocess = Preprocess.for_arch(info.default_image_size, info.default_image_size)
-            return Checkpoint(path, arch, class_names, preprocess, 0.5, state, {})
+            return Checkpoint(arch, class_names, preprocess, 0.5, state, path=path)
     raise CheckpointError(f"{path} is a state_dict, but its layers match none of: {', '.join(ARCHITECTURES)}")
 
 
@@ -249,21 +303,3 @@ def _default_class_names(arch: str, num_classes: int) -> tuple[str, ...]:
 
         return tuple(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
     return tuple(f"class_{i}" for i in range(num_classes))
-
-
-def base_payload(
-    *, arch: str, class_names: tuple[str, ...], preprocess: Preprocess, dropout: float, model_state
-) -> dict[str, Any]:
-    """The part of a checkpoint that evaluate and predict need. The weights are stored as CPU tensors, so a
-    checkpoint written on a GPU opens anywhere, even with a plain torch.load."""
-    model_state = {name: tensor.detach().cpu() for name, tensor in model_state.items()}
-    return {
-        "format_version": FORMAT_VERSION,
-        "tool_version": __version__,
-        "arch": arch,
-        "num_classes": len(class_names),
-        "class_names": list(class_names),
-        "preprocess": preprocess.to_dict(),
-        "dropout": dropout,
-        "model": model_state,
-    }

@@ -16,7 +16,9 @@ from typing import Annotated, Optional
 import typer
 
 from alexnet_cli import __version__, console
-from alexnet_cli.config import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+from alexnet_cli import demo as demo_defaults
+from alexnet_cli.config import (DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM, EvaluateConfig,
+                                PredictConfig, SummaryConfig, TrainConfig)
 from alexnet_cli.errors import AlexNetError, ConfigError, DeviceError
 from alexnet_cli.models import ARCHITECTURES
 
@@ -39,8 +41,17 @@ DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then t
 TENSORBOARD_HELP = "Log to RUN_DIR/tensorboard (pip install 'alexnet-cli\\[tensorboard]')."
 # The defaults that depend on something else, written from the constants that decide them.
 WORKERS_DEFAULT = "0 on 2 cores or fewer, else cores - 1, at most 4"
-LR_DEFAULT = ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items())
-WEIGHT_DECAY_DEFAULT = ", ".join(f"{decay:g} for {name}" for name, decay in DEFAULT_WEIGHT_DECAY.items())
+
+
+def _number(value: float) -> str:
+    """1e-4, 5e-4, 0.01, 0.9: as people write them."""
+    return f"{value:.0e}".replace("e-0", "e-") if 0 < value < 1e-3 else f"{value:g}"
+
+
+LR_DEFAULT = ", ".join(f"{_number(lr)} for {name}" for name, lr in DEFAULT_LR.items())
+WEIGHT_DECAY_DEFAULT = ", ".join(f"{_number(decay)} for {name}" for name, decay in DEFAULT_WEIGHT_DECAY.items())
+OPTIMIZER_HELP = (f"adam, or sgd (momentum {_number(SGD_MOMENTUM)}, weight decay "
+                  f"{_number(DEFAULT_WEIGHT_DECAY['sgd'])}).")
 IMAGE_SIZE_DEFAULT = "the arch's own: " + ", ".join(f"{name} {info.default_image_size}"
                                                     for name, info in ARCHITECTURES.items())
 SIBLING_VAL_DEFAULT = "a sibling val/ or test/ folder"
@@ -92,8 +103,8 @@ def _main(
 
 @app.command()
 def summary(
-    arch: Annotated[str, typer.Option(help=ARCH_HELP)] = "alexnet",
-    num_classes: Annotated[int, typer.Option(help="Number of output classes.")] = 2,
+    arch: Annotated[str, typer.Option(help=ARCH_HELP)] = SummaryConfig.arch,
+    num_classes: Annotated[int, typer.Option(help="Number of output classes.")] = SummaryConfig.num_classes,
     image_size: Annotated[
         Optional[int], typer.Option(help="Input size in pixels.", show_default=IMAGE_SIZE_DEFAULT)] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Take arch, size and classes from this checkpoint.")] = None,
@@ -103,39 +114,19 @@ def summary(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Show the network layer by layer: output shapes, parameters, multiply-adds and the size arithmetic."""
-    from alexnet_cli.config import SummaryConfig
-    from alexnet_cli.summary import summarize
+    from alexnet_cli.summary import describe
 
     with _boundary():
         cfg = SummaryConfig(arch=arch, num_classes=num_classes, image_size=image_size, weights=weights,
                             pretrained=pretrained)
-        class_names, frozen = None, frozenset()
-        if cfg.weights is not None:
-            from alexnet_cli.checkpoint import load_checkpoint
-
-            checkpoint = load_checkpoint(cfg.weights)
-            model = checkpoint.build()  # proves the weights fit the architecture they claim
-            arch, num_classes, class_names = checkpoint.arch, checkpoint.num_classes, list(checkpoint.class_names)
-            size = image_size or checkpoint.preprocess.image_size
-            if (checkpoint.raw.get("config") or {}).get("freeze_features"):
-                frozen = frozenset(f"features.{name}" for name, _ in model.features.named_parameters())
-        elif cfg.pretrained:
-            from alexnet_cli.engine import load_predictor
-
-            predictor = load_predictor(None, True, console.RichObserver())
-            arch, num_classes, class_names = "alexnet-torchvision", 1000, list(predictor.class_names)
-            size = image_size or predictor.preprocess.image_size
-        else:
-            from alexnet_cli.models import arch_info
-
-            size = cfg.image_size or arch_info(cfg.arch).default_image_size
-        data = summarize(arch, num_classes, size, frozen)
+        data, class_names = describe(cfg)
         if as_json:
             console.print_json({**data, "class_names": class_names})
         else:
             console.summary(data, class_names)
 
 
+# Long only in its options: the body is the config, one call and the report.
 @app.command()
 def train(
     data: Annotated[Optional[Path], typer.Argument(help="ImageFolder tree: DATA/<class>/<image>.")] = None,
@@ -152,34 +143,43 @@ def train(
     freeze_features: Annotated[
         bool, typer.Option("--freeze-features", help="With --pretrained: train the classifier only.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = TrainConfig.batch_size,
     epochs: Annotated[Optional[int], typer.Option(
         help="Epochs to train to.", show_default=f"{DEFAULT_EPOCHS}, or the resumed run's own")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=LR_DEFAULT)] = None,
-    optimizer: Annotated[str, typer.Option(help="adam, or sgd (momentum 0.9, weight decay 5e-4).")] = "adam",
+    optimizer: Annotated[
+        str, typer.Option(help=OPTIMIZER_HELP)
+    ] = TrainConfig.optimizer,
     weight_decay: Annotated[Optional[float], typer.Option(
         help="L2 weight decay.", show_default=WEIGHT_DECAY_DEFAULT)] = None,
-    scheduler: Annotated[str, typer.Option(help="Learning-rate schedule: none, step or cosine.")] = "none",
-    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.")] = 0.0,
-    dropout: Annotated[float, typer.Option(help="Dropout before/after the FC layers.")] = 0.5,
+    scheduler: Annotated[
+        str, typer.Option(help="Learning-rate schedule: none, step or cosine.")
+    ] = TrainConfig.scheduler,
+    label_smoothing: Annotated[
+        float, typer.Option(help="Cross-entropy label smoothing.")
+    ] = TrainConfig.label_smoothing,
+    dropout: Annotated[float, typer.Option(help="Dropout before/after the FC layers.")] = TrainConfig.dropout,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val accuracy.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    workers: Annotated[
+        Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA (as in the original script).")] = False,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same data, same run.")] = 1,
-    log_interval: Annotated[int, typer.Option(help="Log the loss every N iterations.")] = 1,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = TrainConfig.precision,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same data, same run.")] = TrainConfig.seed,
+    log_interval: Annotated[int, typer.Option(help="Log the loss every N iterations.")] = TrainConfig.log_interval,
     output: Annotated[Optional[Path], typer.Option(help="Run folder.", show_default="a new runs/train-N")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt; a larger --epochs extends it.")] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue from a last.pt; a larger --epochs extends it.")
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
     tensorboard: Annotated[
         bool, typer.Option("--tensorboard", help=TENSORBOARD_HELP)
     ] = False,
-    cache: Annotated[str, typer.Option(help=CACHE_HELP)] = "auto",
+    cache: Annotated[str, typer.Option(help=CACHE_HELP)] = TrainConfig.cache,
 ) -> None:
     """Train on an ImageFolder tree, validating every epoch; writes a run folder with best.pt and last.pt."""
-    from alexnet_cli.config import TrainConfig
-    from alexnet_cli.engine import train as run_training
+    from alexnet_cli.training import train as run_training
 
     observer = console.RichObserver()
     with _boundary():
@@ -213,12 +213,16 @@ def train(
 def evaluate(
     data: Annotated[Path, typer.Argument(help="ImageFolder tree with the same class folders as the model.")],
     weights: Annotated[Optional[Path], typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    top_k: Annotated[int, typer.Option(help="Also report top-k accuracy when there are more than k classes.")] = 5,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = EvaluateConfig.batch_size,
+    top_k: Annotated[
+        int, typer.Option(help="Also report top-k accuracy when there are more than k classes.")
+    ] = EvaluateConfig.top_k,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = EvaluateConfig.device,
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = EvaluateConfig.precision,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
     save_errors: Annotated[
@@ -226,8 +230,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
-    from alexnet_cli.config import EvaluateConfig
-    from alexnet_cli.engine import evaluate as run_evaluation
+    from alexnet_cli.evaluation import evaluate as run_evaluation
 
     with _boundary():
         cfg = EvaluateConfig(data=data, weights=weights, batch_size=batch_size, workers=workers, device=device,
@@ -247,23 +250,25 @@ def predict(
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Use torchvision's ImageNet weights (1000 classes); no training.")
     ] = False,
-    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = PredictConfig.top_k,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = PredictConfig.batch_size,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = PredictConfig.device,
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = PredictConfig.precision,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Write the JSON or CSV here instead of stdout.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
     explain: Annotated[
-        Optional[Path], typer.Option(help="Write a Grad-CAM picture per image into this folder (where the model looked).")
+        Optional[Path],
+        typer.Option(help="Write a Grad-CAM picture per image into this folder (where the model looked)."),
     ] = None,
 ) -> None:
     """Classify images with a trained checkpoint or ImageNet weights; prints a table, JSON or CSV."""
-    from alexnet_cli.config import PredictConfig
-    from alexnet_cli.engine import predict as run_prediction
+    from alexnet_cli.prediction import predict as run_prediction
 
     with _boundary():
         if as_json and as_csv:
@@ -301,22 +306,33 @@ def plot(
             console.info(f"wrote {path}")
 
 
+# The demo is itself a short script of the other commands, each step printed as it happens, so its steps
+# stay here beside the drawing rather than in a core function.
 @app.command()
 def demo(
-    folder: Annotated[Path, typer.Argument(help="Where the demo data set lives (made if missing).")] = Path("alexnet-demo"),
-    epochs: Annotated[int, typer.Option(help="Training epochs: more for accuracy, fewer for time.")] = 8,
-    image_size: Annotated[int, typer.Option(help="Input size: larger is slower (alexnet needs at least 67).")] = 67,
-    per_class: Annotated[int, typer.Option(help="Training images per class when the data set is made.")] = 300,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)] = None,
+    folder: Annotated[
+        Path, typer.Argument(help="Where the demo data set lives (made if missing).")
+    ] = Path("alexnet-demo"),
+    epochs: Annotated[
+        int, typer.Option(help="Training epochs: more for accuracy, fewer for time.")
+    ] = demo_defaults.EPOCHS,
+    image_size: Annotated[
+        int, typer.Option(help="Input size: larger is slower (alexnet needs at least 67).")
+    ] = demo_defaults.IMAGE_SIZE,
+    per_class: Annotated[
+        int, typer.Option(help="Training images per class when the data set is made.")
+    ] = demo_defaults.TRAIN_PER_CLASS,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = TrainConfig.batch_size,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
+    ] = None,
 ) -> None:
     """The whole tool in one command: make a small texture data set, train alexnet on it, evaluate, predict."""
     from alexnet_cli import demo as demomod
-    from alexnet_cli.config import EvaluateConfig, PredictConfig, TrainConfig
-    from alexnet_cli.engine import evaluate as run_evaluation
-    from alexnet_cli.engine import predict as run_prediction
-    from alexnet_cli.engine import train as run_training
+    from alexnet_cli.evaluation import evaluate as run_evaluation
+    from alexnet_cli.prediction import predict as run_prediction
+    from alexnet_cli.training import train as run_training
 
     with _boundary():
         val_per_class = max(1, per_class // 4)

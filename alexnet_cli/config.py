@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli.data import CACHE_MODES
+from alexnet_cli.cache import CACHE_MODES
 from alexnet_cli.device import check_device_name, check_precision_name
 from alexnet_cli.errors import ConfigError
 from alexnet_cli.models import arch_info, check_image_size
@@ -86,7 +86,7 @@ class TrainConfig:
     freeze_features: bool = False  # with pretrained: train the classifier only
     strict: bool = False  # any unreadable or skipped file is an error instead of a warning
     tensorboard: bool = False  # log to RUN_DIR/tensorboard (the tensorboard extra)
-    cache: str = "auto"  # auto|ram|off: keep the decoded images in memory (data.ImageCache)
+    cache: str = "auto"  # auto|ram|off: keep the decoded images in memory (cache.ImageCache)
 
     def __post_init__(self) -> None:
         arch_info(self.arch)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import io
 import multiprocessing
-import os
 import pickle
 import signal
 import weakref
@@ -25,7 +24,10 @@ from contextlib import contextmanager
 import torch
 from torch.utils.data import DataLoader
 
-from alexnet_cli.data import ImageCache, UnreadableImage, open_image
+from alexnet_cli.cache import ImageCache
+from alexnet_cli.data import UnreadableImage, open_image
+from alexnet_cli.errors import DataError
+from alexnet_cli.seeds import sample_seed
 
 
 class ImageDataset:
@@ -39,14 +41,14 @@ class ImageDataset:
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform: Callable,
                  augment_seed: int | None = None, draft_size: int | None = None,
-                 cache: ImageCache | None = None, augment: Callable | None = None) -> None:
+                 cache: ImageCache | None = None, from_cache: Callable | None = None) -> None:
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else None
         self.transform = transform
         self.augment_seed = augment_seed
         self.draft_size = draft_size
-        self.cache = cache  # with `augment`, the second half of `transform`, for the cached pixels
-        self.augment = augment
+        self.cache = cache
+        self.from_cache = from_cache  # the second half of `transform`, for the cached pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -57,7 +59,7 @@ class ImageDataset:
         label = self.labels[index] if self.labels is not None else -1
         pixels = self.cache.get(self.paths[index]) if self.cache is not None else None
         if pixels is not None:
-            source, transform = pixels, self.augment
+            source, transform = pixels, self.from_cache
         else:
             try:
                 source, transform = open_image(self.paths[index], self.draft_size), self.transform
@@ -66,7 +68,7 @@ class ImageDataset:
         if augment_seed is None:
             return transform(source), label, index, None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(augment_seed * 1_000_003 + index)
+            torch.manual_seed(sample_seed(augment_seed, index))
             return transform(source), label, index, None
 
 
@@ -104,6 +106,16 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return len(self.order)
+
+
+def report_unreadable(failed: Sequence[tuple[int, str]], strict: bool, observer) -> int:
+    """The files of a batch that failed to open (collate_readable's `failed`): each named in a warning, or
+    the first an error under --strict. Returns how many."""
+    for _, error in failed:
+        if strict:
+            raise DataError(f"--strict: {error}")
+        observer.warn(f"skipped {error}")
+    return len(failed)
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -210,20 +222,20 @@ def make_loader(
     augment_seed: int | None = None,
     draft_size: int | None = None,
     cache: ImageCache | None = None,
-    augment: Callable | None = None,
+    from_cache: Callable | None = None,
     warn: Callable[[str], None] = lambda message: None,
 ) -> Loader:
     """Batches in `order` (default: as given), or as an EpochSampler says. Each batch is
     (images, labels, indices, failed). Images in `cache` skip the file and the first half of `transform`:
-    `augment` is the rest (Preprocess.train_augment or eval_augment).
+    `from_cache` is the rest (Preprocess.train_crop or eval_crop).
 
     With workers, the loader's processes persist from one pass to the next (a loader iterated once per epoch
     starts them once) until the loader is closed. Where the dataset cannot be sent to a process started by
     spawn or forkserver, `warn` is told so in one line and the images load in this process instead.
     """
-    if cache is not None and augment is None:
-        raise ValueError("a cache needs the augment half of the transform")
-    dataset = ImageDataset(paths, labels, transform, augment_seed, draft_size, cache, augment)
+    if cache is not None and from_cache is None:
+        raise ValueError("a cache needs the second half of the transform (from_cache)")
+    dataset = ImageDataset(paths, labels, transform, augment_seed, draft_size, cache, from_cache)
     if workers > 0 and start_method() != "fork":
         reason = why_not_picklable(dataset, collate_readable, worker_init)
         if reason is not None:
@@ -247,13 +259,3 @@ def make_loader(
     if workers > 0:
         _OPEN.add(loader)
     return loader
-
-
-def default_workers() -> int:
-    """Loader processes: none on 2 cores or fewer, else cores - 1 (at most 4), leaving a core for the model.
-
-    On 2 cores a worker process competes with the model's two compute threads: training measured 33 img/s
-    with no worker against 30 with one (500x375 JPEGs), and 16.5 against 10.7 (4000x3000); docs/performance.md.
-    """
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores - 1)

@@ -1,4 +1,5 @@
-"""The run folder: where a training run keeps its config, split, metrics and checkpoints."""
+"""The run folder: where a training run keeps its config, split, metrics and checkpoints. Under torchrun rank 0
+alone writes it: a RunFolder of any other rank does nothing."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alexnet_cli.checkpoint import atomic_write_text
+from alexnet_cli.checkpoint import Checkpoint, atomic_write_text, publish_copy
 from alexnet_cli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from alexnet_cli.observer import Observer
 
 RUNS_ROOT = Path("runs")
 METRIC_COLUMNS = (
@@ -55,3 +59,74 @@ def write_metrics(path: Path, history: Sequence[dict[str, Any]]) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def resolve_weights(weights: Path | None, observer: Observer, alternative: str = "") -> Path:
+    """--weights, or the newest run's best.pt (said in one line)."""
+    if weights is not None:
+        return weights
+    path = newest_checkpoint(alternative=alternative)
+    observer.info(f"using the newest run's checkpoint: {path}")
+    return path
+
+
+class RunFolder:
+    """runs/train-N (or --output) and what goes in it. Every write is rank 0's: on other ranks it does nothing."""
+
+    def __init__(self, path: Path, writes: bool) -> None:
+        self.path = path
+        self.writes = writes
+
+    @classmethod
+    def open(cls, output: Path | None, writes: bool) -> RunFolder:
+        """The folder, made now: only after the data and options have passed every check, so that a failed
+        start leaves no empty runs/train-N behind."""
+        if not writes:
+            return cls(Path(output or RUNS_ROOT), False)
+        path = Path(output) if output else new_run_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path, True)
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    def write_json(self, name: str, data: Any) -> None:
+        if self.writes:
+            write_json(self.path / name, data)
+
+    def save_last(self, checkpoint: Checkpoint) -> None:
+        if self.writes:
+            checkpoint.save(self.last)
+
+    def save_epoch(self, checkpoint: Checkpoint, history: Sequence[dict[str, Any]], improved: bool,
+                   confusion: dict[str, Any] | None, observer: Observer) -> None:
+        """After an epoch: last.pt; best.pt and the best epoch's confusion matrix when it improved; metrics.csv."""
+        if not self.writes:
+            return
+        checkpoint.save(self.last)
+        if improved:
+            try:
+                publish_copy(self.last, self.best)
+            except CheckpointError as exc:  # a locked best.pt must not end a run that can go on
+                observer.warn(f"{exc}; best.pt was not updated, last.pt holds epoch {checkpoint.training.epoch}")
+            if confusion is not None:
+                write_json(self.path / "confusion.json", confusion)
+        write_metrics(self.path / "metrics.csv", history)
+
+    def draw_plots(self, observer: Observer) -> None:
+        """curves.png and confusion_matrix.png, or one line on how to get them."""
+        if not self.writes:
+            return
+        from alexnet_cli import plots
+
+        try:
+            written = plots.plot_run(self.path)
+        except plots.PlotsUnavailable as exc:
+            observer.info(str(exc))
+            return
+        observer.info("plots: " + ", ".join(str(p) for p in written))

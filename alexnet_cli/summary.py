@@ -6,9 +6,12 @@ or doing any arithmetic. Multiply-adds come from torch.utils.flop_counter, which
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alexnet_cli.models import arch_info, build_model, check_image_size
+
+if TYPE_CHECKING:
+    from alexnet_cli.config import SummaryConfig
 
 # Layers that do not change the shape are folded into the row before them ("Conv2d+ReLU").
 _FOLDED = ("ReLU", "Dropout")
@@ -28,19 +31,67 @@ def size_arithmetic(size_in: int, kernel: int, stride: int, padding: int) -> str
     return f"{body} + 1 = {size_out}"
 
 
+def describe(cfg: SummaryConfig) -> tuple[dict[str, Any], list[str] | None]:
+    """`alexnet summary`: the summary of an architecture as built, of a checkpoint (its architecture, input
+    size and classes, with frozen features marked), or of torchvision's ImageNet weights; and the class names
+    where there are any."""
+    frozen: frozenset[str] = frozenset()
+    if cfg.weights is not None:
+        from alexnet_cli.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(cfg.weights)
+        model = checkpoint.build()  # proves the weights fit the architecture they claim
+        if checkpoint.training is not None and checkpoint.training.config.get("freeze_features"):
+            frozen = frozenset(f"features.{name}" for name, _ in model.features.named_parameters())
+        size = cfg.image_size or checkpoint.preprocess.image_size
+        data = summarize(checkpoint.arch, checkpoint.num_classes, size, frozen)
+        return data, list(checkpoint.class_names)
+    if cfg.pretrained:
+        from alexnet_cli.observer import SilentObserver
+        from alexnet_cli.prediction import load_predictor
+
+        predictor = load_predictor(None, True, SilentObserver())  # the weights themselves, fetched if need be
+        size = cfg.image_size or predictor.preprocess.image_size
+        return summarize("alexnet-torchvision", 1000, size), list(predictor.class_names)
+    return summarize(cfg.arch, cfg.num_classes, cfg.image_size or arch_info(cfg.arch).default_image_size), None
+
+
 def summarize(arch: str, num_classes: int, image_size: int, frozen: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The summary as plain data: what `alexnet summary --json` prints and the table is drawn from.
 
     `frozen` names parameters that would not train (for a model fine-tuned with frozen features).
     """
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     arch_info(arch)
     check_image_size(arch, image_size)
     with torch.device("meta"):
         model = build_model(arch, num_classes=num_classes).eval()
-        x = torch.empty(1, 3, image_size, image_size)
+        calls, counter = _trace(model, torch.empty(1, 3, image_size, image_size))
+    layers, activations = _layers(calls, counter.get_flop_counts(), type(model).__name__)
+    total = sum(p.numel() for p in model.parameters())
+    frozen_count = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
+    flops = counter.get_total_flops()
+    return {
+        "arch": arch,
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "layers": layers,
+        "total_params": total,
+        "trainable_params": total - frozen_count,
+        "frozen_params": frozen_count,
+        "macs": flops // 2,
+        "flops": flops,
+        "activations": activations,
+        "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+    }
+
+
+def _trace(model, x):
+    """One forward pass on meta tensors: (name, module, input shape, output shape) per leaf module, in call
+    order, and torch's FLOP counter over it."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     calls: list[tuple[str, torch.nn.Module, tuple[int, ...], tuple[int, ...]]] = []
     hooks = []
@@ -56,9 +107,11 @@ def summarize(arch: str, num_classes: int, image_size: int, frozen: frozenset[st
     finally:
         for hook in hooks:
             hook.remove()
+    return calls, counter
 
-    root = type(model).__name__
-    flops_by_module = counter.get_flop_counts()
+
+def _layers(calls, flops_by_module, root: str) -> tuple[list[dict[str, Any]], int]:
+    """The table's rows (ReLU, Dropout and kin folded into the layer before them), and the activations."""
     counters = {"conv": 0, "pool": 0, "lrn": 0, "fc": 5}  # the paper numbers the FC layers 6, 7, 8
     layers: list[dict[str, Any]] = []
     activations = 0
@@ -84,34 +137,16 @@ def summarize(arch: str, num_classes: int, image_size: int, frozen: frozenset[st
             activations += _numel(shape_out)  # the paper's "neurons": outputs of the 8 learned layers
         if kind == "Conv2d" and module.groups > 1:
             kind += f"(groups={module.groups})"
-        params = sum(p.numel() for p in module.parameters())
-        macs = sum(flops_by_module.get(f"{root}.{name}", {}).values()) // 2
         layers.append({
             "name": display,
             "module": name,
             "type": kind,
             "output_shape": list(shape_out),
-            "params": params,
-            "macs": macs,
+            "params": sum(p.numel() for p in module.parameters()),
+            "macs": sum(flops_by_module.get(f"{root}.{name}", {}).values()) // 2,
             "arithmetic": arithmetic,
         })
-
-    total = sum(p.numel() for p in model.parameters())
-    frozen_count = sum(p.numel() for n, p in model.named_parameters() if n in frozen)
-    flops = counter.get_total_flops()
-    return {
-        "arch": arch,
-        "image_size": image_size,
-        "num_classes": num_classes,
-        "layers": layers,
-        "total_params": total,
-        "trainable_params": total - frozen_count,
-        "frozen_params": frozen_count,
-        "macs": flops // 2,
-        "flops": flops,
-        "activations": activations,
-        "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-    }
+    return layers, activations
 
 
 def _numel(shape: tuple[int, ...]) -> int:

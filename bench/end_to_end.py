@@ -6,7 +6,7 @@ Generates (once, under --cache) a folder of 500x375 JPEGs and a folder of 4000x3
 Each round trains --epochs epochs with each contender on each folder:
   - plain: torchvision ImageFolder with the original's transforms (Resize 227, CenterCrop, ToTensor), a
     DataLoader(batch_size=32, shuffle=True) and the original's eager fp32 step;
-  - alexnet train --cache off: the engine as the CLI runs it (--val-split 0), decoding every file every epoch;
+  - alexnet train --cache off: training as the CLI runs it (--val-split 0), decoding every file every epoch;
   - alexnet train: the default, which keeps the decoded images in memory from the scan on (--cache auto).
 Two figures per contender: the training speed inside the epochs (alexnet: from metrics.csv), and the
 wall-clock speed of the whole call (images x epochs / seconds), which for alexnet includes the scan that
@@ -54,7 +54,8 @@ def plain_run(folder: Path, batch_size: int, epochs: int, device) -> tuple[float
 def tool_run(folder: Path, batch_size: int, epochs: int, out: Path, cache: str, device) -> tuple[float, float]:
     """(img/s inside the epochs, from metrics.csv; img/s of the whole train() call) for `alexnet train`."""
     from alexnet_cli.config import TrainConfig
-    from alexnet_cli.engine import SilentObserver, train
+    from alexnet_cli.observer import SilentObserver
+    from alexnet_cli.training import train
 
     cfg = TrainConfig(data=folder, epochs=epochs, val_split=0, batch_size=batch_size, output=out,
                       log_interval=1000, cache=cache, device=str(device))
@@ -71,7 +72,8 @@ def tool_random_input(batch_size: int, device, steps: int = 6) -> float:
     import torch
 
     from alexnet_cli.device import resolve_precision
-    from alexnet_cli.engine import make_optimizer, to_device, train_step
+    from alexnet_cli.runtime import to_device
+    from alexnet_cli.training import make_optimizer, train_step
     from alexnet_cli.models import build_model
 
     precision = resolve_precision("auto", device)

@@ -4,7 +4,7 @@
 
 Model only (random input, batch 32 and batch 1): eager fp32 NCHW under no_grad, against the tool's
 inference model (prepare_for_inference: channels_last, weights cast to bf16 when --precision picks it,
-inference_mode). Folder: engine.predict as `alexnet predict DIR` runs it, against a plain loop (ImageFolder-free
+inference_mode). Folder: prediction.predict as `alexnet predict DIR` runs it, against a plain loop (ImageFolder-free
 PIL loading with the original's transforms, DataLoader batch 32, eager fp32). Target (issue 6): >= 2x at batch 32.
 """
 
@@ -31,11 +31,13 @@ def main() -> None:
     from PIL import Image
     from torchvision import transforms
 
-    from alexnet_cli.checkpoint import base_payload, save_checkpoint
+    from alexnet_cli.checkpoint import Checkpoint
     from alexnet_cli.config import PredictConfig
-    from alexnet_cli.data import Preprocess
+    from alexnet_cli.preprocess import Preprocess
     from alexnet_cli.device import resolve_precision
-    from alexnet_cli.engine import SilentObserver, predict, prepare_for_inference, to_device
+    from alexnet_cli.observer import SilentObserver
+    from alexnet_cli.prediction import predict
+    from alexnet_cli.runtime import prepare_for_inference, to_device
     from alexnet_cli.models import build_model
 
     device = torch.device("cpu")
@@ -91,9 +93,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.pt"
-        save_checkpoint(weights, base_payload(arch="alexnet", class_names=("class0", "class1"),
-                                              preprocess=Preprocess.for_arch(227, 227), dropout=0.5,
-                                              model_state=eager.state_dict()))
+        Checkpoint(arch="alexnet", class_names=("class0", "class1"), preprocess=Preprocess.for_arch(227, 227),
+                   dropout=0.5, state_dict=eager.state_dict()).save(weights)
 
         def tool_loop() -> float:
             start = time.perf_counter()

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from alexnet_cli.config import TrainConfig
-from alexnet_cli.engine import train
+from alexnet_cli.training import train
 from alexnet_cli.synthetic import SHAPES, make_shapes_folder
 
 

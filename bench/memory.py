@@ -21,7 +21,8 @@ sys.path.insert(0, {bench!r})
 import torch
 from common import OriginalLoop
 from alexnet_cli.device import resolve_precision
-from alexnet_cli.engine import make_optimizer, to_device, train_step
+from alexnet_cli.runtime import to_device
+from alexnet_cli.training import make_optimizer, train_step
 from alexnet_cli.models import build_model
 which, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 device = torch.device("cpu")

@@ -27,7 +27,8 @@ def main() -> None:
 
     from alexnet_cli import demo
     from alexnet_cli.config import TrainConfig
-    from alexnet_cli.engine import SilentObserver, train
+    from alexnet_cli.observer import SilentObserver
+    from alexnet_cli.training import train
 
     data = demo.ensure_demo_data(args.cache / "demo")
     for seed in args.seeds:

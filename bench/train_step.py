@@ -3,7 +3,7 @@
     python bench/train_step.py [--batch-size 32] [--rounds 5] [--steps 3] [--device auto]
 
 Both run in this process, alternating round by round, on the same random batch. The tool's step is
-alexnet_cli.engine.train_step with the model, optimizer and precision that `alexnet train` builds
+alexnet_cli.training.train_step with the model, optimizer and precision that `alexnet train` builds
 (channels_last, fused Adam, --precision auto), and once more with --precision fp32. Prints images/s
 (min/median/max over rounds), the ratios, and the achieved FLOP/s against a matmul peak measured here.
 Targets (issue 6, on a CPU): default >= 2.2x and >= 75% of the bf16 matmul peak; fp32 >= 1.3x.
@@ -30,7 +30,8 @@ def main() -> None:
     import torch
 
     from alexnet_cli.device import resolve_device, resolve_precision
-    from alexnet_cli.engine import configure_backends, make_optimizer, to_device, train_step
+    from alexnet_cli.runtime import configure_backends, to_device
+    from alexnet_cli.training import make_optimizer, train_step
     from alexnet_cli.models import arch_info, build_model
 
     device = resolve_device(args.device).device

@@ -174,3 +174,14 @@ def test_a_format_1_checkpoint_of_release_0_1_0_evaluates_and_resumes(runner, sh
     assert "resuming" in resumed.stderr and "at epoch 2 of 2" in resumed.stderr
     after = torch.load(run / "last.pt", weights_only=True)
     assert after["epoch"] == 2 and [row["epoch"] for row in after["run_state"]["history"]] == [1, 2]
+
+
+def test_the_format_document_and_the_schema_agree():
+    """docs/checkpoint-format.md's table is the schema's keys, in order (test_golden checks a real file)."""
+    import re
+    from pathlib import Path
+
+    from alexnet_cli.checkpoint import Checkpoint
+
+    document = (Path(__file__).resolve().parent.parent / "docs" / "checkpoint-format.md").read_text()
+    assert tuple(re.findall(r"^\| `(\w+)` \|", document, flags=re.M)) == Checkpoint.payload_keys()

@@ -168,14 +168,14 @@ def test_a_failing_rank_stops_the_whole_launch_with_its_error(tiny, tmp_path):
     (hook / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
-        "    import alexnet_cli.engine as engine\n"
-        "    original, calls = engine.train_step, []\n"
+        "    import alexnet_cli.training.loop as loop\n"
+        "    original, calls = loop.train_step, []\n"
         "    def failing(*args, **kwargs):\n"
         "        calls.append(1)\n"
         "        if len(calls) == 2:\n"
         "            raise RuntimeError('injected failure on rank 1')\n"
         "        return original(*args, **kwargs)\n"
-        "    engine.train_step = failing\n"
+        "    loop.train_step = failing\n"
     )
     pythonpath = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
     started = time.monotonic()

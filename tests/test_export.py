@@ -4,8 +4,8 @@ import sys
 import pytest
 import torch
 
-from alexnet_cli.checkpoint import base_payload, load_checkpoint, save_checkpoint
-from alexnet_cli.data import Preprocess
+from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
+from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.models import build_model
 from conftest import invoke
 
@@ -15,9 +15,8 @@ def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=3)
     path = tmp_path / "best.pt"
-    save_checkpoint(path, base_payload(arch="alexnet", class_names=("cat", "dog", "fox"),
-                                       preprocess=Preprocess(image_size=67, resize_size=76), dropout=0.5,
-                                       model_state=model.state_dict()))
+    Checkpoint(arch="alexnet", class_names=("cat", "dog", "fox"), preprocess=Preprocess(image_size=67, resize_size=76),
+               dropout=0.5, state_dict=model.state_dict()).save(path)
     return path
 
 

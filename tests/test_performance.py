@@ -11,7 +11,8 @@ from conftest import TINY, invoke, one_error_line
 
 from alexnet_cli import device as devmod
 from alexnet_cli.device import Precision, resolve_precision
-from alexnet_cli.engine import make_optimizer, prepare_for_inference, to_device, train_step
+from alexnet_cli.runtime import prepare_for_inference, to_device
+from alexnet_cli.training import make_optimizer, train_step
 from alexnet_cli.errors import ConfigError, DeviceError
 from alexnet_cli.models import build_model
 
@@ -124,7 +125,8 @@ def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
     bench/precision_accuracy.py is the full-size check (the whole demo data set, 8 epochs).
     """
     from alexnet_cli.config import TrainConfig
-    from alexnet_cli.engine import SilentObserver, train
+    from alexnet_cli.observer import SilentObserver
+    from alexnet_cli.training import train
     from alexnet_cli.synthetic import make_shapes_folder
 
     make_shapes_folder(tmp_path / "train", ("stripes", "rings"), 160, TINY, seed=0)

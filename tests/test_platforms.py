@@ -21,10 +21,12 @@ import torch
 
 from conftest import TINY, env_without_debug, invoke
 
+from alexnet_cli import cache as cachemod
 from alexnet_cli import data as datamod
 from alexnet_cli import loading
-from alexnet_cli.checkpoint import base_payload, load_checkpoint, save_checkpoint
-from alexnet_cli.data import ImageCache, Preprocess
+from alexnet_cli.checkpoint import Checkpoint, save_checkpoint
+from alexnet_cli.cache import ImageCache
+from alexnet_cli.preprocess import Preprocess
 
 # One process per call, its start method set before anything else, as on macOS/Windows (spawn) and on Linux
 # from Python 3.14 (forkserver). Each args list is one `alexnet` command; a non-zero exit stops the script.
@@ -74,8 +76,11 @@ def test_training_is_the_same_run_under_fork_spawn_and_forkserver(runner, shapes
 
 def test_evaluate_and_predict_under_spawn(runner, shapes):
     assert invoke(runner, _train_args(shapes, "run", "--workers", "0")).exit_code == 0
-    evaluate = ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--device", "cpu", "--json"]
-    predict = ["predict", str(shapes / "val"), "--weights", "run/best.pt", "--device", "cpu", "--json"]
+    # fp32: --precision auto measures bf16 in each process, and a noisy machine may decide either way.
+    evaluate = ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--device", "cpu", "--precision", "fp32",
+                "--json"]
+    predict = ["predict", str(shapes / "val"), "--weights", "run/best.pt", "--device", "cpu", "--precision", "fp32",
+               "--json"]
     expected_report = json.loads(invoke(runner, [*evaluate, "--workers", "0"]).stdout)
     expected_predictions = json.loads(invoke(runner, [*predict, "--workers", "0"]).stdout)
 
@@ -95,7 +100,7 @@ def test_every_part_a_loader_process_receives_pickles(shapes):
     cache = ImageCache(preprocess, "ram")
     images = datamod.load_image_folder(shapes / "train", cache=cache)
     dataset = loading.ImageDataset([p for p, _ in images.samples], [lab for _, lab in images.samples],
-                                   preprocess.train_transforms(), cache=cache, augment=preprocess.train_augment())
+                                   preprocess.train_transforms(), cache=cache, from_cache=preprocess.train_crop())
     assert loading.why_not_picklable(dataset, loading.collate_readable, loading.worker_init) is None
     sent = ForkingPickler.dumps(dataset)
     assert len(sent) < 100_000 < cache.blocks[0].numel()  # a 64 MB block was not copied into the pickle
@@ -130,7 +135,7 @@ def test_a_closed_loader_leaves_no_process_and_an_open_one_does_not_hang_the_exi
 
     left_open = textwrap.dedent(f"""
         from alexnet_cli import loading
-        from alexnet_cli.data import Preprocess
+        from alexnet_cli.preprocess import Preprocess
         loader = loading.make_loader({paths!r}, None, Preprocess.for_arch({TINY}, 227).eval_transforms(),
                                      batch_size=2, workers=2, pin_memory=False)
         next(iter(loader))
@@ -166,8 +171,8 @@ def straight_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("group")
     make_shapes_folder(root / "data" / "train", classes=("circle", "square"), per_class=8, size=80, seed=1)
     make_shapes_folder(root / "data" / "val", classes=("circle", "square"), per_class=3, size=80, seed=2)
-    result = subprocess.run(_train_command(root / "data" / "train", "straight", "--workers", "2"), cwd=root, capture_output=True,
-                            text=True, timeout=300, env=env_without_debug())
+    result = subprocess.run(_train_command(root / "data" / "train", "straight", "--workers", "2"), cwd=root,
+                            capture_output=True, text=True, timeout=300, env=env_without_debug())
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
@@ -199,7 +204,8 @@ def test_a_signal_stops_training_gracefully_and_resume_is_exact(straight_run, si
 
     # --precision and --workers are runtime options, not restored from the checkpoint.
     resumed = subprocess.run([sys.executable, "-m", "alexnet_cli", "train", "--resume", f"{name}/last.pt",
-                              "--precision", "fp32", "--workers", "2"], cwd=root, capture_output=True, text=True, timeout=300, env=env_without_debug())
+                              "--precision", "fp32", "--workers", "2"], cwd=root, capture_output=True, text=True,
+                             timeout=300, env=env_without_debug())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(root / "straight" / "last.pt", weights_only=True)
     b = torch.load(root / name / "last.pt", weights_only=True)
@@ -263,8 +269,8 @@ def _checkpoint_with_classes(path: Path, class_names: tuple[str, ...]) -> None:
 
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=len(class_names))
-    save_checkpoint(path, base_payload(arch="alexnet", class_names=class_names, preprocess=Preprocess.for_arch(
-        TINY, 227), dropout=0.5, model_state=model.state_dict()))
+    Checkpoint(arch="alexnet", class_names=class_names, preprocess=Preprocess.for_arch(
+        TINY, 227), dropout=0.5, state_dict=model.state_dict()).save(path)
 
 
 def test_machine_output_is_utf8_on_a_cp1252_stdout(tmp_path):
@@ -335,14 +341,14 @@ def test_free_memory_honours_a_cgroup_limit(tmp_path, monkeypatch, version):
     (folder / names[1]).write_text(f"{768 * 2**20}\n")
     (folder / "memory.stat").write_text(stat)
     (tmp_path / "self").write_text(f"5:cpu:/\n{self_line}\n")
-    monkeypatch.setattr(datamod, "CGROUP_ROOT", group)
-    monkeypatch.setattr(datamod, "SELF_CGROUP", tmp_path / "self")
-    monkeypatch.setattr(datamod, "_machine_available", lambda: 20 * 2**30)
-    assert datamod.available_memory() == 512 * 2**20
+    monkeypatch.setattr(cachemod, "CGROUP_ROOT", group)
+    monkeypatch.setattr(cachemod, "SELF_CGROUP", tmp_path / "self")
+    monkeypatch.setattr(cachemod, "_machine_available", lambda: 20 * 2**30)
+    assert cachemod.available_memory() == 512 * 2**20
     assert ImageCache(Preprocess.for_arch(TINY, 227), "auto").limit == 256 * 2**20  # half of what is free
 
     (folder / names[0]).write_text("max\n" if version == "v2" else f"{2**63 - 4096}\n")  # no limit after all
-    assert datamod.available_memory() == 20 * 2**30
+    assert cachemod.available_memory() == 20 * 2**30
 
 
 def test_free_memory_on_windows(monkeypatch):
@@ -353,17 +359,17 @@ def test_free_memory_on_windows(monkeypatch):
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(ctypes, "windll", SimpleNamespace(kernel32=SimpleNamespace(
         GlobalMemoryStatusEx=global_memory_status)), raising=False)
-    assert datamod.available_memory() == 3 * 2**30
+    assert cachemod.available_memory() == 3 * 2**30
 
 
 def test_where_free_memory_cannot_be_told_ram_does_not_refuse(tmp_path, monkeypatch):
     """No /proc/meminfo (macOS) falls back to os.sysconf; without that either, nothing is known."""
-    monkeypatch.setattr(datamod, "MEMINFO", tmp_path / "no-meminfo")
-    monkeypatch.setattr(datamod, "_cgroup_available", lambda: None)
+    monkeypatch.setattr(cachemod, "MEMINFO", tmp_path / "no-meminfo")
+    monkeypatch.setattr(cachemod, "_cgroup_available", lambda: None)
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert datamod.available_memory() == pages // 2  # a guess: half the physical memory
+    assert cachemod.available_memory() == pages // 2  # a guess: half the physical memory
     monkeypatch.delattr(os, "sysconf")
-    assert datamod.available_memory() is None
+    assert cachemod.available_memory() is None
     preprocess = Preprocess.for_arch(TINY, 227)
     insisting = ImageCache(preprocess, "ram")
     insisting.add("big.png", torch.zeros(3, 2000, 2000, dtype=torch.uint8))

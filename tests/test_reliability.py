@@ -224,33 +224,33 @@ def test_missing_and_empty_folders(runner, tmp_path, make, code, message):
 
 
 def test_checkpoint_of_another_class_count_or_architecture(runner, shapes, tmp_path):
-    from alexnet_cli.checkpoint import base_payload, save_checkpoint
-    from alexnet_cli.data import Preprocess
+    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.preprocess import Preprocess
     from alexnet_cli.models import build_model
 
     # a checkpoint claiming alexnet-paper, holding alexnet's weights
     state = build_model("alexnet", num_classes=2).state_dict()
-    save_checkpoint(tmp_path / "liar.pt", base_payload(arch="alexnet-paper", class_names=("circle", "square"),
-                                                       preprocess=Preprocess(67, 76), dropout=0.5, model_state=state))
+    Checkpoint(arch="alexnet-paper", class_names=("circle", "square"), preprocess=Preprocess(67, 76), dropout=0.5,
+               state_dict=state).save(tmp_path / "liar.pt")
     result = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", str(tmp_path / "liar.pt")])
     assert result.exit_code == 4 and "do not fit alexnet-paper with 2 classes" in result.stderr
     # a three-class folder against a two-class model
     from alexnet_cli.synthetic import make_shapes_folder
 
-    save_checkpoint(tmp_path / "two.pt", base_payload(arch="alexnet", class_names=("circle", "square"),
-                                                      preprocess=Preprocess(67, 76), dropout=0.5, model_state=state))
+    Checkpoint(arch="alexnet", class_names=("circle", "square"), preprocess=Preprocess(67, 76), dropout=0.5,
+               state_dict=state).save(tmp_path / "two.pt")
     make_shapes_folder(tmp_path / "three", classes=("circle", "square", "star"), per_class=2, size=72)
     result = invoke(runner, ["evaluate", str(tmp_path / "three"), "--weights", str(tmp_path / "two.pt")])
     assert result.exit_code == 3 and "classes the model does not know: star" in result.stderr
 
 
 def test_out_of_memory_suggests_a_smaller_batch(runner, shapes, monkeypatch):
-    import alexnet_cli.engine as engine
+    import alexnet_cli.training.run as training_run
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(engine, "_train_one_epoch", oom)
+    monkeypatch.setattr(training_run, "train_one_epoch", oom)
     result = invoke(runner, ["train", str(shapes / "train"), *FAST_TRAIN])
     assert result.exit_code == 5
     assert "out of GPU memory: try a smaller --batch-size" in result.stderr

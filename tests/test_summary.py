@@ -77,15 +77,14 @@ def test_summary_rejects_too_small_input(runner):
 
 
 def test_summary_from_checkpoint(runner, tmp_path):
-    from alexnet_cli.checkpoint import base_payload, save_checkpoint
-    from alexnet_cli.data import Preprocess
+    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.preprocess import Preprocess
     from alexnet_cli.models import build_model
 
     model = build_model("alexnet-paper", num_classes=3)
     path = tmp_path / "paper.pt"
-    save_checkpoint(path, base_payload(arch="alexnet-paper", class_names=("a", "b", "c"),
-                                       preprocess=Preprocess(image_size=99, resize_size=112), dropout=0.5,
-                                       model_state=model.state_dict()))
+    Checkpoint(arch="alexnet-paper", class_names=("a", "b", "c"), preprocess=Preprocess(image_size=99, resize_size=112),
+               dropout=0.5, state_dict=model.state_dict()).save(path)
     data = json.loads(invoke(runner, ["summary", "--json", "--weights", str(path)]).stdout)
     assert (data["arch"], data["num_classes"], data["image_size"]) == ("alexnet-paper", 3, 99)
     assert data["class_names"] == ["a", "b", "c"]

@@ -14,7 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from alexnet_cli.config import PredictConfig
-from alexnet_cli.engine import SilentObserver, predict
+from alexnet_cli.observer import SilentObserver
+from alexnet_cli.prediction import predict
 from alexnet_cli.plots import plot_run
 
 

@@ -1,0 +1,165 @@
+"""Evaluation: loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix over a labelled
+folder (`alexnet evaluate`), the same loop for validation during training, and --save-errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alexnet_cli import data as datamod
+from alexnet_cli import distributed as distmod
+from alexnet_cli import loading
+from alexnet_cli.checkpoint import load_checkpoint
+from alexnet_cli.config import EvaluateConfig
+from alexnet_cli.device import Precision, sum_dtype
+from alexnet_cli.observer import Observer
+from alexnet_cli.runs import resolve_weights
+from alexnet_cli.runtime import model_dtype, prepare_for_inference, resolve_runtime, to_device
+
+
+@dataclass
+class EvalResult:
+    class_names: tuple[str, ...]
+    images: int
+    loss: float
+    confusion: list[list[int]]  # confusion[true][predicted]
+    k: int
+    topk_correct: int | None  # None where there are not more than k classes
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.confusion[i][i] for i in range(len(self.confusion))) / max(1, self.images)
+
+    def per_class(self) -> list[dict[str, Any]]:
+        rows = []
+        n = len(self.class_names)
+        for i, name in enumerate(self.class_names):
+            tp = self.confusion[i][i]
+            support = sum(self.confusion[i])
+            predicted = sum(self.confusion[j][i] for j in range(n))
+            precision = tp / predicted if predicted else 0.0
+            recall = tp / support if support else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        per_class = self.per_class()
+        present = [row for row in per_class if row["support"]]
+        result = {
+            "images": self.images,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            f"top{self.k}_accuracy": (self.topk_correct / max(1, self.images)) if self.topk_correct is not None else None,
+            "macro_f1": sum(row["f1"] for row in present) / max(1, len(present)),
+            "class_names": list(self.class_names),
+            "per_class": per_class,
+            "confusion_matrix": self.confusion,
+        }
+        return result
+
+
+def evaluate_model(model, loader, device, num_classes: int, precision: Precision, k: int = 5, criterion=None,
+                   on_failed=lambda failed: None, dist: distmod.Dist = distmod.SINGLE,
+                   predictions: list[tuple[int, int, int]] | None = None) -> EvalResult:
+    """Loss, confusion and top-k over a loader. A model already cast to bf16/fp16 runs as it is; an fp32 model
+    (validation during training) runs under autocast when the precision is reduced."""
+    import torch
+
+    criterion = criterion or torch.nn.CrossEntropyLoss()
+    dtype = model_dtype(model)
+    autocast = precision.autocast(device) if dtype == torch.float32 else contextlib.nullcontext()
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=sum_dtype(device), device=device)
+    topk_correct = torch.zeros((), dtype=torch.long, device=device)
+    use_topk = num_classes > k
+    images = 0
+    model.eval()
+    with torch.inference_mode():
+        for batch, labels, indices, failed in loader:
+            on_failed(failed)
+            if batch is None:
+                continue
+            batch = to_device(batch, device, dtype)
+            labels = labels.to(device, non_blocking=True)
+            with autocast:
+                logits = model(batch)
+            logits = logits.float()
+            # Sum, not mean, so that a short last batch weighs what it holds.
+            loss_sum += criterion(logits, labels).to(loss_sum.dtype) * labels.numel()
+            predicted = logits.argmax(1)
+            if predictions is not None:  # (dataset index, true, predicted) per image
+                predictions.extend(zip(indices, labels.tolist(), predicted.tolist()))
+            confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+            if use_topk:
+                topk_correct += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
+            images += labels.numel()
+    if dist.enabled:  # each rank saw its own share of the images, each image once: sum the counts
+        dtype = sum_dtype(device)
+        counts = torch.cat([confusion.to(dtype), loss_sum.view(1), topk_correct.to(dtype).view(1),
+                            torch.tensor([float(images)], dtype=dtype, device=device)])
+        distmod.all_reduce_sum(counts, dist)
+        n = num_classes * num_classes
+        confusion, loss_sum, topk_correct = counts[:n].long(), counts[n], counts[n + 1].long()
+        images = int(counts[n + 2].item())
+    return EvalResult(
+        class_names=(),
+        images=images,
+        loss=loss_sum.item() / max(1, images),
+        confusion=confusion.view(num_classes, num_classes).tolist(),
+        k=k,
+        topk_correct=int(topk_correct.item()) if use_topk else None,
+    )
+
+
+def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
+    runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, cfg.workers)
+    checkpoint = load_checkpoint(resolve_weights(cfg.weights, observer))
+    runtime.report(observer)
+    # One pass over the data: no separate scan; the loader names and skips bad files as it meets them.
+    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names, strict=cfg.strict, scan=False)
+    for skipped in images.skipped:
+        observer.warn(f"skipped {skipped}")
+    model = prepare_for_inference(checkpoint.build(), runtime.device, runtime.precision)
+    loader = loading.make_loader(
+        [p for p, _ in images.samples], [lab for _, lab in images.samples], checkpoint.preprocess.eval_transforms(),
+        batch_size=cfg.batch_size, workers=runtime.workers, pin_memory=runtime.pin_memory,
+        draft_size=checkpoint.preprocess.resize_size, warn=observer.warn,
+    )
+    predictions: list[tuple[int, int, int]] | None = [] if cfg.save_errors is not None else None
+    with loader:
+        result = evaluate_model(model, loader, runtime.device, checkpoint.num_classes, runtime.precision, k=cfg.top_k,
+                                on_failed=lambda failed: loading.report_unreadable(failed, cfg.strict, observer),
+                                predictions=predictions)
+    result.class_names = checkpoint.class_names
+    if predictions is not None:
+        saved = save_errors(cfg.save_errors, [p for p, _ in images.samples], predictions, checkpoint.class_names)
+        observer.info(f"misclassified: {saved} images linked into {cfg.save_errors}/<true>__as__<predicted>/")
+    if images.skipped:
+        observer.warn(f"{len(images.skipped)} files skipped")
+    return result
+
+
+def save_errors(folder: Path, paths: Sequence[str], predictions: Sequence[tuple[int, int, int]],
+                class_names: Sequence[str]) -> int:
+    """Link (or copy) each misclassified image into folder/<true>__as__<predicted>/; the number placed."""
+    from alexnet_cli.pets import place_file
+
+    placed = 0
+    for index, true, predicted in predictions:
+        if true == predicted:
+            continue
+        target_dir = Path(folder) / f"{class_names[true]}__as__{class_names[predicted]}"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        source = Path(paths[index])
+        target = target_dir / source.name
+        n = 2
+        while target.exists() or target.is_symlink():  # two files of one name from different sub-folders
+            target = target_dir / f"{source.stem}-{n}{source.suffix}"
+            n += 1
+        place_file(source, target)
+        placed += 1
+    return placed

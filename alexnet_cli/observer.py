@@ -1,0 +1,25 @@
+"""What the core reports as it works. console.RichObserver draws it; tests and benchmarks may record it or
+stay silent. The core never draws: it tells an Observer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class Observer(Protocol):
+    def info(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def data_summary(self, classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int] | None,
+                     val_source: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, iterations: int, images: int) -> None: ...
+    def step(self, epoch: int, epochs: int, iteration: int, iterations: int, loss: float | None,
+             images_per_second: float) -> None: ...
+    def epoch_end(self, row: dict[str, Any], epochs: int, improved: bool) -> None: ...
+
+
+class SilentObserver:
+    """An observer that shows nothing: every torchrun rank but 0, and callers that only want the results."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None

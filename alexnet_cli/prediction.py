@@ -1,0 +1,113 @@
+"""Prediction: top-k labels with probabilities for images, folders and globs (`alexnet predict`), from a
+trained checkpoint or torchvision's ImageNet weights, with Grad-CAM pictures on request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alexnet_cli import data as datamod
+from alexnet_cli import loading
+from alexnet_cli.checkpoint import atomic_write, load_checkpoint
+from alexnet_cli.config import PredictConfig
+from alexnet_cli.errors import DataError
+from alexnet_cli.models import build_model
+from alexnet_cli.observer import Observer
+from alexnet_cli.preprocess import Preprocess
+from alexnet_cli.runs import resolve_weights
+from alexnet_cli.runtime import prepare_for_inference, resolve_runtime, to_device
+
+
+@dataclass(frozen=True)
+class Predictor:
+    model: Any
+    class_names: tuple[str, ...]
+    preprocess: Preprocess
+    source: str
+
+
+def load_predictor(weights: Path | None, pretrained: bool, observer: Observer) -> Predictor:
+    """A trained checkpoint (the newest run's best.pt by default), or torchvision's ImageNet weights."""
+    if pretrained:
+        from torchvision.models import AlexNet_Weights
+
+        spec = AlexNet_Weights.IMAGENET1K_V1
+        transforms = spec.transforms()  # the weights' own preprocessing, not ours
+        preprocess = Preprocess(
+            image_size=transforms.crop_size[0], resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
+            std=tuple(transforms.std), interpolation=transforms.interpolation.value,
+        )
+        model = build_model("alexnet-torchvision", pretrained=True).eval()
+        return Predictor(model, tuple(spec.meta["categories"]), preprocess, "ImageNet weights (IMAGENET1K_V1)")
+    checkpoint = load_checkpoint(resolve_weights(weights, observer, alternative=" or --pretrained for ImageNet"))
+    return Predictor(checkpoint.build(), checkpoint.class_names, checkpoint.preprocess, str(checkpoint.path))
+
+
+def _write_explanation(explain, path: str, cam, preprocess, folder: Path, result: dict[str, Any],
+                       taken: set[str]) -> Path:
+    """One PNG: the original image, at its own size, with the Grad-CAM of the predicted class over it."""
+    image = datamod.open_image(path)
+    heat = explain.full_size_cam(cam, image.width, image.height, preprocess)
+    caption = f"{result['label']} {result['confidence']:.1%}"
+    target = explain.output_name(folder, path, result["label"], result["confidence"], taken)
+    picture = explain.overlay(image, heat, caption)
+    atomic_write(target, lambda file: picture.save(file, format="PNG"))
+    return target
+
+
+def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
+    """One result per readable image: path, label, confidence and the top-k labels with probabilities."""
+    import torch
+
+    paths, problems = datamod.expand_inputs(cfg.inputs)
+    for problem in problems:
+        observer.warn(problem)
+    if not paths:
+        raise DataError("nothing to predict: none of the inputs is an image, a folder of images or a matching glob")
+    # Grad-CAM's gradients are taken in fp32.
+    runtime = resolve_runtime(cfg.device, cfg.no_cuda, "fp32" if cfg.explain is not None else cfg.precision,
+                              cfg.workers)
+    device, precision = runtime.device, runtime.precision
+    predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
+    runtime.report(observer)
+    model = prepare_for_inference(predictor.model, device, precision)
+    loader = loading.make_loader(
+        paths, None, predictor.preprocess.eval_transforms(), batch_size=cfg.batch_size, workers=runtime.workers,
+        pin_memory=runtime.pin_memory, draft_size=predictor.preprocess.resize_size, warn=observer.warn,
+    )
+    k = min(cfg.top_k, len(predictor.class_names))
+    explain_dir = cfg.explain
+    if explain_dir is not None:
+        from alexnet_cli import explain
+
+        explain_dir.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+    results: list[dict[str, Any]] = []
+    skipped = 0
+    # Grad-CAM needs gradients; plain prediction runs without autograd at all.
+    with torch.inference_mode(explain_dir is None), loader:
+        for images, _, indices, failed in loader:
+            skipped += loading.report_unreadable(failed, cfg.strict, observer)
+            if images is None:
+                continue
+            batch = to_device(images, device, precision.dtype)
+            if explain_dir is not None:
+                cams, logits = explain.grad_cam(model, batch)
+            else:
+                logits = model(batch)
+            probabilities = logits.float().softmax(dim=1)
+            top = probabilities.topk(k, dim=1)
+            for row, (index, values, classes) in enumerate(zip(indices, top.values.tolist(), top.indices.tolist())):
+                ranked = [{"label": predictor.class_names[c], "probability": p} for p, c in zip(values, classes)]
+                result = {"path": paths[index], "label": ranked[0]["label"], "confidence": ranked[0]["probability"],
+                          "top_k": ranked}
+                if explain_dir is not None:
+                    result["explanation"] = str(_write_explanation(
+                        explain, paths[index], cams[row], predictor.preprocess, explain_dir, result, taken))
+                results.append(result)
+    if not results:
+        raise DataError(f"none of the {len(paths)} files could be read as an image")
+    if skipped:
+        observer.warn(f"{skipped} of {len(paths)} files skipped")
+    return results

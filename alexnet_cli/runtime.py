@@ -1,0 +1,81 @@
+"""Where and how a command computes, resolved once for train, evaluate and predict: the device, the precision,
+the loader processes and the backend switches; and the few moves every loop makes to put data and models
+there."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from alexnet_cli.device import DeviceChoice, Precision, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    import torch
+
+    from alexnet_cli.observer import Observer
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    device_reason: str  # one line: what was picked and why
+    precision: Precision
+    workers: int  # loader processes
+
+    @property
+    def pin_memory(self) -> bool:
+        """Page-locked host memory makes non_blocking copies to CUDA asynchronous."""
+        return self.device.type == "cuda"
+
+    def report(self, observer: Observer) -> None:
+        observer.info(f"device: {self.device_reason}")
+        observer.info(f"precision: {self.precision.reason}")
+
+
+def resolve_runtime(device: str, no_cuda: bool, precision: str, workers: int | None,
+                    choice: DeviceChoice | None = None) -> Runtime:
+    """--device, --no-cuda, --precision and --workers as one Runtime. `choice` is a device already chosen
+    (torchrun picks each rank's own)."""
+    choice = choice or resolve_device(device, no_cuda=no_cuda)
+    resolved = resolve_precision(precision, choice.device)
+    configure_backends(choice.device)
+    return Runtime(choice.device, choice.reason, resolved, default_workers() if workers is None else workers)
+
+
+def default_workers() -> int:
+    """Loader processes: none on 2 cores or fewer, else cores - 1 (at most 4), leaving a core for the model.
+
+    On 2 cores a worker process competes with the model's two compute threads: training measured 33 img/s
+    with no worker against 30 with one (500x375 JPEGs), and 16.5 against 10.7 (4000x3000); docs/performance.md.
+    """
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
+
+
+def configure_backends(device: torch.device) -> None:
+    """cuDNN picks the fastest convolution algorithms for our fixed input size (one-off cost at the start)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def to_device(batch: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A batch of images as the model wants it: on the device, channels_last (NHWC), in the model's dtype."""
+    import torch
+
+    return batch.to(device, dtype=dtype, non_blocking=True, memory_format=torch.channels_last)
+
+
+def prepare_for_inference(model, device: torch.device, precision: Precision):
+    """channels_last, and the weights themselves in bf16/fp16 when reduced: faster than autocast at inference,
+    which re-casts every weight on every call (at batch 1 autocast measured slower than fp32)."""
+    import torch
+
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return model.to(precision.dtype) if precision.reduced else model
+
+
+def model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
