@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "alexnet_cli"
 MAX_MODULE_LINES = 450  # "no module over about 400 lines"
 
@@ -70,3 +72,14 @@ def test_modules_stay_small_and_are_all_in_the_layout():
         if name not in ("alexnet_cli", "alexnet_cli.__main__"):
             filename = str(path.relative_to(PACKAGE)).replace("\\", "/")
             assert f"`{filename}`" in layout, f"{filename} is missing from docs/development.md's layout"
+
+
+def test_every_subpackage_is_installed():
+    """pip install . (not -e) must carry alexnet_cli.training too: pyproject's package list covers them all."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 and newer
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in (name for name, path in _modules().items() if path.name == "__init__.py"):
+        assert any(fnmatch.fnmatch(package, pattern) for pattern in include), package
