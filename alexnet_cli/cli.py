@@ -147,9 +147,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(
         help="Epochs to train to.", show_default=f"{DEFAULT_EPOCHS}, or the resumed run's own")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=LR_DEFAULT)] = None,
-    optimizer: Annotated[
-        str, typer.Option(help=OPTIMIZER_HELP)
-    ] = TrainConfig.optimizer,
+    optimizer: Annotated[str, typer.Option(help=OPTIMIZER_HELP)] = TrainConfig.optimizer,
     weight_decay: Annotated[Optional[float], typer.Option(
         help="L2 weight decay.", show_default=WEIGHT_DECAY_DEFAULT)] = None,
     scheduler: Annotated[
