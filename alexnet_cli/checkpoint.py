@@ -97,7 +97,8 @@ def publish_copy(source: str | Path, target: str | Path) -> None:
     A hard link shares the file until `source` is next replaced: os.replace gives `source` a new inode and
     leaves `target` holding the old one, which is exactly the snapshot wanted. Where links are not
     supported, the file is copied through atomic_write. A target held open elsewhere (PermissionError on
-    Windows) is tried again; CheckpointError if it stays so, with the previous target left as it was.
+    Windows, whose NTFS has hard links) is tried again; CheckpointError if it stays so, or if the copy fails,
+    with the previous target left as it was.
     """
     source, target = Path(source), Path(target)
     for attempt in range(PUBLISH_ATTEMPTS):
@@ -108,10 +109,6 @@ def publish_copy(source: str | Path, target: str | Path) -> None:
             if attempt + 1 == PUBLISH_ATTEMPTS:
                 raise CheckpointError(f"could not replace {target}: {exc.strerror or exc} (is another program "
                                       "holding it open?)") from None
-            time.sleep(PUBLISH_WAIT)
-        except CheckpointError as exc:  # atomic_write's report of a failed copy
-            if not isinstance(exc.__context__, PermissionError) or attempt + 1 == PUBLISH_ATTEMPTS:
-                raise
             time.sleep(PUBLISH_WAIT)
 
 

@@ -236,10 +236,11 @@ def make_loader(
     if cache is not None and from_cache is None:
         raise ValueError("a cache needs the second half of the transform (from_cache)")
     dataset = ImageDataset(paths, labels, transform, augment_seed, draft_size, cache, from_cache)
-    if workers > 0 and start_method() != "fork":
+    method = start_method() if workers > 0 else "fork"
+    if method != "fork":  # fork copies the process; spawn and forkserver pickle what the workers receive
         reason = why_not_picklable(dataset, collate_readable, worker_init)
         if reason is not None:
-            warn(f"loader processes cannot start under the {start_method()!r} start method ({reason}); "
+            warn(f"loader processes cannot start under the {method!r} start method ({reason}); "
                  "loading in this process instead")
             workers = 0
     sampler = order if isinstance(order, EpochSampler) or order is None else list(order)
