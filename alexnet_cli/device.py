@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import re
+import sys
 from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -173,6 +176,67 @@ def measure_cpu_bf16_speedup(rounds: int = 3) -> float:
     return timed(torch.float32) / timed(torch.bfloat16)
 
 
+SPEEDUP_FILE = "cpu-bf16.json"
+
+
+def user_cache_dir() -> Path:
+    """Where the tool remembers things between runs: $ALEXNET_CACHE_DIR, else the platform's cache folder
+    (XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows)/alexnet-cli."""
+    if os.environ.get("ALEXNET_CACHE_DIR"):
+        return Path(os.environ["ALEXNET_CACHE_DIR"])
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "alexnet-cli"
+
+
+def _cpu_key() -> str:
+    """What the bf16 measurement depends on: the CPU (as this process sees it), its threads, and torch."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{name} | {capability} | native bf16 {cpu_native_bf16()} | {torch.get_num_threads()} threads | " \
+           f"torch {torch.__version__}"
+
+
+def cpu_bf16_speedup() -> tuple[float, str | None]:
+    """measure_cpu_bf16_speedup(), remembered per CPU, thread count and torch version in user_cache_dir():
+    (the ratio, and the day it was measured when it was remembered, else None). Delete the file to measure
+    again; a file that cannot be read or written is measured around."""
+    import datetime
+
+    path, key = user_cache_dir() / SPEEDUP_FILE, _cpu_key()
+    known: dict = {}
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        known = loaded if isinstance(loaded, dict) else {}
+        if key in known:
+            return float(known[key]["speedup"]), str(known[key]["measured"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    ratio = measure_cpu_bf16_speedup()
+    known[key] = {"speedup": round(ratio, 4), "measured": datetime.date.today().isoformat()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return ratio, None
+
+
 def resolve_precision(name: str, device: torch.device, *, speedup: float | None = None) -> Precision:
     """--precision auto|fp32|bf16|fp16 on the chosen device.
 
@@ -210,10 +274,11 @@ def resolve_precision(name: str, device: torch.device, *, speedup: float | None 
         return Precision("fp32", f"auto: fp32 (mixed precision is not used on {kind})")
     if speedup is None and not cpu_native_bf16():
         return Precision("fp32", "auto: fp32 (this CPU has no native bf16)")
-    ratio = measure_cpu_bf16_speedup() if speedup is None else speedup
+    ratio, remembered = cpu_bf16_speedup() if speedup is None else (speedup, None)
+    when = "" if remembered is None else f" on {remembered}, remembered in {user_cache_dir() / SPEEDUP_FILE}"
     if ratio >= BF16_MIN_SPEEDUP:
-        return Precision("bf16", f"auto: bf16 mixed precision (bf16 measured {ratio:.2f}x fp32 on this CPU)")
-    return Precision("fp32", f"auto: fp32 (this CPU has native bf16, but it measured {ratio:.2f}x fp32 here)")
+        return Precision("bf16", f"auto: bf16 mixed precision (bf16 measured {ratio:.2f}x fp32 on this CPU{when})")
+    return Precision("fp32", f"auto: fp32 (this CPU has native bf16, but it measured {ratio:.2f}x fp32 here{when})")
 
 
 # ---------------------------------------------------------------------------------------------- running sums

@@ -8,11 +8,13 @@ import io
 import json
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alexnet_cli.checkpoint import Checkpoint, atomic_write_text, publish_copy
-from alexnet_cli.errors import CheckpointError
+from alexnet_cli.checkpoint import Checkpoint, atomic_write_text, publish_copy, save_checkpoint
+from alexnet_cli.errors import AlexNetError, CheckpointError
+from alexnet_cli.writer import CheckpointWriter, copy_containers
 
 if TYPE_CHECKING:
     from alexnet_cli.observer import Observer
@@ -76,6 +78,7 @@ class RunFolder:
     def __init__(self, path: Path, writes: bool) -> None:
         self.path = path
         self.writes = writes
+        self.writer = CheckpointWriter()  # each epoch's checkpoint goes to disk while the next one trains
 
     @classmethod
     def open(cls, output: Path | None, writes: bool) -> RunFolder:
@@ -99,24 +102,52 @@ class RunFolder:
         if self.writes:
             write_json(self.path / name, data)
 
-    def save_last(self, checkpoint: Checkpoint) -> None:
+    def save_last(self, checkpoint: Checkpoint, observer: Observer) -> None:
+        """last.pt now, after the write in flight (on a signal: the run is about to exit)."""
         if self.writes:
+            self.writer.wait(observer.warn)
             checkpoint.save(self.last)
 
     def save_epoch(self, checkpoint: Checkpoint, history: Sequence[dict[str, Any]], improved: bool,
                    confusion: dict[str, Any] | None, observer: Observer) -> None:
-        """After an epoch: last.pt; best.pt and the best epoch's confusion matrix when it improved; metrics.csv."""
+        """After an epoch, in the background (writer.py): last.pt; best.pt and the best epoch's confusion
+        matrix when it improved; metrics.csv. Each file is on disk before the next is begun."""
         if not self.writes:
             return
-        checkpoint.save(self.last)
-        if improved:
+        payload, rows = copy_containers(checkpoint.to_payload()), copy_containers(list(history))
+        epoch = checkpoint.training.epoch
+
+        def job(serialised, warn) -> None:
+            save_checkpoint(self.last, payload, serialised)
+            if improved:
+                try:
+                    publish_copy(self.last, self.best)
+                except CheckpointError as exc:  # a locked best.pt must not end a run that can go on
+                    warn(f"{exc}; best.pt was not updated, last.pt holds epoch {epoch}")
+                if confusion is not None:
+                    write_json(self.path / "confusion.json", confusion)
+            write_metrics(self.path / "metrics.csv", rows)
+
+        self.writer.submit(job, observer.warn)
+
+    def guard(self, optimizer) -> None:
+        """The optimizer's steps wait until a checkpoint in flight has read the tensors they change."""
+        if self.writes:
+            self.writer.guard(optimizer)
+
+    @contextmanager
+    def writing(self, observer: Observer):
+        """Leaving it, wait for the write in flight. After an error, the write's own failure (if it failed
+        too) is not said over the first one."""
+        try:
+            yield self
+        except BaseException:
             try:
-                publish_copy(self.last, self.best)
-            except CheckpointError as exc:  # a locked best.pt must not end a run that can go on
-                observer.warn(f"{exc}; best.pt was not updated, last.pt holds epoch {checkpoint.training.epoch}")
-            if confusion is not None:
-                write_json(self.path / "confusion.json", confusion)
-        write_metrics(self.path / "metrics.csv", history)
+                self.writer.wait(observer.warn)
+            except AlexNetError:
+                pass
+            raise
+        self.writer.wait(observer.warn)
 
     def draw_plots(self, observer: Observer) -> None:
         """curves.png and confusion_matrix.png, or one line on how to get them."""

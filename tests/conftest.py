@@ -20,6 +20,8 @@ def _isolated(tmp_path, monkeypatch):
     """Every test runs in its own folder (runs/ lands there) with a fixed 100-column console."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "100")
+    # What the tool remembers between runs (the CPU's bf16 measurement) goes to the test's folder, not ~/.cache
+    monkeypatch.setenv("ALEXNET_CACHE_DIR", str(tmp_path / "user-cache"))
     monkeypatch.delenv("ALEXNET_DEBUG", raising=False)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -40,6 +41,39 @@ def test_auto_on_a_cpu_uses_bf16_only_where_it_measured_faster(monkeypatch):
     monkeypatch.setattr(devmod, "cpu_native_bf16", lambda: True)
     monkeypatch.setattr(devmod, "measure_cpu_bf16_speedup", lambda: 1.5)
     assert resolve_precision("auto", CPU).name == "bf16"
+
+
+def test_the_cpu_measurement_is_remembered_per_machine_and_torch_version(tmp_path, monkeypatch):
+    measured = []
+    monkeypatch.setattr(devmod, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(devmod, "measure_cpu_bf16_speedup", lambda: measured.append(1) or 0.54)
+    first = resolve_precision("auto", CPU)
+    assert first.name == "fp32" and "remembered" not in first.reason and len(measured) == 1
+    again = resolve_precision("auto", CPU)  # as the next command would: no new measurement
+    path = tmp_path / "user-cache" / devmod.SPEEDUP_FILE
+    assert len(measured) == 1 and "0.54x" in again.reason and f"remembered in {path}" in again.reason
+    assert "torch " + torch.__version__ in next(iter(json.loads(path.read_text())))
+    monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch measures for itself
+    resolve_precision("auto", CPU)
+    assert len(measured) == 2 and len(json.loads(path.read_text())) == 2
+    path.write_text("{not json")  # a damaged file is measured around, and rewritten
+    resolve_precision("auto", CPU)
+    assert len(measured) == 3 and json.loads(path.read_text())
+    path.unlink()  # the documented way to measure again
+    resolve_precision("auto", CPU)
+    assert len(measured) == 4
+
+
+def test_the_user_cache_folder_per_platform(monkeypatch, tmp_path):
+    monkeypatch.delenv("ALEXNET_CACHE_DIR")
+    monkeypatch.setattr(devmod.Path, "home", lambda: tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert devmod.user_cache_dir() == tmp_path / "xdg" / "alexnet-cli"
+    monkeypatch.setattr(devmod.sys, "platform", "darwin")
+    assert devmod.user_cache_dir() == tmp_path / "Library" / "Caches" / "alexnet-cli"
+    monkeypatch.setattr(devmod.sys, "platform", "win32")
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
+    assert devmod.user_cache_dir() == tmp_path / "local" / "alexnet-cli"
 
 
 def test_the_cpu_measurement_is_a_real_ratio():

@@ -37,6 +37,7 @@ class TrainResult:
     best_acc: float
     stopped_early: bool
     history: tuple[dict[str, Any], ...] = ()
+    checkpoint_waits: tuple[float, ...] = ()  # per epoch: seconds the loop waited for its checkpoint
 
 
 def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
@@ -66,8 +67,12 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     run = Run(cfg, epochs, runtime, data, parts, state, folder, config, dist, observer)
     partial = checkpoint.training.partial if checkpoint is not None else None
     stopped_early = False
-    # Leaving this block, by the end of the run, a signal or an error, stops the loader processes.
-    with graceful_interrupts() as interrupts, make_loaders(cfg, data, runtime, dist, observer) as loaders:
+    # Checkpoints are written while the next epoch trains; the optimizer's step waits until they are read.
+    folder.guard(parts.optimizer)
+    # Leaving this block, by the end of the run, a signal or an error, stops the loader processes and waits
+    # for the checkpoint in flight.
+    with graceful_interrupts() as interrupts, make_loaders(cfg, data, runtime, dist, observer) as loaders, \
+            folder.writing(observer):
         _show_samples(run)
         while state.epoch < epochs:
             progress, iterations = run.start_epoch(loaders, partial)
@@ -81,7 +86,7 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
                 break
     run.finish()
     return TrainResult(folder.path, state.epoch, state.best_epoch, state.best_acc, stopped_early,
-                       tuple(state.history))
+                       tuple(state.history), tuple(folder.writer.waits))
 
 
 def _epochs(cfg: TrainConfig) -> int:

@@ -66,7 +66,8 @@ class Run:
     def stop(self, progress: EpochProgress, iterations: int, interrupts: list[int]) -> TrainingInterrupted:
         """Save where a signal stopped the run, so that --resume continues from the next step; the error that
         says so, with the exit code of the signal."""
-        self.folder.save_last(self.checkpoint(partial={**progress.to_dict(), "world_size": self.dist.world_size}))
+        self.folder.save_last(self.checkpoint(partial={**progress.to_dict(), "world_size": self.dist.world_size}),
+                              self.observer)
         signum = interrupts[0] if interrupts else signal.SIGTERM
         return TrainingInterrupted(
             f"stopped by {signal.Signals(signum).name} at epoch {progress.epoch}, iteration "
