@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -278,7 +279,10 @@ class Checkpoint:
         save_checkpoint(path, self.to_payload())
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, mmap: bool = True) -> Checkpoint:
+    """Always weights-only. Memory-mapped by default: a best.pt also holds Adam's two moments, twice the
+    weights, which evaluate and predict never read (and so never load). --resume passes mmap=False: its
+    optimizer state would stay backed by the file, and Windows cannot replace a file that is mapped."""
     import torch
 
     path = Path(path)
@@ -287,7 +291,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         with warnings.catch_warnings():  # torch warns about unusual pickle protocols: we report our own error
             warnings.simplefilter("ignore")
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            # Only torch's zip format maps; the legacy one (the write-up's AlexNet.pkl, say) is read whole.
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         # weights_only refuses any pickle that would build arbitrary Python objects: nothing in it ran.
         detail = str(exc).strip().splitlines()

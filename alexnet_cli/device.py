@@ -7,8 +7,8 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alexnet_cli.errors import ConfigError, DeviceError

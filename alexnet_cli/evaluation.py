@@ -17,7 +17,7 @@ from alexnet_cli.config import EvaluateConfig
 from alexnet_cli.device import Precision, sum_dtype
 from alexnet_cli.observer import Observer
 from alexnet_cli.runs import resolve_weights
-from alexnet_cli.runtime import model_dtype, prepare_for_inference, resolve_runtime, to_device
+from alexnet_cli.runtime import DECODE_THREADS, model_dtype, prepare_for_inference, resolve_runtime, to_device
 
 
 @dataclass
@@ -127,7 +127,7 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     loader = loading.make_loader(
         [p for p, _ in images.samples], [lab for _, lab in images.samples], checkpoint.preprocess.eval_transforms(),
         batch_size=cfg.batch_size, workers=runtime.workers, pin_memory=runtime.pin_memory,
-        draft_size=checkpoint.preprocess.resize_size, warn=observer.warn,
+        draft_size=checkpoint.preprocess.resize_size, warn=observer.warn, threads=DECODE_THREADS,
     )
     predictions: list[tuple[int, int, int]] | None = [] if cfg.save_errors is not None else None
     with loader:

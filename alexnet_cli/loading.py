@@ -13,12 +13,16 @@ Only the commands that load images import this module, so it imports torch at th
 from __future__ import annotations
 
 import atexit
+import collections
 import io
+import itertools
+import math
 import multiprocessing
 import pickle
 import signal
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -27,6 +31,7 @@ from torch.utils.data import DataLoader
 from alexnet_cli.cache import ImageCache
 from alexnet_cli.data import UnreadableImage, open_image
 from alexnet_cli.errors import DataError
+from alexnet_cli.preprocess import PixelBatch, Pixels
 from alexnet_cli.seeds import sample_seed
 
 
@@ -81,7 +86,9 @@ def collate_readable(batch):
     failed = [(index, error) for image, _, index, error in batch if image is None]
     if not good:
         return None, None, [], failed
-    images = torch.stack([item[0] for item in good])
+    first = good[0][0]
+    images = PixelBatch.stack([item[0] for item in good]) if isinstance(first, Pixels) else \
+        torch.stack([item[0] for item in good])
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     return images, labels, [item[2] for item in good], failed
 
@@ -178,6 +185,49 @@ class Loader(DataLoader):
         self.close()
 
 
+class ThreadLoader:
+    """The batches of a dataset with no random augmentation (evaluate, predict), in order, its samples decoded
+    on threads while the model computes: Pillow decodes and resizes without Python's lock, and no process has
+    to start. Random augmentation seeds torch's global generator per sample, which threads cannot share, so
+    training keeps to Loader."""
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, order: Sequence[int] | None, threads: int,
+                 pin_memory: bool) -> None:
+        self.dataset, self.batch_size, self.threads, self.pin_memory = dataset, batch_size, threads, pin_memory
+        self.order = list(range(len(dataset))) if order is None else list(order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __iter__(self):
+        indices = iter(self.order)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="alexnet-decode") as pool:
+            pending = collections.deque(pool.submit(self.dataset.__getitem__, index)
+                                        for index in itertools.islice(indices, 2 * self.batch_size))
+            try:
+                while pending:
+                    samples = []
+                    while pending and len(samples) < self.batch_size:
+                        samples.append(pending.popleft().result())
+                        pending.extend(pool.submit(self.dataset.__getitem__, i) for i in itertools.islice(indices, 1))
+                    batch = collate_readable(samples)
+                    if self.pin_memory and batch[0] is not None:
+                        batch = (batch[0].pin_memory(), batch[1].pin_memory(), *batch[2:])
+                    yield batch
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ThreadLoader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 _OPEN: weakref.WeakSet[Loader] = weakref.WeakSet()
 
 
@@ -224,11 +274,13 @@ def make_loader(
     cache: ImageCache | None = None,
     from_cache: Callable | None = None,
     warn: Callable[[str], None] = lambda message: None,
-) -> Loader:
+    threads: int = 0,
+) -> Loader | ThreadLoader:
     """Batches in `order` (default: as given), or as an EpochSampler says. Each batch is
     (images, labels, indices, failed). Images in `cache` skip the file and the first half of `transform`:
     `from_cache` is the rest (Preprocess.train_crop or eval_crop).
 
+    With no workers, `threads` decode an unaugmented dataset on threads (ThreadLoader).
     With workers, the loader's processes persist from one pass to the next (a loader iterated once per epoch
     starts them once) until the loader is closed. Where the dataset cannot be sent to a process started by
     spawn or forkserver, `warn` is told so in one line and the images load in this process instead.
@@ -236,6 +288,8 @@ def make_loader(
     if cache is not None and from_cache is None:
         raise ValueError("a cache needs the second half of the transform (from_cache)")
     dataset = ImageDataset(paths, labels, transform, augment_seed, draft_size, cache, from_cache)
+    if threads > 0 and workers == 0 and augment_seed is None and not isinstance(order, EpochSampler):
+        return ThreadLoader(dataset, batch_size, order, threads, pin_memory)
     method = start_method() if workers > 0 else "fork"
     if method != "fork":  # fork copies the process; spawn and forkserver pickle what the workers receive
         reason = why_not_picklable(dataset, collate_readable, worker_init)

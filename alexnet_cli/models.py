@@ -217,18 +217,29 @@ def build_model(
     if pretrained and arch != "alexnet-torchvision":
         raise ConfigError(f"ImageNet weights exist only for alexnet-torchvision, not {arch}")
 
+    if state_dict is not None:
+        return _with_weights(arch, num_classes, dropout, state_dict)
     model = _architecture(arch, 1000 if pretrained else num_classes, dropout)
-    if not pretrained and state_dict is None:
+    if not pretrained:
         init_weights(model)
     if pretrained:
         model.load_state_dict(pretrained_state_dict(progress))
         if num_classes != 1000:
             model.classifier[-1] = nn.Linear(4096, num_classes)
-    elif state_dict is not None:
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"the weights do not fit {arch} with {num_classes} classes: {first}") from None
     return model
+
+
+def _with_weights(arch: str, num_classes: int, dropout: float, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The model made on the meta device and given `state_dict`'s tensors as its parameters: no random
+    initialisation to overwrite, and no copy (a memory-mapped checkpoint's weights are read as they are used)."""
+    import torch
+
+    with torch.device("meta"):
+        model = _architecture(arch, num_classes, dropout)
+    try:
+        model.load_state_dict(state_dict, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"the weights do not fit {arch} with {num_classes} classes: {first}") from None
+    return model.float()  # a half-precision state_dict computes as the model always has: in fp32
 

@@ -16,7 +16,7 @@ from alexnet_cli.models import build_model
 from alexnet_cli.observer import Observer
 from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.runs import resolve_weights
-from alexnet_cli.runtime import prepare_for_inference, resolve_runtime, to_device
+from alexnet_cli.runtime import DECODE_THREADS, prepare_for_inference, resolve_runtime, to_device
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
     loader = loading.make_loader(
         paths, None, predictor.preprocess.eval_transforms(), batch_size=cfg.batch_size, workers=runtime.workers,
         pin_memory=runtime.pin_memory, draft_size=predictor.preprocess.resize_size, warn=observer.warn,
+        threads=DECODE_THREADS,
     )
     k = min(cfg.top_k, len(predictor.class_names))
     explain_dir = cfg.explain

@@ -1,6 +1,12 @@
 """Preprocessing: the one definition of how an image becomes the model's input, stored in every checkpoint
 and rebuilt by evaluate, predict and export. It is one torchvision `transforms.v2` pipeline cut in two: the
-deterministic decode half (what the decoded-image cache holds) and the crop half (random for training)."""
+deterministic decode half (what the decoded-image cache holds) and the crop half (random for training).
+
+The crop half ends in one of two ways. The uint8 path (the default): each sample stays the uint8 crop, with
+its flip drawn but not made (`Pixels`); a batch of them (`PixelBatch`) goes to the device as uint8, a quarter
+of the bytes, and is flipped, scaled and normalised there in one batched pass. The float path does the same
+per sample on the CPU (`on_device=False`); both give the same numbers, bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -65,26 +71,93 @@ class Preprocess:
 
         return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
 
-    def train_crop(self) -> Callable:
-        """The second half for training, from decode_transforms' tensor: random crop, random flip, normalise."""
+    def train_crop(self, on_device: bool = True) -> Callable:
+        """The second half for training, from decode_transforms' tensor: random crop, random flip, normalise
+        (on the device: a `Pixels` sample whose flip is drawn but not made)."""
         from torchvision.transforms import v2
 
+        if on_device:
+            return v2.Compose([v2.ToImage(), v2.RandomCrop(self.image_size), ToPixels(self.mean, self.std, 0.5)])
         return v2.Compose([v2.ToImage(), v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip(), *self._tail()])
 
-    def eval_crop(self) -> Callable:
+    def eval_crop(self, on_device: bool = True) -> Callable:
         """The second half for evaluation: the centre crop, normalised; nothing random."""
         from torchvision.transforms import v2
 
+        if on_device:
+            return v2.Compose([v2.ToImage(), v2.CenterCrop(self.image_size), ToPixels(self.mean, self.std)])
         return v2.Compose([v2.ToImage(), v2.CenterCrop(self.image_size), *self._tail()])
 
-    def train_transforms(self) -> Callable:
-        """A PIL image to a normalised training tensor: decode_transforms then train_crop, the very same ops
-        whether an image comes from the file or from the cache."""
+    def train_transforms(self, on_device: bool = True) -> Callable:
+        """A PIL image to a training sample: decode_transforms then train_crop, the very same ops whether an
+        image comes from the file or from the cache."""
         from torchvision.transforms import v2
 
-        return v2.Compose([self.decode_transforms(), self.train_crop()])
+        return v2.Compose([self.decode_transforms(), self.train_crop(on_device)])
 
-    def eval_transforms(self) -> Callable:
+    def eval_transforms(self, on_device: bool = True) -> Callable:
         from torchvision.transforms import v2
 
-        return v2.Compose([self.decode_transforms(), self.eval_crop()])
+        return v2.Compose([self.decode_transforms(), self.eval_crop(on_device)])
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """One sample on the uint8 path: the crop's pixels (uint8, CHW) and whether the device flips it."""
+
+    pixels: Any
+    flip: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class ToPixels:
+    """The end of the uint8 path. The flip is drawn exactly as v2.RandomHorizontalFlip draws it (one
+    torch.rand(1) after the crop's draws: flip when below p), so the random streams and every later draw are
+    those of the float path; PixelBatch makes it."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], flip_p: float = 0.0) -> None:
+        self.mean, self.std, self.flip_p = tuple(mean), tuple(std), flip_p
+
+    def __call__(self, image) -> Pixels:
+        import torch
+
+        flip = bool(torch.rand(1) < self.flip_p) if self.flip_p > 0 else False
+        return Pixels(image.as_subclass(torch.Tensor), flip, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class PixelBatch:
+    """A batch on the uint8 path, as collate_readable stacks it: uint8 NCHW and a bool per image."""
+
+    pixels: Any
+    flips: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def stack(cls, samples: list[Pixels]) -> PixelBatch:
+        import torch
+
+        return cls(torch.stack([s.pixels for s in samples]), torch.tensor([s.flip for s in samples]),
+                   samples[0].mean, samples[0].std)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def pin_memory(self) -> PixelBatch:  # DataLoader(pin_memory=True) calls this
+        return PixelBatch(self.pixels.pin_memory(), self.flips, self.mean, self.std)
+
+    def to_model(self, device, dtype=None, memory_format=None):
+        """On the device: flip, scale to [0, 1] and normalise, with the very ops the float path runs per
+        sample (torchvision's v2 functionals), batched."""
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        images = self.pixels.to(device, non_blocking=True)
+        if bool(self.flips.any()):
+            flips = self.flips.to(device, non_blocking=True).view(-1, 1, 1, 1)
+            images = torch.where(flips, F.horizontal_flip(images), images)
+        images = F.normalize(F.to_dtype(images, torch.float32, scale=True), list(self.mean), list(self.std),
+                             inplace=True)
+        return images.to(dtype=dtype, memory_format=memory_format or torch.channels_last)

@@ -12,7 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alexnet_cli.checkpoint import Checkpoint, atomic_write_text, publish_copy, save_checkpoint
+from alexnet_cli.checkpoint import (
+    Checkpoint,
+    atomic_write_text,
+    publish_copy,
+    save_checkpoint,
+)
 from alexnet_cli.errors import AlexNetError, CheckpointError
 from alexnet_cli.writer import CheckpointWriter, copy_containers
 

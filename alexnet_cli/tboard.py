@@ -57,7 +57,7 @@ class TensorBoardObserver:
 
         from alexnet_cli.data import UnreadableImage, open_image
 
-        transform = preprocess.eval_transforms()
+        transform = preprocess.eval_transforms(on_device=False)
         mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         std = torch.tensor(preprocess.std).view(3, 1, 1)
         picked, names = [], []

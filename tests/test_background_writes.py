@@ -12,11 +12,11 @@ import time
 
 import pytest
 import torch
+from conftest import FAST_TRAIN, TINY, env_without_debug, invoke, one_error_line
 
 from alexnet_cli import checkpoint as checkpoint_mod
 from alexnet_cli import runs
 from alexnet_cli.writer import CheckpointWriter, copy_containers
-from conftest import FAST_TRAIN, TINY, env_without_debug, invoke, one_error_line
 
 
 def test_the_optimizer_step_waits_until_the_write_has_read_the_weights():

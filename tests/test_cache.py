@@ -114,11 +114,15 @@ def test_cached_pixels_are_what_the_file_path_gives(shapes):
     path = str(shapes / "train" / "circle" / "circle_0001.png")
     cache.add(path, cache.load(path))
     for seed in range(4):
-        torch.manual_seed(seed)
-        from_file = preprocess.train_transforms()(open_image(path, preprocess.resize_size))
-        torch.manual_seed(seed)
-        from_cache = preprocess.train_crop()(cache.get(path))
-        assert torch.equal(from_file, from_cache)
+        for on_device in (False, True):
+            torch.manual_seed(seed)
+            from_file = preprocess.train_transforms(on_device)(open_image(path, preprocess.resize_size))
+            torch.manual_seed(seed)
+            from_cache = preprocess.train_crop(on_device)(cache.get(path))
+            if on_device:
+                assert from_file.flip == from_cache.flip
+                from_file, from_cache = from_file.pixels, from_cache.pixels
+            assert torch.equal(from_file, from_cache)
 
 
 def test_a_bomb_is_refused_even_with_warnings_silenced(tmp_path):

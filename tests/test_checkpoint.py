@@ -185,3 +185,25 @@ def test_the_format_document_and_the_schema_agree():
 
     document = (Path(__file__).resolve().parent.parent / "docs" / "checkpoint-format.md").read_text()
     assert tuple(re.findall(r"^\| `(\w+)` \|", document, flags=re.M)) == Checkpoint.payload_keys()
+
+
+def test_checkpoints_are_memory_mapped_where_torch_can_map_them(tmp_path, monkeypatch):
+    """evaluate and predict map the file (best.pt's Adam moments are never read); a legacy pickle is read."""
+    model = build_model("alexnet", num_classes=2)
+    torch.save(model.state_dict(), tmp_path / "zip.pt")
+    torch.save(model.state_dict(), tmp_path / "legacy.pkl", _use_new_zipfile_serialization=False)
+    real, mapped = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: mapped.append(k.get("mmap")) or real(*a, **k))
+    loaded = [load_checkpoint(tmp_path / "zip.pt"), load_checkpoint(tmp_path / "legacy.pkl"),
+              load_checkpoint(tmp_path / "zip.pt", mmap=False)]
+    assert mapped == [True, False, False]
+    for checkpoint in loaded:
+        built = checkpoint.build()
+        assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), model.state_dict().values()))
+
+
+def test_weights_in_half_precision_build_a_float32_model():
+    half = {k: v.half() for k, v in build_model("alexnet", num_classes=2).state_dict().items()}
+    model = build_model("alexnet", num_classes=2, state_dict=half)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model(torch.randn(1, 3, 67, 67)).dtype == torch.float32

@@ -16,7 +16,7 @@ def test_evaluate_json_agrees_with_a_hand_count(runner, shapes):
 
     # The hand count: one image at a time through the checkpoint's own preprocessing.
     checkpoint = load_checkpoint("run/best.pt")
-    model, transform = checkpoint.build(), checkpoint.preprocess.eval_transforms()
+    model, transform = checkpoint.build(), checkpoint.preprocess.eval_transforms(on_device=False)
     images = load_image_folder(shapes / "val", classes=checkpoint.class_names)
     confusion = [[0, 0], [0, 0]]
     losses = []

@@ -173,3 +173,59 @@ def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
             best[precision] = max(float(row["val_acc"]) for row in csv.DictReader(handle))
     assert min(best.values()) >= 0.95, best  # both learnt the task: chance is 0.5
     assert abs(best["bf16"] - best["fp32"]) <= 0.02, best
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["from-files", "from-cache"])
+def test_the_uint8_path_gives_the_float_paths_batches(shapes, cached):
+    """Crops stay uint8 until to_device, which flips, scales and normalises the batch: the same tensors, bit
+    for bit, as the float path's per-sample transforms, for training (random crops and flips) and evaluation."""
+    from alexnet_cli import data as datamod
+    from alexnet_cli import loading
+    from alexnet_cli.cache import ImageCache
+    from alexnet_cli.preprocess import PixelBatch, Preprocess
+
+    preprocess = Preprocess.for_arch(TINY, 227)
+    cache = ImageCache(preprocess, "ram") if cached else None
+    images = datamod.load_image_folder(shapes / "train", cache=cache)
+    paths, labels = [p for p, _ in images.samples], [lab for _, lab in images.samples]
+    flips = 0
+    for train in (True, False):
+        batches = {}
+        for on_device in (False, True):
+            make = preprocess.train_transforms if train else preprocess.eval_transforms
+            crop = preprocess.train_crop if train else preprocess.eval_crop
+            sampler = loading.EpochSampler()
+            sampler.set_epoch(list(reversed(range(len(paths)))), augment_seed=7 if train else None)
+            loader = loading.make_loader(paths, labels, make(on_device), batch_size=5, workers=0, pin_memory=False,
+                                         order=sampler, cache=cache, from_cache=crop(on_device) if cached else None)
+            batches[on_device] = [(to_device(b, torch.device("cpu")), b) for b, *_ in loader]
+        for (floats, _), (pixels, raw) in zip(batches[False], batches[True]):
+            assert isinstance(raw, PixelBatch) and raw.pixels.dtype == torch.uint8
+            assert pixels.dtype == torch.float32 and torch.equal(floats, pixels)
+            flips += int(raw.flips.sum())
+    assert flips > 0  # some images were flipped, so the flip itself was compared
+
+
+def test_decoding_threads_give_the_batches_of_one_thread_in_order(shapes):
+    """evaluate and predict decode on threads: the same batches, in order, a broken file named in its batch;
+    a seeded (training) dataset never goes to threads."""
+    from alexnet_cli import loading
+    from alexnet_cli.preprocess import Preprocess
+
+    broken = shapes / "train" / "circle" / "broken.png"
+    broken.write_bytes(b"not a png")
+    paths = sorted(str(p) for p in (shapes / "train").rglob("*.png"))
+    transform = Preprocess.for_arch(TINY, 227).eval_transforms()
+    runs = {}
+    for threads in (0, 2):
+        loader = loading.make_loader(paths, None, transform, batch_size=3, workers=0, pin_memory=False,
+                                     threads=threads)
+        assert isinstance(loader, loading.ThreadLoader) == (threads > 0) and len(loader) == 6
+        with loader:
+            runs[threads] = [(b.pixels if b is not None else None, idx, failed) for b, _, idx, failed in loader]
+    for (a, ia, fa), (b, ib, fb) in zip(runs[0], runs[2], strict=True):
+        assert ia == ib and fa == fb and (a is None and b is None or torch.equal(a, b))
+    assert [f for *_, failed in runs[2] for f in failed][0][0] == paths.index(str(broken))
+    seeded = loading.make_loader(paths, None, transform, batch_size=3, workers=0, pin_memory=False, threads=2,
+                                 augment_seed=1)
+    assert not isinstance(seeded, loading.ThreadLoader)

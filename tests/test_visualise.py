@@ -147,7 +147,7 @@ def test_grad_cam_peaks_inside_the_object_the_model_detects(runner, tmp_path):
 
     checkpoint = load_checkpoint(Path("run/best.pt"))
     model = checkpoint.build().eval()
-    transform = checkpoint.preprocess.eval_transforms()
+    transform = checkpoint.preprocess.eval_transforms(on_device=False)
     for path, (cx, cy, r) in discs.items():
         image = open_image(path)
         cams, logits = explain.grad_cam(model, transform(image)[None])

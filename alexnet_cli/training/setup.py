@@ -26,7 +26,7 @@ def resume(cfg: TrainConfig) -> tuple[Checkpoint | None, TrainConfig]:
     --epochs and where and how it runs now."""
     if not cfg.resume:
         return None, cfg
-    checkpoint = load_checkpoint(cfg.resume)
+    checkpoint = load_checkpoint(cfg.resume, mmap=False)
     if checkpoint.training is None:
         raise CheckpointError(f"{checkpoint.path} holds weights but no training state, so it cannot be resumed")
     saved = {k: v for k, v in checkpoint.training.config.items() if k in TrainConfig.__dataclass_fields__}
@@ -143,6 +143,8 @@ class Loaders:
 
 def make_loaders(cfg: TrainConfig, data: TrainingData, runtime: Runtime, dist: distmod.Dist,
                  observer: Observer) -> Loaders:
+    # Every augmentation there is (crop, flip) has a uint8 form whose flip the device makes per batch.
+    observer.info(f"pixels: uint8 crops to {runtime.device.type}, flipped, scaled and normalised there per batch")
     # JPEGs much larger than the input decode at a reduced scale that still covers the resize.
     common = dict(batch_size=cfg.batch_size, workers=runtime.workers, pin_memory=runtime.pin_memory,
                   draft_size=data.preprocess.resize_size, cache=data.cache, warn=observer.warn)
