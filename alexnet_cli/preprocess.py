@@ -59,11 +59,9 @@ class Preprocess:
             raise DataError(f"the stored preprocessing is malformed: {exc}") from None
 
     def decode_transforms(self) -> Callable:
-        """The deterministic first half, a PIL image to a uint8 CHW tensor at the resize: what the cache holds."""
-        from torchvision.transforms import v2
-
-        mode = v2.InterpolationMode(self.interpolation)
-        return v2.Compose([v2.Resize(self.resize_size, interpolation=mode, antialias=True), v2.PILToTensor()])
+        """The deterministic first half, a PIL image to a uint8 CHW tensor at the resize: what the cache holds.
+        torchvision's v2.Resize and PILToTensor, written out (ShortSideResize)."""
+        return ShortSideResize(self.resize_size, self.interpolation)
 
     def _tail(self) -> list:
         import torch
@@ -81,11 +79,12 @@ class Preprocess:
         return v2.Compose([v2.ToImage(), v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip(), *self._tail()])
 
     def eval_crop(self, on_device: bool = True) -> Callable:
-        """The second half for evaluation: the centre crop, normalised; nothing random."""
+        """The second half for evaluation: the centre crop, normalised; nothing random. On the uint8 path,
+        without torchvision (CenterCropPixels)."""
+        if on_device:
+            return CenterCropPixels(self.image_size, self.mean, self.std)
         from torchvision.transforms import v2
 
-        if on_device:
-            return v2.Compose([v2.ToImage(), v2.CenterCrop(self.image_size), ToPixels(self.mean, self.std)])
         return v2.Compose([v2.ToImage(), v2.CenterCrop(self.image_size), *self._tail()])
 
     def train_transforms(self, on_device: bool = True) -> Callable:
@@ -96,9 +95,67 @@ class Preprocess:
         return v2.Compose([self.decode_transforms(), self.train_crop(on_device)])
 
     def eval_transforms(self, on_device: bool = True) -> Callable:
-        from torchvision.transforms import v2
+        return Chain(self.decode_transforms(), self.eval_crop(on_device))
 
-        return v2.Compose([self.decode_transforms(), self.eval_crop(on_device)])
+
+# What evaluate and predict run is written out below in torch and Pillow, rather than taken from
+# torchvision.transforms.v2: importing torchvision imports torch._dynamo (through torchvision.ops), 1.1 of
+# the 2.3 s that `import torch, torchvision` took on a 2-core Xeon. Each step does what torchvision's does,
+# op for op, and tests hold the two to the same bits (tests/test_performance.py). Training keeps v2.
+
+# PIL.Image.Resampling per interpolation name, as torchvision.transforms.functional.pil_modes_mapping has it
+_PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "nearest-exact": 0, "box": 4, "hamming": 5, "lanczos": 1}
+
+
+class Chain:
+    def __init__(self, *steps: Callable) -> None:
+        self.steps = steps
+
+    def __call__(self, value):
+        for step in self.steps:
+            value = step(value)
+        return value
+
+
+class ShortSideResize:
+    """v2.Resize(size) on a PIL image, then v2.PILToTensor: the short side to `size` (the long one scaled
+    and truncated, as torchvision computes it), Pillow's antialiased filter, uint8 CHW."""
+
+    def __init__(self, size: int, interpolation: str = "bilinear") -> None:
+        if interpolation not in _PIL_FILTERS:
+            raise DataError(f"unknown interpolation {interpolation!r}: use {', '.join(_PIL_FILTERS)}")
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, image):
+        import torch
+
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.size, int(self.size * long / short)
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if size != (width, height):
+            image = image.resize(size, resample=_PIL_FILTERS[self.interpolation])
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+        return pixels.view(image.height, image.width, len(image.getbands())).permute(2, 0, 1)
+
+
+class CenterCropPixels:
+    """v2.CenterCrop(size) of a uint8 CHW tensor, ending the uint8 path (Pixels, never flipped)."""
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+
+    def __call__(self, image) -> Pixels:
+        import torch
+
+        height, width = image.shape[-2:]
+        if height < self.size or width < self.size:  # torchvision pads first; rare enough to leave to it
+            from torchvision.transforms import v2
+
+            return ToPixels(self.mean, self.std)(v2.functional.center_crop(image, [self.size]))
+        top, left = int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
+        crop = image[..., top:top + self.size, left:left + self.size]
+        return Pixels(crop.as_subclass(torch.Tensor), False, self.mean, self.std)
 
 
 @dataclass(frozen=True)
@@ -149,15 +206,16 @@ class PixelBatch:
         return PixelBatch(self.pixels.pin_memory(), self.flips, self.mean, self.std)
 
     def to_model(self, device, dtype=None, memory_format=None):
-        """On the device: flip, scale to [0, 1] and normalise, with the very ops the float path runs per
-        sample (torchvision's v2 functionals), batched."""
+        """On the device: flip, scale to [0, 1] and normalise, with the very ops the float path's
+        torchvision v2 functionals run per sample, batched."""
         import torch
-        from torchvision.transforms.v2 import functional as F
 
         images = self.pixels.to(device, non_blocking=True)
-        if bool(self.flips.any()):
+        if bool(self.flips.any()):  # v2.functional.horizontal_flip
             flips = self.flips.to(device, non_blocking=True).view(-1, 1, 1, 1)
-            images = torch.where(flips, F.horizontal_flip(images), images)
-        images = F.normalize(F.to_dtype(images, torch.float32, scale=True), list(self.mean), list(self.std),
-                             inplace=True)
+            images = torch.where(flips, images.flip(-1), images)
+        images = images.to(torch.float32).mul_(1.0 / 255)  # v2.functional.to_dtype(scale=True)
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+        images = images.sub_(mean).div_(std)  # v2.functional.normalize
         return images.to(dtype=dtype, memory_format=memory_format or torch.channels_last)

@@ -229,3 +229,41 @@ def test_decoding_threads_give_the_batches_of_one_thread_in_order(shapes):
     seeded = loading.make_loader(paths, None, transform, batch_size=3, workers=0, pin_memory=False, threads=2,
                                  augment_seed=1)
     assert not isinstance(seeded, loading.ThreadLoader)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "lanczos"])
+def test_the_torchvision_free_eval_steps_equal_torchvisions(tmp_path, interpolation):
+    """evaluate and predict resize and crop without importing torchvision: the same bits as v2.Resize,
+    PILToTensor and CenterCrop, on wide, tall, square, grey, RGBA and too-small images."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from alexnet_cli.preprocess import Preprocess
+
+    preprocess = Preprocess(image_size=67, resize_size=76, interpolation=interpolation)
+    reference = v2.Compose([v2.Resize(76, interpolation=v2.InterpolationMode(interpolation), antialias=True),
+                            v2.PILToTensor(), v2.CenterCrop(67)])
+    generator = torch.Generator().manual_seed(0)
+    for size in [(300, 200), (199, 301), (76, 76), (77, 250), (40, 30), (1000, 999)]:
+        for mode in ("RGB", "L", "RGBA"):
+            data = torch.randint(0, 256, (size[1], size[0], len(mode)), dtype=torch.uint8, generator=generator)
+            image = Image.frombytes(mode, size, data.numpy().tobytes())
+            decoded = preprocess.decode_transforms()(image)
+            assert torch.equal(decoded, v2.Compose(reference.transforms[:2])(image)), (size, mode)
+            assert torch.equal(preprocess.eval_transforms()(image).pixels, reference(image)), (size, mode)
+
+
+def test_predict_and_evaluate_import_no_torchvision(tmp_path, shapes, runner):
+    """torchvision imports torch._dynamo: about a second that evaluate and predict do not need."""
+    import subprocess
+    import sys
+
+    invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--image-size", str(TINY), "--batch-size", "8",
+                    "--workers", "0", "--output", "run"])
+    code = ("import sys\nfrom alexnet_cli.cli import main\nsys.argv = ['alexnet', *sys.argv[1:]]\n"
+            "try:\n    main()\nfinally:\n    print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules)")
+    for command in (["predict", str(shapes / "val"), "--weights", "run/best.pt"],
+                    ["evaluate", str(shapes / "val"), "--weights", "run/best.pt"]):
+        result = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == "False False", (command, result.stdout[-500:])
