@@ -6,6 +6,7 @@ Model only (random input, batch 32 and batch 1): eager fp32 NCHW under no_grad, 
 inference model (prepare_for_inference: channels_last, weights cast to bf16 when --precision picks it,
 inference_mode). Folder: prediction.predict as `alexnet predict DIR` runs it, against a plain loop (ImageFolder-free
 PIL loading with the original's transforms, DataLoader batch 32, eager fp32). Target (issue 6): >= 2x at batch 32.
+Targets (issue 17): predict on the folder >= 2x the plain loop; batch-1 latency <= 10 ms.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def main() -> None:
         base = statistics.median(rates["eager fp32"])
         for name, values in rates.items():
             print(row(f"model, batch {batch_size}: {name}", values, " img/s") + f"  x{statistics.median(values) / base:.2f}")
+        if batch_size == 1:
+            eager_ms, tool_ms = (1000 / statistics.median(values) for values in rates.values())
+            print(f"batch-1 latency: alexnet {tool_ms:.1f} ms, eager fp32 {eager_ms:.1f} ms (target <= 10 ms)")
 
     folder = make_jpeg_folder(args.cache / f"jpeg-500x375-{args.images}", args.images, (500, 375))
     paths = sorted(str(p) for p in folder.rglob("*.jpg"))
@@ -106,7 +110,8 @@ def main() -> None:
             plain.append(plain_loop())
             ours.append(tool_loop())
     print(row(f"folder of {len(paths)} 500x375 JPEGs: plain loop", plain, " img/s"))
-    print(row("folder: alexnet predict", ours, " img/s") + f"  x{statistics.median(ours) / statistics.median(plain):.2f}")
+    print(row("folder: alexnet predict", ours, " img/s") + f"  x{statistics.median(ours) / statistics.median(plain):.2f}"
+          " (target >= 2.0)")
 
 
 if __name__ == "__main__":
