@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import collections
 import io
-import itertools
 import math
 import multiprocessing
 import pickle
@@ -202,14 +201,21 @@ class ThreadLoader:
     def __iter__(self):
         indices = iter(self.order)
         with ThreadPoolExecutor(self.threads, thread_name_prefix="alexnet-decode") as pool:
-            pending = collections.deque(pool.submit(self.dataset.__getitem__, index)
-                                        for index in itertools.islice(indices, 2 * self.batch_size))
+            pending: collections.deque = collections.deque()
+
+            def submit_next() -> None:  # at most two batches decoded ahead
+                index = next(indices, None)
+                if index is not None:
+                    pending.append(pool.submit(self.dataset.__getitem__, index))
+
+            for _ in range(2 * self.batch_size):
+                submit_next()
             try:
                 while pending:
                     samples = []
                     while pending and len(samples) < self.batch_size:
                         samples.append(pending.popleft().result())
-                        pending.extend(pool.submit(self.dataset.__getitem__, i) for i in itertools.islice(indices, 1))
+                        submit_next()
                     batch = collate_readable(samples)
                     if self.pin_memory and batch[0] is not None:
                         batch = (batch[0].pin_memory(), batch[1].pin_memory(), *batch[2:])
