@@ -1,0 +1,74 @@
+"""`alexnet data ...`: real data sets laid out as ImageFolder trees (Oxford-IIIT Pet, Fashion-MNIST, CIFAR-10)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alexnet_cli import console
+from alexnet_cli.cli.common import _boundary
+
+data_app = typer.Typer(help="Get real data sets, laid out as ImageFolder trees.", no_args_is_help=True)
+
+
+@data_app.command("pets")
+def data_pets(
+    folder: Annotated[Path, typer.Argument(help="Where to put oxford-iiit-pet/ and the train/ and test/ trees.")],
+    download: Annotated[bool, typer.Option(help="Download the data set if it is not in FOLDER yet.")] = True,
+) -> None:
+    """Oxford-IIIT Pet as FOLDER/train/{cat,dog} and FOLDER/test/{cat,dog}: the original's task on real photos."""
+    from alexnet_cli.pets import prepare_pets
+
+    with _boundary():
+        report = prepare_pets(folder, download=download)
+        for split, counts in report.counts.items():
+            total = sum(counts.values())
+            console.info(f"{folder / split}: {total:,} images ({', '.join(f'{n:,} {c}' for c, n in counts.items())})")
+        console.info("placed by " + ", ".join(f"{method} {n:,}" for method, n in report.methods.items()))
+        console.info(f"next: alexnet train {folder / 'train'} --pretrained   (validates on {folder / 'test'})")
+
+
+FROM_HELP = ("A folder (or file) with the raw files the data set's own download fetches, for a machine "
+             "without internet: nothing is downloaded then.")
+
+
+def _benchmark_set(name: str, folder: Path, per_class: Optional[int], val_per_class: int, source: Optional[Path]):
+    from alexnet_cli.datasets import prepare_dataset
+
+    with _boundary():
+        report = prepare_dataset(name, folder, per_class=per_class, val_per_class=val_per_class, source=source)
+        for split, counts in report.counts.items():
+            total = sum(counts.values())
+            console.info(f"{folder / split}: {total:,} images in {len(counts)} classes "
+                         f"({min(counts.values()):,} to {max(counts.values()):,} per class)")
+        console.info(f"wrote {report.written:,} PNG files (the rest were there already)")
+        console.info(f"next: alexnet train {folder / 'train'}   (validates on {folder / 'val'}), then "
+                     f"alexnet evaluate {folder / 'test'}")
+
+
+PER_CLASS_HELP = "Keep only the first N training images of each class."
+VAL_PER_CLASS_HELP = "Validation images per class, from the end of the training split (into FOLDER/val)."
+
+
+@data_app.command("fashion-mnist")
+def data_fashion_mnist(
+    folder: Annotated[Path, typer.Argument(help="Where to put the raw files and the train/, val/, test/ trees.")],
+    per_class: Annotated[Optional[int], typer.Option(help=PER_CLASS_HELP, show_default="all")] = None,
+    val_per_class: Annotated[int, typer.Option(help=VAL_PER_CLASS_HELP)] = 200,
+    source: Annotated[Optional[Path], typer.Option("--from", help=FROM_HELP)] = None,
+) -> None:
+    """Zalando's Fashion-MNIST (10 kinds of clothing, 28x28 grey) as PNGs in FOLDER/{train,val,test}/<class>."""
+    _benchmark_set("fashion-mnist", folder, per_class, val_per_class, source)
+
+
+@data_app.command("cifar10")
+def data_cifar10(
+    folder: Annotated[Path, typer.Argument(help="Where to put the raw files and the train/, val/, test/ trees.")],
+    per_class: Annotated[Optional[int], typer.Option(help=PER_CLASS_HELP, show_default="all")] = None,
+    val_per_class: Annotated[int, typer.Option(help=VAL_PER_CLASS_HELP)] = 200,
+    source: Annotated[Optional[Path], typer.Option("--from", help=FROM_HELP)] = None,
+) -> None:
+    """CIFAR-10 (10 classes of 32x32 colour photos) as PNGs in FOLDER/{train,val,test}/<class>."""
+    _benchmark_set("cifar10", folder, per_class, val_per_class, source)
