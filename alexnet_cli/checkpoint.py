@@ -196,6 +196,7 @@ class TrainingState:
     metrics: Mapping[str, Any] | None  # the last row of metrics.csv
     config: Mapping[str, Any]  # the resolved TrainConfig, as in config.json
     partial: Mapping[str, Any] | None = None  # set when the run stopped inside an epoch (EpochProgress)
+    ema: Mapping[str, Any] | None = None  # with --ema: {"weights": the trained weights, "n_averaged": steps}
 
     @classmethod
     def from_payload(cls, data: Mapping[str, Any]) -> TrainingState | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -271,6 +272,23 @@ def check_report(report: dict[str, Any]) -> None:
     if report["duplicates_within_train"]:
         info(f"{len(report['duplicates_within_train'])} groups of identical files within train")
     info(f"{report['problems']} problems found" if report["problems"] else "no problems found")
+
+
+def lr_curve(lrs, losses, suggestion: float, rows: int = 12) -> None:
+    """The LR range test's curve as a table: about `rows` evenly spaced steps, the suggestion marked."""
+    from rich.table import Table
+
+    table = Table(title="LR range test (smoothed loss)")
+    table.add_column("learning rate", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column("")
+    if not lrs:
+        return
+    stride = max(1, len(lrs) // rows)
+    nearest = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / suggestion)))
+    for i in sorted(set(range(0, len(lrs), stride)) | {len(lrs) - 1, nearest}):
+        table.add_row(f"{lrs[i]:.2e}", f"{losses[i]:.4f}", "<- suggested" if i == nearest else "")
+    console.print(table)
 
 
 class RichObserver:

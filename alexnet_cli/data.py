@@ -153,6 +153,21 @@ def scan_image(path: str) -> str | None:
     return None
 
 
+def median_short_side(paths: Sequence[str], limit: int = 200) -> int | None:
+    """The median short side, in pixels, of up to `limit` of the images (evenly spread), read from their
+    headers alone; None when none of them opens."""
+    from PIL import Image
+
+    sides = []
+    for path in list(paths)[::max(1, len(paths) // limit)][:limit]:
+        try:
+            with _pillow_warnings(), Image.open(path) as image:
+                sides.append(min(image.size))
+        except Exception:  # noqa: BLE001 - the scan names unreadable files; here they only do not count
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None
+
+
 def scan_threads() -> int:
     """Threads for the scan: Pillow decodes without holding the GIL, so they decode in parallel."""
     return max(1, min(8, os.cpu_count() or 1))

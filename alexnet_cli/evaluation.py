@@ -17,7 +17,9 @@ from alexnet_cli.config import EvaluateConfig
 from alexnet_cli.device import Precision, sum_dtype
 from alexnet_cli.observer import Observer
 from alexnet_cli.runs import resolve_weights
-from alexnet_cli.runtime import DECODE_THREADS, model_dtype, prepare_for_inference, resolve_runtime, to_device
+from alexnet_cli.runtime import DECODE_THREADS, model_dtype, prepare_for_inference, resolve_runtime
+from alexnet_cli.tta import eval_transforms as tta_transforms
+from alexnet_cli.tta import forward as tta_forward
 
 
 @dataclass
@@ -64,7 +66,7 @@ class EvalResult:
 
 def evaluate_model(model, loader, device, num_classes: int, precision: Precision, k: int = 5, criterion=None,
                    on_failed=lambda failed: None, dist: distmod.Dist = distmod.SINGLE,
-                   predictions: list[tuple[int, int, int]] | None = None) -> EvalResult:
+                   predictions: list[tuple[int, int, int]] | None = None, tta: str = "none") -> EvalResult:
     """Loss, confusion and top-k over a loader. A model already cast to bf16/fp16 runs as it is; an fp32 model
     (validation during training) runs under autocast when the precision is reduced."""
     import torch
@@ -83,10 +85,9 @@ def evaluate_model(model, loader, device, num_classes: int, precision: Precision
             on_failed(failed)
             if batch is None:
                 continue
-            batch = to_device(batch, device, dtype)
             labels = labels.to(device, non_blocking=True)
             with autocast:
-                logits = model(batch)
+                logits = tta_forward(model, batch, device, dtype, tta)
             logits = logits.float()
             # Sum, not mean, so that a short last batch weighs what it holds.
             loss_sum += criterion(logits, labels).to(loss_sum.dtype) * labels.numel()
@@ -125,7 +126,8 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
         observer.warn(f"skipped {skipped}")
     model = prepare_for_inference(checkpoint.build(), runtime.device, runtime.precision)
     loader = loading.make_loader(
-        [p for p, _ in images.samples], [lab for _, lab in images.samples], checkpoint.preprocess.eval_transforms(),
+        [p for p, _ in images.samples], [lab for _, lab in images.samples],
+        tta_transforms(checkpoint.preprocess, cfg.tta),
         batch_size=cfg.batch_size, workers=runtime.workers, pin_memory=runtime.pin_memory,
         draft_size=checkpoint.preprocess.resize_size, warn=observer.warn, threads=DECODE_THREADS,
     )
@@ -133,7 +135,7 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     with loader:
         result = evaluate_model(model, loader, runtime.device, checkpoint.num_classes, runtime.precision, k=cfg.top_k,
                                 on_failed=lambda failed: loading.report_unreadable(failed, cfg.strict, observer),
-                                predictions=predictions)
+                                predictions=predictions, tta=cfg.tta)
     result.class_names = checkpoint.class_names
     if predictions is not None:
         saved = save_errors(cfg.save_errors, [p for p, _ in images.samples], predictions, checkpoint.class_names)

@@ -99,6 +99,25 @@ def write_confusion(path: Path, class_names: Sequence[str], matrix: Sequence[Seq
     return _save(figure, plt, path, atomic_write)
 
 
+def write_lr_curve(path: Path, lrs: Sequence[float], losses: Sequence[float], suggestion: float) -> Path:
+    """The LR range test (alexnet lr-find): smoothed loss against the rate on a log scale, suggestion marked."""
+    import math
+
+    from alexnet_cli.checkpoint import atomic_write
+
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(6, 4))
+    finite = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
+    ax.plot([lr for lr, _ in finite], [loss for _, loss in finite])
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    ax.legend()
+    figure.tight_layout()
+    return _save(figure, plt, path, atomic_write)
+
+
 def _save(figure, plt, path: Path, atomic_write) -> Path:
     import io
 

@@ -17,6 +17,8 @@ from alexnet_cli.observer import Observer
 from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.runs import resolve_weights
 from alexnet_cli.runtime import DECODE_THREADS, prepare_for_inference, resolve_runtime, to_device
+from alexnet_cli.tta import eval_transforms as tta_transforms
+from alexnet_cli.tta import forward as tta_forward
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
     runtime.report(observer)
     model = prepare_for_inference(predictor.model, device, precision)
     loader = loading.make_loader(
-        paths, None, predictor.preprocess.eval_transforms(), batch_size=cfg.batch_size, workers=runtime.workers,
+        paths, None, tta_transforms(predictor.preprocess, cfg.tta), batch_size=cfg.batch_size, workers=runtime.workers,
         pin_memory=runtime.pin_memory, draft_size=predictor.preprocess.resize_size, warn=observer.warn,
         threads=DECODE_THREADS,
     )
@@ -92,11 +94,10 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
             skipped += loading.report_unreadable(failed, cfg.strict, observer)
             if images is None:
                 continue
-            batch = to_device(images, device, precision.dtype)
             if explain_dir is not None:
-                cams, logits = explain.grad_cam(model, batch)
+                cams, logits = explain.grad_cam(model, to_device(images, device, precision.dtype))
             else:
-                logits = model(batch)
+                logits = tta_forward(model, images, device, precision.dtype, cfg.tta)
             probabilities = logits.float().softmax(dim=1)
             top = probabilities.topk(k, dim=1)
             for row, (index, values, classes) in enumerate(zip(indices, top.values.tolist(), top.indices.tolist())):

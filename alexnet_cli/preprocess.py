@@ -58,6 +58,9 @@ class Preprocess:
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"the stored preprocessing is malformed: {exc}") from None
 
+    # The training half after the decode is augment.Augmentation.train_crop: what it does is a setting of
+    # the run (--augment and kin), not of the model, so it is not stored here.
+
     def decode_transforms(self) -> Callable:
         """The deterministic first half, a PIL image to a uint8 CHW tensor at the resize: what the cache holds.
         torchvision's v2.Resize and PILToTensor, written out (ShortSideResize)."""
@@ -69,15 +72,6 @@ class Preprocess:
 
         return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
 
-    def train_crop(self, on_device: bool = True) -> Callable:
-        """The second half for training, from decode_transforms' tensor: random crop, random flip, normalise
-        (on the device: a `Pixels` sample whose flip is drawn but not made)."""
-        from torchvision.transforms import v2
-
-        if on_device:
-            return v2.Compose([v2.ToImage(), v2.RandomCrop(self.image_size), ToPixels(self.mean, self.std, 0.5)])
-        return v2.Compose([v2.ToImage(), v2.RandomCrop(self.image_size), v2.RandomHorizontalFlip(), *self._tail()])
-
     def eval_crop(self, on_device: bool = True) -> Callable:
         """The second half for evaluation: the centre crop, normalised; nothing random. On the uint8 path,
         without torchvision (CenterCropPixels)."""
@@ -86,13 +80,6 @@ class Preprocess:
         from torchvision.transforms import v2
 
         return v2.Compose([v2.ToImage(), v2.CenterCrop(self.image_size), *self._tail()])
-
-    def train_transforms(self, on_device: bool = True) -> Callable:
-        """A PIL image to a training sample: decode_transforms then train_crop, the very same ops whether an
-        image comes from the file or from the cache."""
-        from torchvision.transforms import v2
-
-        return v2.Compose([self.decode_transforms(), self.train_crop(on_device)])
 
     def eval_transforms(self, on_device: bool = True) -> Callable:
         return Chain(self.decode_transforms(), self.eval_crop(on_device))

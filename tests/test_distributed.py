@@ -151,7 +151,10 @@ def test_torchrun_ranks_start_loader_processes_under_spawn(tiny, tmp_path):
 
 
 def test_two_processes_at_batch_b_train_like_one_at_batch_2b(tiny, tmp_path):
-    common = [*TRAIN, "--epochs", "2", "--dropout", "0"]
+    # With an EMA (each rank averages the same weights: validation runs on the average), a warm-up and cosine
+    # stepped per iteration, and balanced draws shared out between the ranks.
+    common = [*TRAIN, "--epochs", "2", "--dropout", "0", "--ema", "0.5", "--warmup-epochs", "1", "--scheduler",
+              "cosine", "--balanced-sampler"]
     one = _launch([sys.executable, "-m", "alexnet_cli", *common, "--batch-size", "8", "--output", "one"], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     two = _launch([*_torchrun(2), "-m", "alexnet_cli", *common, "--batch-size", "4", "--output", "two"], tmp_path)

@@ -182,7 +182,8 @@ def test_the_uint8_path_gives_the_float_paths_batches(shapes, cached):
     from alexnet_cli import data as datamod
     from alexnet_cli import loading
     from alexnet_cli.cache import ImageCache
-    from alexnet_cli.preprocess import PixelBatch, Preprocess
+    from alexnet_cli.augment import Augmentation
+    from alexnet_cli.preprocess import Chain, PixelBatch, Preprocess
 
     preprocess = Preprocess.for_arch(TINY, 227)
     cache = ImageCache(preprocess, "ram") if cached else None
@@ -192,12 +193,12 @@ def test_the_uint8_path_gives_the_float_paths_batches(shapes, cached):
     for train in (True, False):
         batches = {}
         for on_device in (False, True):
-            make = preprocess.train_transforms if train else preprocess.eval_transforms
-            crop = preprocess.train_crop if train else preprocess.eval_crop
+            crop = Augmentation().train_crop(preprocess, on_device) if train else preprocess.eval_crop(on_device)
+            make = Chain(preprocess.decode_transforms(), crop)
             sampler = loading.EpochSampler()
             sampler.set_epoch(list(reversed(range(len(paths)))), augment_seed=7 if train else None)
-            loader = loading.make_loader(paths, labels, make(on_device), batch_size=5, workers=0, pin_memory=False,
-                                         order=sampler, cache=cache, from_cache=crop(on_device) if cached else None)
+            loader = loading.make_loader(paths, labels, make, batch_size=5, workers=0, pin_memory=False,
+                                         order=sampler, cache=cache, from_cache=crop if cached else None)
             batches[on_device] = [(to_device(b, torch.device("cpu")), b) for b, *_ in loader]
         for (floats, _), (pixels, raw) in zip(batches[False], batches[True]):
             assert isinstance(raw, PixelBatch) and raw.pixels.dtype == torch.uint8

@@ -96,11 +96,15 @@ def test_every_part_a_loader_process_receives_pickles(shapes):
     Torch sends the cache's blocks as shared memory: the pickle stays small and the blocks become shared."""
     from multiprocessing.reduction import ForkingPickler
 
+    from alexnet_cli.augment import Augmentation
+    from alexnet_cli.preprocess import Chain
+
     preprocess = Preprocess.for_arch(TINY, 227)
     cache = ImageCache(preprocess, "ram")
     images = datamod.load_image_folder(shapes / "train", cache=cache)
     dataset = loading.ImageDataset([p for p, _ in images.samples], [lab for _, lab in images.samples],
-                                   preprocess.train_transforms(), cache=cache, from_cache=preprocess.train_crop())
+                                   Chain(preprocess.decode_transforms(), Augmentation().train_crop(preprocess)),
+                                   cache=cache, from_cache=Augmentation().train_crop(preprocess))
     assert loading.why_not_picklable(dataset, loading.collate_readable, loading.worker_init) is None
     sent = ForkingPickler.dumps(dataset)
     assert len(sent) < 100_000 < cache.blocks[0].numel()  # a 64 MB block was not copied into the pickle

@@ -1,4 +1,4 @@
-"""The `alexnet` command: one thin Typer command per verb.
+"""The `alexnet` commands that train and use a model: one thin Typer command per verb.
 
 Each command translates its options into a config, calls one core function and renders the result. Errors
 from the core become one red line and an exit code here (docs/exit-codes.md). torch is imported only inside
@@ -8,8 +8,6 @@ the commands that need it, so `alexnet --help` and `alexnet --version` stay quic
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,74 +15,24 @@ import typer
 
 from alexnet_cli import __version__, console
 from alexnet_cli import demo as demo_defaults
-from alexnet_cli.config import (DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM, EvaluateConfig,
-                                PredictConfig, SummaryConfig, TrainConfig)
-from alexnet_cli.errors import AlexNetError, ConfigError, DeviceError
-from alexnet_cli.models import ARCHITECTURES
+from alexnet_cli.cli.common import (ARCH_HELP, CACHE_HELP, DEVICE_HELP, IMAGE_SIZE_DEFAULT, LR_DEFAULT,
+                                    NEWEST_BEST_DEFAULT, OPTIMIZER_HELP, PRECISION_HELP, SIBLING_VAL_DEFAULT,
+                                    STRICT_HELP, TENSORBOARD_HELP, WEIGHT_DECAY_DEFAULT, WORKERS_DEFAULT, _boundary,
+                                    app)
+from alexnet_cli.config import DEFAULT_EPOCHS, EvaluateConfig, PredictConfig, SummaryConfig, TrainConfig
+from alexnet_cli.errors import ConfigError
+from alexnet_cli.recipes import RECIPES
+from alexnet_cli.recipes import describe as describe_recipe
 
-app = typer.Typer(
-    name="alexnet",
-    help="Train, evaluate and use AlexNet on your own image folders.",
-    no_args_is_help=True,
-    # Rich markup in help strings: a literal bracket is written \\[ (see TENSORBOARD_HELP). Defaults that depend
-    # on other options are shown through show_default, so Typer prints them as it prints every other default.
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-ARCH_HELP = "Architecture: alexnet (the write-up's), alexnet-paper (2012, LRN + groups) or alexnet-torchvision."
-CACHE_HELP = ("Keep the decoded images in memory after the first read: auto (when they fit in half the free "
-              "memory), ram (insist) or off.")
-STRICT_HELP = "Stop at the first unreadable or skipped file instead of warning and going on."
-DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU."
-TENSORBOARD_HELP = "Log to RUN_DIR/tensorboard (pip install 'alexnet-cli\\[tensorboard]')."
-# The defaults that depend on something else, written from the constants that decide them.
-WORKERS_DEFAULT = "0 on 2 cores or fewer, else cores - 1, at most 4"
-
-
-def _number(value: float) -> str:
-    """1e-4, 5e-4, 0.01, 0.9: as people write them."""
-    return f"{value:.0e}".replace("e-0", "e-") if 0 < value < 1e-3 else f"{value:g}"
-
-
-LR_DEFAULT = ", ".join(f"{_number(lr)} for {name}" for name, lr in DEFAULT_LR.items())
-WEIGHT_DECAY_DEFAULT = ", ".join(f"{_number(decay)} for {name}" for name, decay in DEFAULT_WEIGHT_DECAY.items())
-OPTIMIZER_HELP = (f"adam, or sgd (momentum {_number(SGD_MOMENTUM)}, weight decay "
-                  f"{_number(DEFAULT_WEIGHT_DECAY['sgd'])}).")
-IMAGE_SIZE_DEFAULT = "the arch's own: " + ", ".join(f"{name} {info.default_image_size}"
-                                                    for name, info in ARCHITECTURES.items())
-SIBLING_VAL_DEFAULT = "a sibling val/ or test/ folder"
-NEWEST_BEST_DEFAULT = "the newest runs/*/best.pt"
-PRECISION_HELP = (
-    "auto, fp32, bf16 or fp16. auto: bf16 (or fp16) mixed precision on CUDA; bf16 on a CPU only where it "
-    "measures faster than fp32; says what it chose."
-)
-
-
-@contextmanager
-def _boundary():
-    """Turn the core's errors into one line and an exit code; never a traceback (unless ALEXNET_DEBUG=1)."""
-    try:
-        yield
-    except (typer.Exit, typer.Abort):
-        raise
-    except AlexNetError as exc:
-        console.error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        console.error("interrupted")
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
-            console.error("out of GPU memory: try a smaller --batch-size")
-            raise typer.Exit(DeviceError.exit_code) from None
-        if os.environ.get("ALEXNET_DEBUG"):
-            raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        console.error(f"unexpected {type(exc).__name__}: {first} (set ALEXNET_DEBUG=1 for the traceback)")
-        raise typer.Exit(1) from None
-
+RECIPE_HELP = ("Named settings: " + ", ".join(RECIPES) + " (docs/training.md). Options given on the command "
+               "line override it.")
+AUGMENT_HELP = ("flip (random crop + flip), trivial (TrivialAugment), randaugment, autoaugment, augmix (each "
+                "with crop + flip), or none (the centre crop alone).")
+PCA_HELP = "The paper's PCA colour augmentation, with the training set's own RGB eigenvectors: its sigma (0: off)."
+EMA_HELP = "Validate and save an exponential moving average of the weights with this decay, such as 0.999."
+TTA_HELP = ("Test-time augmentation: none, flip (the image and its mirror) or ten-crop (the paper's corners, "
+            "centre and mirrors); the probabilities are averaged.")
+CLASS_WEIGHTS_HELP = "none, auto (inverse class frequency) or a power of it, such as 0.5, for the loss."
 
 def _version(value: bool) -> None:
     if value:
@@ -129,6 +77,7 @@ def summary(
 # Long only in its options: the body is the config, one call and the report.
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[Optional[Path], typer.Argument(help="ImageFolder tree: DATA/<class>/<image>.")] = None,
     val: Annotated[Optional[Path], typer.Option(help="Validation folder.", show_default=SIBLING_VAL_DEFAULT)] = None,
     val_split: Annotated[Optional[float], typer.Option(
@@ -146,7 +95,9 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = TrainConfig.batch_size,
     epochs: Annotated[Optional[int], typer.Option(
         help="Epochs to train to.", show_default=f"{DEFAULT_EPOCHS}, or the resumed run's own")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.", show_default=LR_DEFAULT)] = None,
+    lr: Annotated[Optional[str], typer.Option(
+        help="Learning rate, or 'find' to run the LR range test first and train at its suggestion.",
+        show_default=LR_DEFAULT)] = None,
     optimizer: Annotated[str, typer.Option(help=OPTIMIZER_HELP)] = TrainConfig.optimizer,
     weight_decay: Annotated[Optional[float], typer.Option(
         help="L2 weight decay.", show_default=WEIGHT_DECAY_DEFAULT)] = None,
@@ -175,6 +126,22 @@ def train(
         bool, typer.Option("--tensorboard", help=TENSORBOARD_HELP)
     ] = False,
     cache: Annotated[str, typer.Option(help=CACHE_HELP)] = TrainConfig.cache,
+    recipe: Annotated[Optional[str], typer.Option(help=RECIPE_HELP, show_default="none")] = None,
+    augment: Annotated[str, typer.Option(help=AUGMENT_HELP)] = TrainConfig.augment,
+    random_erasing: Annotated[
+        float, typer.Option(help="Erase a random box of each image with this probability.")
+    ] = TrainConfig.random_erasing,
+    pca_lighting: Annotated[float, typer.Option(help=PCA_HELP)] = TrainConfig.pca_lighting,
+    mixup: Annotated[float, typer.Option(help="Mixup alpha (0: off).")] = TrainConfig.mixup,
+    cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off); with --mixup, one of the two per batch.")
+                      ] = TrainConfig.cutmix,
+    ema: Annotated[float, typer.Option(help=EMA_HELP)] = TrainConfig.ema,
+    warmup_epochs: Annotated[
+        int, typer.Option(help="Linear warm-up of the rate over N epochs, before the --scheduler.")
+    ] = TrainConfig.warmup_epochs,
+    class_weights: Annotated[str, typer.Option(help=CLASS_WEIGHTS_HELP)] = TrainConfig.class_weights,
+    balanced_sampler: Annotated[bool, typer.Option(
+        "--balanced-sampler", help="Draw each class equally often (with replacement), seeded per epoch.")] = False,
 ) -> None:
     """Train on an ImageFolder tree, validating every epoch; writes a run folder with best.pt and last.pt."""
     from alexnet_cli.training import train as run_training
@@ -183,15 +150,12 @@ def train(
     with _boundary():
         if data is None and resume is None:
             raise ConfigError("give the training folder: alexnet train DATA (or --resume runs/NAME/last.pt)")
-        cfg = TrainConfig(
-            data=data, val=val, val_split=val_split, image_size=image_size, batch_size=batch_size,
-            arch=arch or ("alexnet-torchvision" if pretrained else "alexnet"), pretrained=pretrained,
-            freeze_features=freeze_features, strict=strict,
-            epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, scheduler=scheduler,
-            label_smoothing=label_smoothing, dropout=dropout, patience=patience, workers=workers, device=device,
-            no_cuda=no_cuda, precision=precision, seed=seed, log_interval=log_interval, output=output,
-            resume=resume, tensorboard=tensorboard, cache=cache,
-        )
+        options = dict(locals())
+        options.update(arch=arch or ("alexnet-torchvision" if pretrained else "alexnet"), lr_find=lr == "find",
+                       lr=_learning_rate(lr))
+        cfg, from_recipe = _with_recipe(ctx, TrainConfig, options, recipe)
+        if recipe is not None:
+            console.info(describe_recipe(recipe, from_recipe))
         try:
             result = run_training(cfg, observer)
         finally:
@@ -205,6 +169,70 @@ def train(
         console.info(f"done: {result.epochs_done} epochs, best accuracy {result.best_acc:.2%} at epoch "
                      f"{result.best_epoch}; weights in {best}")
         console.info(f"next: alexnet evaluate DATA --weights {best}   |   alexnet predict IMAGE --weights {best}")
+
+
+@app.command("lr-find")
+def lr_find(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="ImageFolder tree: DATA/<class>/<image>.")],
+    steps: Annotated[int, typer.Option(help="Steps of the test (one batch each).")] = 100,
+    start: Annotated[float, typer.Option(help="The first learning rate.")] = 1e-7,
+    end: Annotated[float, typer.Option(help="The last learning rate.")] = 1.0,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="Write the curve to this PNG (the plots extra).", show_default="a table")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help=RECIPE_HELP, show_default="none")] = None,
+    optimizer: Annotated[str, typer.Option(help=OPTIMIZER_HELP)] = TrainConfig.optimizer,
+    batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = TrainConfig.batch_size,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size.", show_default=IMAGE_SIZE_DEFAULT)] = None,
+    augment: Annotated[str, typer.Option(help=AUGMENT_HELP)] = TrainConfig.augment,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = TrainConfig.seed,
+) -> None:
+    """The learning-rate range test: train briefly at a growing rate, show the loss and suggest a rate."""
+    from alexnet_cli.training import lr_find as run_lr_find
+
+    with _boundary():
+        cfg, from_recipe = _with_recipe(ctx, TrainConfig, {**locals(), "lr": None, "lr_find": False}, recipe)
+        if recipe is not None:
+            console.info(describe_recipe(recipe, from_recipe))
+        result = run_lr_find(cfg, console.RichObserver(), steps=steps, start=start, end=end)
+        console.lr_curve(result.lrs, result.losses, result.suggestion)
+        if plot is not None:
+            from alexnet_cli.plots import write_lr_curve
+
+            console.info(f"wrote {write_lr_curve(plot, result.lrs, result.losses, result.suggestion)}")
+        console.info(f"suggested --lr {result.suggestion:.2e} ({result.rule})")
+        console.info(f"next: alexnet train {data} --lr {result.suggestion:.2e}   (or --lr find)")
+
+
+def _learning_rate(value: str | None) -> float | None:
+    if value is None or value == "find":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--lr is a number such as 3e-4, or find; got {value!r}") from None
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the command line (or the environment) gave this option, rather than its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _with_recipe(ctx: typer.Context, config_class, options: dict, recipe: str | None):
+    """The config from the options, with the recipe's settings where the command line gave none (a flag left
+    at its default is not given). Returns (config, what the recipe set)."""
+    from alexnet_cli.recipes import expand
+
+    fields = config_class.__dataclass_fields__
+    given = {name: value for name, value in options.items()
+             if name in fields and name != "lr_find" and (name == "arch" or _given(ctx, name))}
+    given["lr_find"] = options["lr_find"]
+    if options.get("lr") is not None or options["lr_find"]:
+        given["lr"] = options["lr"]
+    settings, from_recipe = expand(recipe, given)
+    return config_class(**settings), from_recipe
 
 
 @app.command()
@@ -226,6 +254,7 @@ def evaluate(
     save_errors: Annotated[
         Optional[Path], typer.Option(help="Link each misclassified image into DIR/<true>__as__<predicted>/.")
     ] = None,
+    tta: Annotated[str, typer.Option(help=TTA_HELP)] = EvaluateConfig.tta,
 ) -> None:
     """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
     from alexnet_cli.evaluation import evaluate as run_evaluation
@@ -233,7 +262,7 @@ def evaluate(
     with _boundary():
         cfg = EvaluateConfig(data=data, weights=weights, batch_size=batch_size, workers=workers, device=device,
                              no_cuda=no_cuda, precision=precision, top_k=top_k, strict=strict,
-                             save_errors=save_errors)
+                             save_errors=save_errors, tta=tta)
         report = run_evaluation(cfg, console.RichObserver()).to_dict()
         if as_json:
             console.print_json(report)
@@ -264,6 +293,7 @@ def predict(
         Optional[Path],
         typer.Option(help="Write a Grad-CAM picture per image into this folder (where the model looked)."),
     ] = None,
+    tta: Annotated[str, typer.Option(help=TTA_HELP)] = PredictConfig.tta,
 ) -> None:
     """Classify images with a trained checkpoint or ImageNet weights; prints a table, JSON or CSV."""
     from alexnet_cli.prediction import predict as run_prediction
@@ -276,7 +306,7 @@ def predict(
             as_json = not as_csv
         cfg = PredictConfig(inputs=tuple(inputs), weights=weights, pretrained=pretrained, top_k=top_k,
                             batch_size=batch_size, workers=workers, device=device, no_cuda=no_cuda,
-                            precision=precision, strict=strict, explain=explain)
+                            precision=precision, strict=strict, explain=explain, tta=tta)
         results = run_prediction(cfg, console.RichObserver())
         if as_json or as_csv:
             text = (json.dumps(results, indent=2, ensure_ascii=False) + "\n" if as_json
@@ -371,27 +401,6 @@ def demo(
             ("your data", "alexnet train path/to/train   (one sub-folder of images per class)"),
             ("real photos", "alexnet data pets pets && alexnet train pets/train --pretrained"),
         ])
-
-
-data_app = typer.Typer(help="Get real data sets, laid out as ImageFolder trees.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-
-
-@data_app.command("pets")
-def data_pets(
-    folder: Annotated[Path, typer.Argument(help="Where to put oxford-iiit-pet/ and the train/ and test/ trees.")],
-    download: Annotated[bool, typer.Option(help="Download the data set if it is not in FOLDER yet.")] = True,
-) -> None:
-    """Oxford-IIIT Pet as FOLDER/train/{cat,dog} and FOLDER/test/{cat,dog}: the original's task on real photos."""
-    from alexnet_cli.pets import prepare_pets
-
-    with _boundary():
-        report = prepare_pets(folder, download=download)
-        for split, counts in report.counts.items():
-            total = sum(counts.values())
-            console.info(f"{folder / split}: {total:,} images ({', '.join(f'{n:,} {c}' for c, n in counts.items())})")
-        console.info("placed by " + ", ".join(f"{method} {n:,}" for method, n in report.methods.items()))
-        console.info(f"next: alexnet train {folder / 'train'} --pretrained   (validates on {folder / 'test'})")
 
 
 @app.command()

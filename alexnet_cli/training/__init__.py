@@ -10,13 +10,15 @@ Data flows one way: config -> data -> model -> these loops -> run folder (runs.R
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from alexnet_cli import distributed as distmod
 from alexnet_cli.config import DEFAULT_EPOCHS, TrainConfig
 from alexnet_cli.errors import ConfigError
+from alexnet_cli.models import arch_info, auto_image_size
 from alexnet_cli.observer import Observer, SilentObserver
 from alexnet_cli.runs import RunFolder
 from alexnet_cli.runtime import Runtime, resolve_runtime
@@ -54,12 +56,16 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     epochs = _epochs(cfg)
     # Runtime: the checks that need no data come first, so that a wrong option fails in a second.
     runtime = _runtime(cfg, choice, observer)
+    cfg = _image_size(cfg, observer)
     # Data: every file decoded once (into the cache, where it fits), bad ones named, before anything is written.
     data = prepare_data(cfg, checkpoint, dist, observer)
     # Model parts, and the state to go on from: a checkpoint's, or a fresh one.
     parts = TrainingParts.build(cfg, len(data.classes), runtime.device, runtime.precision, epochs, dist,
-                                weights=checkpoint.state_dict if checkpoint is not None else None)
+                                steps_per_epoch(len(data.train.samples), cfg.batch_size, dist),
+                                weights=_trained_weights(checkpoint), class_counts=data.train.counts())
     state = _state(parts, checkpoint, cfg, epochs, runtime, dist, observer)
+    if cfg.lr_find and checkpoint is None:
+        cfg = _find_lr(cfg, data, runtime, parts, dist, observer)
     # The run folder, now that every check has passed; rank 0 alone writes it.
     folder = RunFolder.open(cfg.output, writes=dist.is_main)
     config = _write_config(folder, cfg, epochs, data, dist)
@@ -77,9 +83,9 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
         while state.epoch < epochs:
             progress, iterations = run.start_epoch(loaders, partial)
             partial = None
+            lr = parts.lr()  # the rate at the epoch's first step (with a schedule it changes every step)
             if run.train_epoch(loaders, progress, iterations, interrupts):
                 raise run.stop(progress, iterations, interrupts)
-            lr = parts.lr()  # this epoch's, before the schedule steps
             run.finish_epoch(progress, lr, run.validate(loaders))
             if run.patience_ran_out():
                 stopped_early = True
@@ -87,6 +93,66 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     run.finish()
     return TrainResult(folder.path, state.epoch, state.best_epoch, state.best_acc, stopped_early,
                        tuple(state.history), tuple(folder.writer.waits))
+
+
+def steps_per_epoch(images: int, batch_size: int, dist: distmod.Dist) -> int:
+    """Optimizer steps per epoch: each rank's equal share of the images, in batches."""
+    return math.ceil(math.ceil(images / dist.world_size) / batch_size)
+
+
+def _trained_weights(checkpoint):
+    """The weights training goes on from: with --ema the checkpoint's model is the average, and the trained
+    weights are kept beside it."""
+    if checkpoint is None:
+        return None
+    ema = checkpoint.training.ema if checkpoint.training is not None else None
+    return ema["weights"] if ema else checkpoint.state_dict
+
+
+def _find_lr(cfg: TrainConfig, data: TrainingData, runtime: Runtime, parts: TrainingParts, dist: distmod.Dist,
+             observer: Observer) -> TrainConfig:
+    """--lr find: the LR range test on this run's model and data, then train at its suggestion. The model,
+    optimizer and random streams are as they were before it."""
+    from alexnet_cli.training.lrfind import find_lr, set_lr
+
+    if dist.enabled:
+        raise ConfigError("--lr find runs in one process: find the rate with alexnet lr-find, then pass --lr")
+    result = find_lr(parts, data, runtime, cfg, observer)
+    set_lr(parts, result.suggestion)
+    observer.info(f"--lr find chose {result.suggestion:.2e} ({result.rule}; the loss was lowest at "
+                  f"{result.suggestion * 10:.2e} over {len(result.lrs)} steps)")
+    return replace(cfg, lr=result.suggestion)
+
+
+def lr_find(cfg: TrainConfig, observer: Observer, steps: int = 100, start: float = 1e-7, end: float = 1.0):
+    """`alexnet lr-find DATA`: the LR range test on a fresh model and the training data, nothing written."""
+    from alexnet_cli.training.lrfind import find_lr
+
+    _epochs(cfg)
+    runtime = _runtime(cfg, None, observer)
+    data = prepare_data(cfg, None, distmod.SINGLE, observer)
+    parts = TrainingParts.build(cfg, len(data.classes), runtime.device, runtime.precision, 1, distmod.SINGLE,
+                                steps_per_epoch(len(data.train.samples), cfg.batch_size, distmod.SINGLE),
+                                class_counts=data.train.counts())
+    return find_lr(parts, data, runtime, cfg, observer, steps=steps, start=start, end=end)
+
+
+def _image_size(cfg: TrainConfig, observer: Observer) -> TrainConfig:
+    """--image-size left out: the arch's own size, or a smaller one for small images (models.auto_image_size),
+    chosen from the training images' headers before anything is decoded."""
+    if cfg.image_size is not None:
+        return cfg
+    from alexnet_cli.data import find_classes, is_image_file, median_short_side
+
+    root = Path(cfg.data)
+    paths = [str(p) for name in find_classes(root) for p in sorted((root / name).iterdir()) if is_image_file(p)]
+    side = median_short_side(paths)
+    size = auto_image_size(cfg.arch, side)
+    if size != arch_info(cfg.arch).default_image_size:
+        observer.info(f"image size: {size} (the images are small, {side} pixels on their short side; "
+                      f"{cfg.arch}'s own {arch_info(cfg.arch).default_image_size} would take longer for no gain; "
+                      "--image-size sets it)")
+    return replace(cfg, image_size=size)
 
 
 def _epochs(cfg: TrainConfig) -> int:
@@ -112,7 +178,7 @@ def _state(parts: TrainingParts, checkpoint, cfg: TrainConfig, epochs: int, runt
     if checkpoint is None:
         fresh_rank_streams(cfg, dist)
         return RunState()
-    state = parts.restore(checkpoint.training, cfg, epochs, runtime.device, dist)
+    state = parts.restore(checkpoint.training, cfg, epochs, runtime.device, dist, average=checkpoint.state_dict)
     observer.info(f"resuming {cfg.resume} at epoch {state.epoch + 1} of {epochs}")
     return state
 
@@ -120,8 +186,8 @@ def _state(parts: TrainingParts, checkpoint, cfg: TrainConfig, epochs: int, runt
 def _write_config(folder: RunFolder, cfg: TrainConfig, epochs: int, data: TrainingData,
                   dist: distmod.Dist) -> dict[str, Any]:
     """config.json (and split.json for a split made now); returns the settings every checkpoint records."""
-    config = {**cfg.to_dict(), "epochs": epochs, "output": folder.path.as_posix(), "resume": None,
-              "world_size": dist.world_size}
+    config = {**cfg.to_dict(), **data.augmentation.to_dict(), "epochs": epochs, "output": folder.path.as_posix(),
+              "resume": None, "world_size": dist.world_size}
     folder.write_json("config.json", {**config, "validation": data.val_source, "class_names": list(data.classes)})
     if data.split is not None:
         folder.write_json("split.json", data.split.record(cfg.seed))

@@ -113,8 +113,11 @@ def graceful_interrupts():
 
 def train_one_epoch(model, loader, optimizer, scaler, criterion, device, precision, progress: EpochProgress,
                      iterations: int, epochs: int, log_interval: int, observer: Observer, on_failed,
-                     should_stop: Callable[[], bool], distributed: bool = False) -> bool:
-    """One epoch (or the rest of one); returns True when a signal stopped it between two steps."""
+                     should_stop: Callable[[], bool], distributed: bool = False, mix=None) -> bool:
+    """One epoch (or the rest of one); returns True when a signal stopped it between two steps.
+
+    `mix` (augment.batch_mix) mixes each batch and its labels into per-class probabilities; the accuracy then
+    counts a prediction right when it is the class with the larger share of the mixed image."""
     import torch
 
     model.train()
@@ -144,7 +147,11 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, precisi
         if batch is not None:
             batch = to_device(batch, device)
             labels = labels.to(device, non_blocking=True)
-            loss, logits = train_step(model, batch, labels, optimizer, scaler, criterion, precision)
+            targets = labels
+            if mix is not None:
+                batch, targets = mix(batch, labels)
+                labels = targets.argmax(1)
+            loss, logits = train_step(model, batch, targets, optimizer, scaler, criterion, precision)
             nonfinite |= ~torch.isfinite(loss)
             loss_sum += loss.to(loss_sum.dtype) * labels.numel()
             correct += (logits.argmax(1) == labels).sum()

@@ -9,6 +9,7 @@ from typing import Any
 
 from alexnet_cli import distributed as distmod
 from alexnet_cli import seeds
+from alexnet_cli.augment import batch_mix
 from alexnet_cli.config import TrainConfig
 from alexnet_cli.evaluation import EvalResult, evaluate_model
 from alexnet_cli.loading import report_unreadable
@@ -16,7 +17,7 @@ from alexnet_cli.observer import Observer
 from alexnet_cli.runs import RunFolder
 from alexnet_cli.runtime import Runtime
 from alexnet_cli.training.loop import EpochProgress, TrainingInterrupted, start_epoch_progress, train_one_epoch
-from alexnet_cli.training.setup import Loaders, TrainingData
+from alexnet_cli.training.setup import Loaders, TrainingData, epoch_order
 from alexnet_cli.training.state import RunState, TrainingParts
 
 
@@ -33,12 +34,15 @@ class Run:
     dist: distmod.Dist
     observer: Observer
 
+    def __post_init__(self) -> None:
+        self.mix = batch_mix(self.cfg.mixup, self.cfg.cutmix, len(self.data.classes))
+
     def start_epoch(self, loaders: Loaders, partial: dict[str, Any] | None) -> tuple[EpochProgress, int]:
         """The next epoch's progress (where an interrupted run stopped inside it, if it did) and its number of
         steps; the loader is set to this rank's share of the epoch's shuffle, from that step on."""
         epoch = self.state.epoch + 1
         progress = start_epoch_progress(epoch, partial, self.dist, self.observer)
-        shard = distmod.train_shard(len(self.data.train.samples), self.cfg.seed, epoch, self.dist)
+        shard = epoch_order(self.cfg, [label for _, label in self.data.train.samples], epoch, self.dist)
         loaders.sampler.set_epoch(shard[progress.iteration * self.cfg.batch_size:],
                                   augment_seed=seeds.epoch_augment_seed(self.cfg.seed, epoch))
         return progress, math.ceil(len(shard) / self.cfg.batch_size)
@@ -55,6 +59,7 @@ class Run:
             self.parts.net, loaders.train, self.parts.optimizer, self.parts.scaler, self.parts.criterion, device,
             self.runtime.precision, progress, iterations, self.epochs, self.cfg.log_interval, self.observer,
             self.on_failed, lambda: distmod.any_rank(bool(interrupts), device, self.dist), self.dist.enabled,
+            mix=self.mix,
         )
         progress.sum_over_ranks(device, self.dist)
         return stopped
@@ -79,13 +84,12 @@ class Run:
     def validate(self, loaders: Loaders) -> EvalResult | None:
         if loaders.val is None:
             return None
-        return evaluate_model(self.parts.model, loaders.val, self.runtime.device, len(self.data.classes),
+        return evaluate_model(self.parts.eval_model, loaders.val, self.runtime.device, len(self.data.classes),
                               self.runtime.precision, criterion=self.parts.criterion, on_failed=self.on_failed,
                               dist=self.dist)
 
     def finish_epoch(self, progress: EpochProgress, lr: float, result: EvalResult | None) -> None:
-        """Step the schedule, record the epoch, save last.pt (and best.pt), report."""
-        self.parts.step_schedule()
+        """Record the epoch, save last.pt (and best.pt), report."""
         row, improved = self.state.record(progress.epoch, progress, result, lr)
         confusion = None if result is None else {  # the best epoch's, for the plots
             "epoch": progress.epoch, "class_names": list(self.data.classes), "confusion_matrix": result.confusion}

@@ -10,14 +10,15 @@ from typing import Any
 
 from alexnet_cli import data as datamod
 from alexnet_cli import distributed as distmod
-from alexnet_cli import loading
+from alexnet_cli import loading, seeds
+from alexnet_cli.augment import Augmentation, imbalance_warning, rgb_pca
 from alexnet_cli.cache import ImageCache, make_cache
 from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
 from alexnet_cli.config import TrainConfig
 from alexnet_cli.errors import CheckpointError, DataError
 from alexnet_cli.models import arch_info
 from alexnet_cli.observer import Observer
-from alexnet_cli.preprocess import Preprocess
+from alexnet_cli.preprocess import Chain, Preprocess
 from alexnet_cli.runtime import Runtime
 
 
@@ -66,6 +67,7 @@ class TrainingData:
     split: Split | None  # set when validation was split off the training folder just now
     preprocess: Preprocess
     cache: ImageCache | None  # None when off, or when the images did not fit
+    augmentation: Augmentation = Augmentation()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -82,6 +84,9 @@ def prepare_data(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
     for skipped in train.skipped + (val.skipped if val else ()):
         observer.warn(f"skipped {skipped}")
     observer.data_summary(train.classes, train.counts(), val.counts() if val else None, val_source)
+    imbalance = imbalance_warning(dict(zip(train.classes, train.counts())))
+    if imbalance and cfg.class_weights == "none" and not cfg.balanced_sampler:
+        observer.warn(imbalance)
     if checkpoint is not None and tuple(train.classes) != checkpoint.class_names:
         raise DataError(
             f"the data's classes ({', '.join(train.classes)}) differ from the checkpoint's "
@@ -91,7 +96,34 @@ def prepare_data(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
         observer.info(cache.describe())
         if not cache.accepting:
             cache = None
-    return TrainingData(train, val, val_source, split, preprocess, cache)
+    augmentation = cfg.augmentation(_colour_pca(cfg, checkpoint, train, preprocess, cache, observer))
+    return TrainingData(train, val, val_source, split, preprocess, cache, augmentation)
+
+
+PCA_IMAGES = 5_000  # --pca-lighting measures the colours of at most this many training images, evenly spread
+
+
+def _colour_pca(cfg: TrainConfig, checkpoint: Checkpoint | None, train: datamod.ImageSet, preprocess: Preprocess,
+                cache: ImageCache | None, observer: Observer):
+    """--pca-lighting's eigenvalues and eigenvectors: those a resumed run stored, else measured on the
+    training images (from the cache, else decoded again) at the resize the model sees."""
+    if cfg.pca_lighting <= 0:
+        return None
+    saved = checkpoint.training.config if checkpoint is not None else {}
+    if saved.get("pca_eigval"):
+        return saved["pca_eigval"], saved["pca_eigvec"]
+    paths = [path for path, _ in train.samples]
+    paths = paths[::max(1, len(paths) // PCA_IMAGES)][:PCA_IMAGES]
+    decode = preprocess.decode_transforms()
+
+    def pixels(path: str):
+        cached = cache.get(path) if cache is not None else None
+        return cached if cached is not None else decode(datamod.open_image(path))
+
+    eigval, eigvec = rgb_pca(pixels(path) for path in paths)
+    observer.info(f"PCA lighting: RGB eigenvalues {', '.join(f'{v:.2e}' for v in eigval)} from {len(paths):,} "
+                  "training images")
+    return eigval, eigvec
 
 
 def _split(cfg: TrainConfig, observer: Observer, saved_split: Path | None, cache):
@@ -143,8 +175,13 @@ class Loaders:
 
 def make_loaders(cfg: TrainConfig, data: TrainingData, runtime: Runtime, dist: distmod.Dist,
                  observer: Observer) -> Loaders:
-    # Every augmentation there is (crop, flip) has a uint8 form whose flip the device makes per batch.
-    observer.info(f"pixels: uint8 crops to {runtime.device.type}, flipped, scaled and normalised there per batch")
+    augmentation = data.augmentation
+    observer.info(f"augmentation: {augmentation.describe()}")
+    if augmentation.on_cpu_floats:  # random erasing and PCA lighting act per sample on float pixels
+        observer.info("pixels: float samples finished on the CPU (random erasing and PCA lighting work per sample)")
+    else:
+        observer.info(f"pixels: uint8 crops to {runtime.device.type}, flipped, scaled and normalised there per "
+                      "batch")
     # JPEGs much larger than the input decode at a reduced scale that still covers the resize.
     common = dict(batch_size=cfg.batch_size, workers=runtime.workers, pin_memory=runtime.pin_memory,
                   draft_size=data.preprocess.resize_size, cache=data.cache, warn=observer.warn)
@@ -155,7 +192,26 @@ def make_loaders(cfg: TrainConfig, data: TrainingData, runtime: Runtime, dist: d
             data.preprocess.eval_transforms(), from_cache=data.preprocess.eval_crop(),
             order=distmod.eval_shard(len(data.val.samples), dist) if dist.enabled else None, **common)
     sampler = loading.EpochSampler()
+    crop = augmentation.train_crop(data.preprocess)
     train = loading.make_loader(
         [p for p, _ in data.train.samples], [lab for _, lab in data.train.samples],
-        data.preprocess.train_transforms(), from_cache=data.preprocess.train_crop(), order=sampler, **common)
+        Chain(data.preprocess.decode_transforms(), crop), from_cache=crop, order=sampler, **common)
     return Loaders(train, val, sampler)
+
+
+def epoch_order(cfg: TrainConfig, labels: list[int], epoch: int, dist: distmod.Dist) -> list[int]:
+    """This rank's training order for one epoch: a shuffle, or with --balanced-sampler as many draws (with
+    replacement) as there are images, each class equally likely. Both depend on (seed, epoch) alone, so a
+    resumed run draws the same; under torchrun each rank takes every world_size-th draw."""
+    if not cfg.balanced_sampler:
+        return distmod.train_shard(len(labels), cfg.seed, epoch, dist)
+    import torch
+    from torch.utils.data import WeightedRandomSampler
+
+    counts = torch.bincount(torch.tensor(labels))
+    weights = (1.0 / counts.double())[torch.tensor(labels)]
+    generator = torch.Generator().manual_seed(seeds.epoch_augment_seed(cfg.seed, epoch))
+    draws = list(WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator))
+    per_rank = -(-len(draws) // dist.world_size)
+    draws += draws[:per_rank * dist.world_size - len(draws)]  # equal shares, as DistributedSampler pads
+    return draws[dist.rank::dist.world_size]

@@ -105,18 +105,69 @@ def make_optimizer(name: str, model, *, lr: float, weight_decay: float, device: 
     fused = True if device.type in ("cpu", "cuda") else None
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay, fused=fused)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
-def make_scheduler(cfg: TrainConfig, optimizer, epochs: int):
+WARMUP_START = 0.01  # the warm-up's first factor, as torchvision's reference (lr_warmup_decay)
+
+
+def lr_factor(step: int, *, scheduler: str, epochs: int, steps_per_epoch: int, warmup_epochs: int) -> float:
+    """The learning rate at optimizer step `step` (from 0) as a fraction of --lr: a linear warm-up over the
+    first `warmup_epochs`, times the schedule. step: /10 at each third of the epochs (the paper divided by 10
+    three times), per epoch as before; cosine: from 1 to 0 over the steps after the warm-up."""
+    warmup_steps = warmup_epochs * steps_per_epoch
+    factor = 1.0
+    if step < warmup_steps:
+        factor = WARMUP_START + (1 - WARMUP_START) * step / warmup_steps
+    if scheduler == "step":
+        factor *= 0.1 ** ((step // steps_per_epoch) // max(1, epochs // 3))
+    elif scheduler == "cosine":
+        total = max(1, (epochs - warmup_epochs) * steps_per_epoch)
+        done = min(total, max(0, step - warmup_steps))
+        factor *= 0.5 * (1 + math.cos(math.pi * done / total))
+    return factor
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, epochs: int, steps_per_epoch: int):
+    """One LambdaLR stepped after every optimizer step (a step post-hook), so the schedule is smooth within
+    an epoch and a run stopped mid-epoch resumes on the very step. None when the rate never changes."""
+    import functools
+
     import torch
 
-    if cfg.scheduler == "step":
-        # The paper divided the learning rate by 10 three times over training.
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    return None
+    if cfg.scheduler == "none" and cfg.warmup_epochs == 0:
+        return None
+    factor = functools.partial(lr_factor, scheduler=cfg.scheduler, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                               warmup_epochs=cfg.warmup_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    optimizer.register_step_post_hook(lambda *_: scheduler.step())
+    return scheduler
+
+
+def make_ema(model, decay: float, optimizer):
+    """An exponential moving average of the weights (and buffers), updated after every optimizer step. Under
+    torchrun every rank holds the same weights after a step, so every rank averages the same."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.requires_grad_(False)
+    optimizer.register_step_post_hook(lambda *_: ema.update_parameters(model))
+    return ema
+
+
+def make_criterion(cfg: TrainConfig, class_counts: list[int] | None, device):
+    """Cross-entropy with label smoothing and, with --class-weights, a weight per class. It takes class
+    indices or, under mixup and cutmix, per-class probabilities."""
+    import torch
+
+    weight = None
+    if cfg.class_weight_power > 0 and class_counts:
+        from alexnet_cli.augment import class_weights
+
+        weight = torch.tensor(class_weights(class_counts, cfg.class_weight_power), device=device)
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
 @dataclass
@@ -130,10 +181,16 @@ class TrainingParts:
     scheduler: Any
     scaler: Any
     criterion: Any
+    ema: Any = None  # AveragedModel with --ema: what validation, best.pt and last.pt's weights use
+
+    @property
+    def eval_model(self):
+        """The weights that are validated and saved for evaluate and predict: the average with --ema."""
+        return self.ema.module if self.ema is not None else self.model
 
     @classmethod
     def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, precision: Precision, epochs: int,
-              dist: distmod.Dist, weights=None) -> TrainingParts:
+              dist: distmod.Dist, steps_per_epoch: int, weights=None, class_counts=None) -> TrainingParts:
         """A fresh model (ImageNet weights with --pretrained), or one with a checkpoint's `weights`."""
         import torch
 
@@ -156,23 +213,29 @@ class TrainingParts:
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         optimizer = make_optimizer(cfg.optimizer, model, lr=cfg.effective_lr,
                                    weight_decay=cfg.effective_weight_decay, device=device)
-        scheduler = make_scheduler(cfg, optimizer, epochs)
+        scheduler = make_scheduler(cfg, optimizer, epochs, steps_per_epoch)
+        ema = make_ema(model, cfg.ema, optimizer) if cfg.ema > 0 else None
         # Loss scaling only for fp16: bf16 has fp32's range, so its gradients do not underflow.
         scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
-        criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        return cls(model, net, optimizer, scheduler, scaler, criterion)
+        return cls(model, net, optimizer, scheduler, scaler, make_criterion(cfg, class_counts, device), ema)
 
     def restore(self, training: TrainingState, cfg: TrainConfig, epochs: int, device: torch.device,
-                dist: distmod.Dist) -> RunState:
+                dist: distmod.Dist, average=None) -> RunState:
         """Continue where a checkpoint stopped: the optimizer's moments, the schedule, the scaler, the history
         and the random streams (rank 0's; the other ranks draw their own dropout masks)."""
         import torch
 
         self.optimizer.load_state_dict(training.optimizer)
         if self.scheduler is not None and training.scheduler:
-            self.scheduler.load_state_dict(training.scheduler)
-            if cfg.scheduler == "cosine":
-                self.scheduler.T_max = epochs  # a run extended with a larger --epochs anneals over the new length
+            # Only the step count is restored: the factor is rebuilt from the settings, so a run extended with
+            # a larger --epochs anneals over its new length.
+            self.scheduler.last_epoch = int(training.scheduler["last_epoch"])
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        if self.ema is not None:
+            if not training.ema:
+                raise ConfigError(f"{cfg.resume} was trained without --ema, so there is no average to go on with")
+            self.ema.module.load_state_dict(average)  # the checkpoint's model: the average
+            self.ema.n_averaged.fill_(int(training.ema["n_averaged"]))
         if training.scaler:
             self.scaler.load_state_dict(training.scaler)
         state = RunState(**training.run_state)
@@ -187,16 +250,12 @@ class TrainingParts:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def step_schedule(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.step()
-
     def checkpoint(self, cfg: TrainConfig, class_names, preprocess: Preprocess, state: RunState,
                    config: dict[str, Any], device, partial: dict[str, Any] | None = None) -> Checkpoint:
         """Everything evaluate, predict and --resume need, as it stands now."""
         return Checkpoint(
             arch=cfg.arch, class_names=tuple(class_names), preprocess=preprocess, dropout=cfg.dropout,
-            state_dict=self.model.state_dict(),
+            state_dict=self.model.state_dict() if self.ema is None else self.ema.module.state_dict(),
             training=TrainingState(
                 epoch=state.epoch,
                 optimizer=self.optimizer.state_dict(),
@@ -207,6 +266,9 @@ class TrainingParts:
                 metrics=state.history[-1] if state.history else None,
                 config=config,
                 partial=partial,
+                # With --ema the weights above are the average; the trained ones go on from here.
+                ema=None if self.ema is None else {"weights": self.model.state_dict(),
+                                                   "n_averaged": int(self.ema.n_averaged)},
             ),
         )
 
