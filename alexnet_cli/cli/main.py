@@ -179,7 +179,8 @@ def lr_find(
     start: Annotated[float, typer.Option(help="The first learning rate.")] = 1e-7,
     end: Annotated[float, typer.Option(help="The last learning rate.")] = 1.0,
     plot: Annotated[Optional[Path], typer.Option(
-        help="Write the curve to this PNG (the plots extra).", show_default="a table")] = None,
+        help="Where to draw the curve (needs the plots extra; without it, the table alone).",
+        show_default="lr-find.png")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=RECIPE_HELP, show_default="none")] = None,
     optimizer: Annotated[str, typer.Option(help=OPTIMIZER_HELP)] = TrainConfig.optimizer,
     batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = TrainConfig.batch_size,
@@ -197,10 +198,15 @@ def lr_find(
             console.info(describe_recipe(recipe, from_recipe))
         result = run_lr_find(cfg, console.RichObserver(), steps=steps, start=start, end=end)
         console.lr_curve(result.lrs, result.losses, result.suggestion)
-        if plot is not None:
-            from alexnet_cli.plots import write_lr_curve
+        from alexnet_cli.plots import PlotsUnavailable, write_lr_curve
 
-            console.info(f"wrote {write_lr_curve(plot, result.lrs, result.losses, result.suggestion)}")
+        try:
+            drawn = write_lr_curve(plot or Path("lr-find.png"), result.lrs, result.losses, result.suggestion)
+            console.info(f"wrote {drawn}")
+        except PlotsUnavailable as exc:
+            if plot is not None:
+                raise
+            console.info(f"no picture of the curve: {exc}")
         console.info(f"suggested --lr {result.suggestion:.2e} ({result.rule})")
         console.info(f"next: alexnet train {data} --lr {result.suggestion:.2e}   (or --lr find)")
 
