@@ -313,14 +313,15 @@ def test_each_recipe_expands_as_documented_and_flags_override(runner, shapes):
     for name, settings in RECIPES.items():
         result = invoke(runner, ["train", str(shapes / "train"), "--recipe", name, "--epochs", "1", "--output",
                                  f"run-{name}", "--image-size", "67", "--batch-size", "8", "--workers", "0",
-                                 "--lr", "2e-5"])
+                                 "--lr", "2e-5", "--warmup-epochs", "0"])
         assert result.exit_code == 0, result.output
         config = json.loads(Path(f"run-{name}/config.json").read_text())
         assert config["recipe"] == name
         for key, value in settings.items():
-            if key not in ("epochs", "batch_size", "lr"):
+            if key not in ("epochs", "batch_size", "lr", "warmup_epochs"):
                 assert config[key] == value, (name, key)
         assert config["epochs"] == 1 and config["batch_size"] == 8 and config["lr"] == 2e-5  # the flags won
+        assert config["warmup_epochs"] == 0
         line = next(line for line in result.stderr.splitlines() if line.startswith(f"recipe {name}:"))
         assert "--lr" not in line and "--epochs" not in line and "--batch-size" not in line
         assert f"`{name}`" in docs

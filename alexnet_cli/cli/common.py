@@ -11,7 +11,7 @@ import typer
 from alexnet_cli import console
 from alexnet_cli.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM
 from alexnet_cli.errors import AlexNetError, DeviceError
-from alexnet_cli.models import ARCHITECTURES
+from alexnet_cli.models import ARCHITECTURES, SMALL_IMAGE_SIDE, SMALL_INPUT
 
 app = typer.Typer(
     name="alexnet",
@@ -41,10 +41,11 @@ def _number(value: float) -> str:
 
 LR_DEFAULT = ", ".join(f"{_number(lr)} for {name}" for name, lr in DEFAULT_LR.items())
 WEIGHT_DECAY_DEFAULT = ", ".join(f"{_number(decay)} for {name}" for name, decay in DEFAULT_WEIGHT_DECAY.items())
-OPTIMIZER_HELP = (f"adam, or sgd (momentum {_number(SGD_MOMENTUM)}, weight decay "
+OPTIMIZER_HELP = (f"adam, adamw (decoupled weight decay), or sgd (momentum {_number(SGD_MOMENTUM)}, weight decay "
                   f"{_number(DEFAULT_WEIGHT_DECAY['sgd'])}).")
-IMAGE_SIZE_DEFAULT = "the arch's own: " + ", ".join(f"{name} {info.default_image_size}"
-                                                    for name, info in ARCHITECTURES.items())
+ARCH_SIZE_DEFAULT = "the arch's own: " + ", ".join(f"{name} {info.default_image_size}"
+                                                   for name, info in ARCHITECTURES.items())
+IMAGE_SIZE_DEFAULT = f"{ARCH_SIZE_DEFAULT}; {SMALL_INPUT} for images of {SMALL_IMAGE_SIDE} pixels or less"
 SIBLING_VAL_DEFAULT = "a sibling val/ or test/ folder"
 NEWEST_BEST_DEFAULT = "the newest runs/*/best.pt"
 PRECISION_HELP = (

@@ -15,14 +15,13 @@ import typer
 
 from alexnet_cli import __version__, console
 from alexnet_cli import demo as demo_defaults
-from alexnet_cli.cli.common import (ARCH_HELP, CACHE_HELP, DEVICE_HELP, IMAGE_SIZE_DEFAULT, LR_DEFAULT,
-                                    NEWEST_BEST_DEFAULT, OPTIMIZER_HELP, PRECISION_HELP, SIBLING_VAL_DEFAULT,
-                                    STRICT_HELP, TENSORBOARD_HELP, WEIGHT_DECAY_DEFAULT, WORKERS_DEFAULT, _boundary,
-                                    app)
+from alexnet_cli.cli.common import (ARCH_HELP, ARCH_SIZE_DEFAULT, CACHE_HELP, DEVICE_HELP, IMAGE_SIZE_DEFAULT,
+                                    LR_DEFAULT, NEWEST_BEST_DEFAULT, OPTIMIZER_HELP, PRECISION_HELP,
+                                    SIBLING_VAL_DEFAULT, STRICT_HELP, TENSORBOARD_HELP, WEIGHT_DECAY_DEFAULT,
+                                    WORKERS_DEFAULT, _boundary, app)
 from alexnet_cli.config import DEFAULT_EPOCHS, EvaluateConfig, PredictConfig, SummaryConfig, TrainConfig
 from alexnet_cli.errors import ConfigError
-from alexnet_cli.recipes import RECIPES
-from alexnet_cli.recipes import describe as describe_recipe
+from alexnet_cli.recipes import RECIPES, describe as describe_recipe
 
 RECIPE_HELP = ("Named settings: " + ", ".join(RECIPES) + " (docs/training.md). Options given on the command "
                "line override it.")
@@ -54,7 +53,7 @@ def summary(
     arch: Annotated[str, typer.Option(help=ARCH_HELP)] = SummaryConfig.arch,
     num_classes: Annotated[int, typer.Option(help="Number of output classes.")] = SummaryConfig.num_classes,
     image_size: Annotated[
-        Optional[int], typer.Option(help="Input size in pixels.", show_default=IMAGE_SIZE_DEFAULT)] = None,
+        Optional[int], typer.Option(help="Input size in pixels.", show_default=ARCH_SIZE_DEFAULT)] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Take arch, size and classes from this checkpoint.")] = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Load torchvision's ImageNet weights (alexnet-torchvision).")

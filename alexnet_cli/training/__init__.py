@@ -130,6 +130,7 @@ def lr_find(cfg: TrainConfig, observer: Observer, steps: int = 100, start: float
 
     _epochs(cfg)
     runtime = _runtime(cfg, None, observer)
+    cfg = _image_size(cfg, observer)
     data = prepare_data(cfg, None, distmod.SINGLE, observer)
     parts = TrainingParts.build(cfg, len(data.classes), runtime.device, runtime.precision, 1, distmod.SINGLE,
                                 steps_per_epoch(len(data.train.samples), cfg.batch_size, distmod.SINGLE),
