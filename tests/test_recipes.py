@@ -19,13 +19,23 @@ def _image(seed: int, size: int = 40) -> torch.Tensor:
     return torch.randint(0, 256, (3, size, size + 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def _sample(crop, image, augment_seed: int, index: int):
-    from alexnet_cli.loading import ImageDataset
-    from alexnet_cli.seeds import sample_seed
+class _OneImage:
+    """A stand-in cache that holds one decoded image for every path."""
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sample_seed(augment_seed, index))
-        out = crop(image)
+    def __init__(self, image) -> None:
+        self.image = image
+
+    def get(self, path):
+        return self.image
+
+
+def _sample(crop, image, augment_seed: int, index: int):
+    """Sample `index` of an epoch as the loader makes it: ImageDataset seeds the draws by (seed, index)."""
+    from alexnet_cli.loading import ImageDataset
+
+    dataset = ImageDataset([f"{i}.png" for i in range(index + 1)], None, crop, cache=_OneImage(image),
+                           from_cache=crop)
+    out = dataset[(index, augment_seed)][0]
     return out.pixels if hasattr(out, "pixels") else out
 
 
@@ -38,13 +48,10 @@ AUGMENTATIONS = [Augmentation(policy) for policy in POLICIES] + [
 
 @pytest.mark.parametrize("augmentation", AUGMENTATIONS, ids=lambda a: a.describe())
 def test_each_augmentation_is_deterministic_per_seed_epoch_and_index(augmentation):
-    from alexnet_cli.loading import ImageDataset
     from alexnet_cli.seeds import epoch_augment_seed
 
-    preprocess = Preprocess.for_arch(32, 227)
-    crop = augmentation.train_crop(preprocess)
+    crop = augmentation.train_crop(Preprocess.for_arch(32, 227))
     image = _image(0)
-    dataset = ImageDataset(["a.png"], [0], crop, cache=None)
     epoch1, epoch2 = epoch_augment_seed(1, 1), epoch_augment_seed(1, 2)
     first = _sample(crop, image, epoch1, 5)
     torch.rand(7)  # the global stream moves on between the two: it must not matter
@@ -52,23 +59,21 @@ def test_each_augmentation_is_deterministic_per_seed_epoch_and_index(augmentatio
     if augmentation.policy != "none" or augmentation.on_cpu_floats:
         others = [_sample(crop, image, seed, index) for seed, index in ((epoch2, 5), (epoch1, 6), (epoch1 + 7, 5))]
         assert any(not torch.equal(first, other) for other in others), "the draws ignore the seed"
-    assert dataset  # the loader's dataset takes the same transform
 
 
 def test_the_uint8_and_float_paths_agree_for_every_policy():
+    from alexnet_cli.loading import ImageDataset
+    from alexnet_cli.preprocess import PixelBatch
+
     preprocess = Preprocess.for_arch(32, 227)
     for policy in POLICIES:
         augmentation = Augmentation(policy)
-        pixels = _sample(augmentation.train_crop(preprocess, on_device=True), _image(1), 11, 3)
-        floats = _sample(augmentation.train_crop(preprocess, on_device=False), _image(1), 11, 3)
-        from alexnet_cli.preprocess import PixelBatch, ToPixels
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(__import__("alexnet_cli.seeds").seeds.sample_seed(11, 3))
-            sample = augmentation.train_crop(preprocess, on_device=True)(_image(1))
-        batch = PixelBatch.stack([sample]).to_model(torch.device("cpu"))
+        pixels = ImageDataset(["a.png"], None, None, cache=_OneImage(_image(1)),
+                              from_cache=augmentation.train_crop(preprocess, on_device=True))[(0, 11)][0]
+        floats = _sample(augmentation.train_crop(preprocess, on_device=False), _image(1), 11, 0)
+        assert pixels.pixels.dtype == torch.uint8
+        batch = PixelBatch.stack([pixels]).to_model(torch.device("cpu"))
         assert torch.equal(batch[0].contiguous(), floats), policy
-        assert pixels.dtype == torch.uint8 and ToPixels
 
 
 def test_random_erasing_and_pca_lighting_take_the_float_path():
