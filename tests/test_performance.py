@@ -128,6 +128,29 @@ def test_training_uses_fused_optimizers_and_keeps_fp32_master_weights_under_bf16
     assert not torch.equal(before, model.classifier[-1].weight)
 
 
+def test_cpu_runs_flush_subnormals_so_decayed_adam_moments_stay_fast():
+    """A dead unit's Adam moment decays into subnormals, on which an x86 CPU is many times slower
+    (bench/denormals.py); every command's runtime on a CPU flushes them to zero."""
+    from alexnet_cli.runtime import resolve_runtime
+
+    torch.set_flush_denormal(False)
+    subnormal = torch.tensor([1e-39])
+    assert (subnormal * 1.0).item() != 0.0
+    try:
+        resolve_runtime("cpu", False, "fp32", 0)
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush subnormals")
+        torch.set_flush_denormal(False)
+        resolve_runtime("cpu", False, "fp32", 0)  # the runtime, not the probe above, sets it
+        assert (subnormal * 1.0).item() == 0.0
+        moment = torch.full((1000,), 1e-30)
+        for _ in range(250):  # what Adam's beta1 does to a moment whose gradient is zero
+            moment.mul_(0.9)
+        assert moment.abs().max().item() == 0.0  # flushed: 3.6e-42, a subnormal, without it
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_inference_casts_the_weights_rather_than_autocasting():
     model = prepare_for_inference(build_model("alexnet", num_classes=2), CPU, Precision("bf16", "test"))
     assert all(p.dtype == torch.bfloat16 for p in model.parameters()) and not model.training
