@@ -89,8 +89,8 @@ def test_the_defaults_that_depend_on_other_options_are_shown(runner, monkeypatch
     monkeypatch.setenv("COLUMNS", "400")
     rendered = " ".join(invoke(runner, ["train", "--help"]).output.split())
     for shown in ("adam, adamw (decoupled weight decay), or sgd (momentum 0.9, weight decay 5e-4).",
-                  "[default: (1e-4 for adam, 1e-4 for adamw, 0.01 for sgd)]", "131 for images of 64 pixels or less",
-                  "[default: (10, or the resumed run's own)]", "[default: (0 for adam, 0.01 for adamw, 5e-4 for sgd)]", "pip install 'alexnet-cli[tensorboard]'",
+                  "[default: (2e-4 for adam, 2e-4 for adamw, 0.01 for sgd)]", "131 for images of 64 pixels or less",
+                  "[default: (20, or the resumed run's own)]", "[default: (0 for adam, 0.01 for adamw, 5e-4 for sgd)]", "pip install 'alexnet-cli[tensorboard]'",
                   "[default: (a new runs/train-N)]", "[default: (0 on 2 cores or fewer, else cores - 1, at most 4)]"):
         assert shown in rendered, shown
 

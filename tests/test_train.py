@@ -22,7 +22,7 @@ def test_train_end_to_end_writes_the_run_folder(runner, shapes):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["class_names"] == ["circle", "square"]
-    assert config["epochs"] == 2 and config["lr"] == 1e-4 and config["val"] is None
+    assert config["epochs"] == 2 and config["lr"] == 2e-4 and config["val"] is None  # DEFAULT_LR["adam"]
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert all(r["val_images"] == "6" for r in rows)  # the sibling data/val was found and used
