@@ -64,8 +64,9 @@ def configure_backends(device: torch.device) -> None:
 
     On the CPU, subnormal floats are flushed to zero. Adam's first moment of a weight whose gradient has gone
     to zero (a dead ReLU's) decays by 0.9 a step into the subnormal range within a few hundred steps, and an x86
-    CPU computes on subnormals about 20 times slower: epochs of a Fashion-MNIST run grew from 92 s to 165 s
-    without it (docs/performance.md, bench/denormals.py). Values below 1.2e-38 change nothing a model learns.
+    CPU computes on subnormals far slower: the fused Adam step took 6.6 times as long, and epochs of a
+    Fashion-MNIST run grew from 92 s to 165 s (docs/performance.md, bench/denormals.py). Values below 1.2e-38
+    change nothing a model learns.
     """
     import torch
 

@@ -42,11 +42,8 @@ def main() -> None:
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     optimizer.step()
-    for p in params:
-        flat_grad, flat_moment = p.grad.view(-1), optimizer.state[p]["exp_avg"].view(-1)
-        dead = int(flat_grad.numel() * args.dead)
-        flat_grad[:dead] = 0.0
-        flat_moment[:dead] = 1e-39
+    for p in params:  # their first moments are set to a subnormal before each round, in timed()
+        p.grad.view(-1)[: int(p.numel() * args.dead)] = 0.0
     print(f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters, {args.dead:.0%} of each with a zero gradient "
           f"and a subnormal first moment; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
