@@ -5,9 +5,9 @@ Each sample's draws come from torch's generator, seeded per (seed, epoch, index)
 (loading.ImageDataset), so a sample is augmented the same in any loader process and after a resume. The
 batch mixes draw from the training process's own stream, which every checkpoint saves.
 
-Crop, flip and the policies work on uint8 pixels, so they keep the uint8 path (the flip made on the device).
-Random erasing and PCA lighting act on float pixels, sample by sample: with either, the samples are finished
-on the CPU as floats (the float path), and the run says so.
+Crop, flip, the policies and random erasing keep the uint8 path: each sample's flip and erasing box are drawn
+in the loader and made on the device, after normalising, batched. PCA lighting acts on float pixels, sample
+by sample: with it, the samples are finished on the CPU as floats (the float path), and the run says so.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Augmentation:
     @property
     def on_cpu_floats(self) -> bool:
         """True when a step needs float pixels per sample, so the float path finishes samples on the CPU."""
-        return self.random_erasing > 0 or self.pca_sigma > 0
+        return self.pca_sigma > 0
 
     def describe(self) -> str:
         parts = {"flip": "random crop and flip", "none": "centre crop, no augmentation"}.get(
@@ -63,7 +63,7 @@ class Augmentation:
             steps = [v2.ToImage(), v2.RandomCrop(preprocess.image_size), *self._policy()]
         flip_p = 0.0 if self.policy == "none" else 0.5
         if on_device and not self.on_cpu_floats:
-            return v2.Compose([*steps, ToPixels(preprocess.mean, preprocess.std, flip_p)])
+            return v2.Compose([*steps, ToPixels(preprocess.mean, preprocess.std, flip_p, self.random_erasing)])
         if flip_p:
             steps.append(v2.RandomHorizontalFlip(flip_p))
         steps.append(v2.ToDtype(torch.float32, scale=True))

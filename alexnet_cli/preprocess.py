@@ -3,9 +3,10 @@ and rebuilt by evaluate, predict and export. It is one torchvision `transforms.v
 deterministic decode half (what the decoded-image cache holds) and the crop half (random for training).
 
 The crop half ends in one of two ways. The uint8 path (the default): each sample stays the uint8 crop, with
-its flip drawn but not made (`Pixels`); a batch of them (`PixelBatch`) goes to the device as uint8, a quarter
-of the bytes, and is flipped, scaled and normalised there in one batched pass. The float path does the same
-per sample on the CPU (`on_device=False`); both give the same numbers, bit for bit.
+its flip and random-erasing box drawn but not made (`Pixels`); a batch of them (`PixelBatch`) goes to the
+device as uint8, a quarter of the bytes, and is flipped, scaled, normalised and erased there in one batched
+pass. The float path does the same per sample on the CPU (`on_device=False`); both give the same numbers,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -147,53 +148,74 @@ class CenterCropPixels:
 
 @dataclass(frozen=True)
 class Pixels:
-    """One sample on the uint8 path: the crop's pixels (uint8, CHW) and whether the device flips it."""
+    """One sample on the uint8 path: the crop's pixels (uint8, CHW), whether the device flips it, and the box
+    it erases after normalising (top, left, height, width), if any."""
 
     pixels: Any
     flip: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    erase: tuple[int, int, int, int] | None = None
+
+
+NO_BOX = (0, 0, 0, 0)
 
 
 class ToPixels:
     """The end of the uint8 path. The flip is drawn exactly as v2.RandomHorizontalFlip draws it (one
-    torch.rand(1) after the crop's draws: flip when below p), so the random streams and every later draw are
-    those of the float path; PixelBatch makes it."""
+    torch.rand(1) after the crop's draws: flip when below p), and the erasing box as v2.RandomErasing draws it
+    (one torch.rand(1), then its own make_params), so the random streams and every later draw are those of the
+    float path; PixelBatch makes them."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], flip_p: float = 0.0) -> None:
-        self.mean, self.std, self.flip_p = tuple(mean), tuple(std), flip_p
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], flip_p: float = 0.0,
+                 erasing_p: float = 0.0) -> None:
+        self.mean, self.std, self.flip_p, self.erasing_p = tuple(mean), tuple(std), flip_p, erasing_p
+        if erasing_p > 0:
+            from torchvision.transforms import v2
+
+            self.eraser = v2.RandomErasing(p=erasing_p, value=0)  # the float path's, for its make_params
 
     def __call__(self, image) -> Pixels:
         import torch
 
         flip = bool(torch.rand(1) < self.flip_p) if self.flip_p > 0 else False
-        return Pixels(image.as_subclass(torch.Tensor), flip, self.mean, self.std)
+        erase = None
+        if self.erasing_p > 0 and torch.rand(1) < self.erasing_p:
+            box = self.eraser.make_params([image])
+            if box["v"] is not None:  # no box fitted in ten tries: torchvision leaves the image be
+                erase = (box["i"], box["j"], box["h"], box["w"])
+        return Pixels(image.as_subclass(torch.Tensor), flip, self.mean, self.std, erase)
 
 
 @dataclass(frozen=True)
 class PixelBatch:
-    """A batch on the uint8 path, as collate_readable stacks it: uint8 NCHW and a bool per image."""
+    """A batch on the uint8 path, as collate_readable stacks it: uint8 NCHW, a bool per image, and an
+    erasing box per image (N x 4; height 0 where none), or None when no image erases."""
 
     pixels: Any
     flips: Any
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    erase: Any = None
 
     @classmethod
     def stack(cls, samples: list[Pixels]) -> PixelBatch:
         import torch
 
+        erase = None
+        if any(s.erase is not None for s in samples):
+            erase = torch.tensor([s.erase or NO_BOX for s in samples])
         return cls(torch.stack([s.pixels for s in samples]), torch.tensor([s.flip for s in samples]),
-                   samples[0].mean, samples[0].std)
+                   samples[0].mean, samples[0].std, erase)
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def pin_memory(self) -> PixelBatch:  # DataLoader(pin_memory=True) calls this
-        return PixelBatch(self.pixels.pin_memory(), self.flips, self.mean, self.std)
+        return PixelBatch(self.pixels.pin_memory(), self.flips, self.mean, self.std, self.erase)
 
     def to_model(self, device, dtype=None, memory_format=None):
-        """On the device: flip, scale to [0, 1] and normalise, with the very ops the float path's
+        """On the device: flip, scale to [0, 1], normalise and erase, with the very ops the float path's
         torchvision v2 functionals run per sample, batched."""
         import torch
 
@@ -205,4 +227,11 @@ class PixelBatch:
         mean = torch.as_tensor(self.mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
         std = torch.as_tensor(self.std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
         images = images.sub_(mean).div_(std)  # v2.functional.normalize
+        if self.erase is not None:  # v2.functional.erase with value 0: each image's box becomes the mean
+            top, left, height, width = self.erase.to(device, non_blocking=True).unsqueeze(-1).unbind(1)
+            rows = torch.arange(images.shape[-2], device=images.device)
+            cols = torch.arange(images.shape[-1], device=images.device)
+            in_rows = (rows >= top) & (rows < top + height)  # N x H
+            in_cols = (cols >= left) & (cols < left + width)  # N x W
+            images = images.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1), 0.0)
         return images.to(dtype=dtype, memory_format=memory_format or torch.channels_last)

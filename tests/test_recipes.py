@@ -29,14 +29,21 @@ class _OneImage:
         return self.image
 
 
-def _sample(crop, image, augment_seed: int, index: int):
+def _sample_pixels(crop, image, augment_seed: int, index: int):
     """Sample `index` of an epoch as the loader makes it: ImageDataset seeds the draws by (seed, index)."""
     from alexnet_cli.loading import ImageDataset
 
     dataset = ImageDataset([f"{i}.png" for i in range(index + 1)], None, crop, cache=_OneImage(image),
                            from_cache=crop)
-    out = dataset[(index, augment_seed)][0]
-    return out.pixels if hasattr(out, "pixels") else out
+    return dataset[(index, augment_seed)][0]
+
+
+def _sample(crop, image, augment_seed: int, index: int):
+    """The sample's tensor: on the uint8 path, its pixels and its flip and erasing box, which decide the rest."""
+    out = _sample_pixels(crop, image, augment_seed, index)
+    if hasattr(out, "pixels"):
+        return torch.cat([out.pixels.flatten().float(), torch.tensor([out.flip, *(out.erase or (-1,) * 4)])])
+    return out
 
 
 AUGMENTATIONS = [Augmentation(policy) for policy in POLICIES] + [
@@ -61,24 +68,32 @@ def test_each_augmentation_is_deterministic_per_seed_epoch_and_index(augmentatio
         assert any(not torch.equal(first, other) for other in others), "the draws ignore the seed"
 
 
-def test_the_uint8_and_float_paths_agree_for_every_policy():
-    from alexnet_cli.loading import ImageDataset
+@pytest.mark.parametrize("augmentation", [Augmentation(policy) for policy in POLICIES] + [
+    Augmentation("flip", random_erasing=0.5), Augmentation("trivial", random_erasing=1.0),
+    Augmentation("none", random_erasing=0.5)], ids=lambda a: a.describe())
+def test_the_uint8_and_float_paths_agree(augmentation):
+    """A batch made on the device (flips and erasing boxes per image) equals the float path's samples."""
     from alexnet_cli.preprocess import PixelBatch
 
     preprocess = Preprocess.for_arch(32, 227)
-    for policy in POLICIES:
-        augmentation = Augmentation(policy)
-        pixels = ImageDataset(["a.png"], None, None, cache=_OneImage(_image(1)),
-                              from_cache=augmentation.train_crop(preprocess, on_device=True))[(0, 11)][0]
-        floats = _sample(augmentation.train_crop(preprocess, on_device=False), _image(1), 11, 0)
-        assert pixels.pixels.dtype == torch.uint8
-        batch = PixelBatch.stack([pixels]).to_model(torch.device("cpu"))
-        assert torch.equal(batch[0].contiguous(), floats), policy
+    on_device = augmentation.train_crop(preprocess, on_device=True)
+    on_cpu = augmentation.train_crop(preprocess, on_device=False)
+    samples = [_sample_pixels(on_device, _image(index), 11, index) for index in range(8)]
+    assert all(s.pixels.dtype == torch.uint8 for s in samples)
+    batch = PixelBatch.stack(samples).to_model(torch.device("cpu"))
+    floats = torch.stack([_sample(on_cpu, _image(index), 11, index) for index in range(8)])
+    assert torch.equal(batch.contiguous(), floats)
+    erased = [s.erase is not None for s in samples]
+    if augmentation.random_erasing:  # some images erased, and some not when p < 1
+        assert any(erased) and (augmentation.random_erasing == 1 or not all(erased))
+        assert (floats == 0).flatten(1).sum(1).max() > 50  # a box, not a stray pixel at the mean
+    else:
+        assert not any(erased)
 
 
-def test_random_erasing_and_pca_lighting_take_the_float_path():
-    assert Augmentation("flip", random_erasing=0.2).on_cpu_floats
+def test_only_pca_lighting_takes_the_float_path():
     assert Augmentation("flip", pca_sigma=0.1).on_cpu_floats
+    assert not Augmentation("flip", random_erasing=0.2).on_cpu_floats
     assert not Augmentation("trivial").on_cpu_floats
 
 

@@ -177,11 +177,12 @@ def make_loaders(cfg: TrainConfig, data: TrainingData, runtime: Runtime, dist: d
                  observer: Observer) -> Loaders:
     augmentation = data.augmentation
     observer.info(f"augmentation: {augmentation.describe()}")
-    if augmentation.on_cpu_floats:  # random erasing and PCA lighting act per sample on float pixels
-        observer.info("pixels: float samples finished on the CPU (random erasing and PCA lighting work per sample)")
+    if augmentation.on_cpu_floats:  # PCA lighting acts per sample on float pixels
+        observer.info("pixels: float samples finished on the CPU (PCA lighting works per sample)")
     else:
-        observer.info(f"pixels: uint8 crops to {runtime.device.type}, flipped, scaled and normalised there per "
-                      "batch")
+        erased = ", erased" if augmentation.random_erasing > 0 else ""
+        observer.info(f"pixels: uint8 crops to {runtime.device.type}, flipped, scaled, normalised{erased} there "
+                      "per batch")
     # JPEGs much larger than the input decode at a reduced scale that still covers the resize.
     common = dict(batch_size=cfg.batch_size, workers=runtime.workers, pin_memory=runtime.pin_memory,
                   draft_size=data.preprocess.resize_size, cache=data.cache, warn=observer.warn)
