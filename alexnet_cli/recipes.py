@@ -24,7 +24,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                   mixup=0.0, cutmix=0.0, ema=0.0, dropout=0.5),
     # What timm, torchvision's reference and Ultralytics train with now: AdamW with a warm-up then cosine, random
     # erasing, label smoothing and an EMA of the weights, at batch 128 for 28 epochs (on a CPU the fixed cost
-    # of a step makes large batches cheap: about 25 minutes on 2 cores at Fashion-MNIST's 131 pixels). Crop and
+    # of a step makes large batches cheap: about 24 minutes on 2 cores at Fashion-MNIST's 131 pixels). Crop and
     # flip rather than TrivialAugment, and lr 4e-4 with EMA 0.995, as measured on Fashion-MNIST: the earlier
     # TrivialAugment version (lr 3e-4, batch 64, 25 epochs, EMA 0.998) reached less on validation (0.904
     # against 0.908) in 45 minutes (docs/training.md).
