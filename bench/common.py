@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,11 @@ def row(name: str, values: list[float], unit: str = "", digits: int = 1) -> str:
     fmt = f"{{:.{digits}f}}"
     return (f"{name:<34} min {fmt.format(min(values))}{unit}  median {fmt.format(statistics.median(values))}{unit}  "
             f"max {fmt.format(max(values))}{unit}")
+
+
+def alexnet(*args: str) -> subprocess.CompletedProcess:
+    """`alexnet ARGS` in a fresh process, output captured: what a user's shell would run."""
+    return subprocess.run([sys.executable, "-m", "alexnet_cli", *args], check=False, capture_output=True, text=True)
 
 
 def synchronize(device) -> None:

@@ -20,18 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from common import alexnet
 
 
 def misclassified(data: Path, weights: Path, tta: str, work: Path) -> tuple[int, set[tuple[str, str]]]:
     """(images scored, the (true class, file name) of every image the checkpoint gets wrong)."""
     errors = work / "errors"
-    command = [sys.executable, "-m", "alexnet_cli", "evaluate", str(data), "--weights", str(weights), "--json",
-               "--tta", tta, "--save-errors", str(errors)]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    done = alexnet("evaluate", str(data), "--weights", str(weights), "--json", "--tta", tta,
+                   "--save-errors", str(errors))
     if done.returncode != 0:
         raise SystemExit(f"{weights} on {data}: evaluation failed:\n{done.stderr[-2000:]}")
     images = json.loads(done.stdout)["images"]

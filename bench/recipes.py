@@ -19,10 +19,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import alexnet
 
 
 def cpu_name() -> str:
@@ -33,10 +34,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def alexnet(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alexnet_cli", *args], capture_output=True, text=True)
 
 
 def run_recipe(name: str, data: Path, test: Path | None, out: Path, extra: list[str], tta: str) -> dict:
