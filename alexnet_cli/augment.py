@@ -60,7 +60,9 @@ class Augmentation:
         if self.policy == "none":
             steps = [v2.ToImage(), v2.CenterCrop(preprocess.image_size)]
         else:
-            steps = [v2.ToImage(), v2.RandomCrop(preprocess.image_size), *self._policy()]
+            # the whole frame pads with black, as CIFAR recipes do; the crop framing's resize has room to crop
+            steps = [v2.ToImage(), v2.RandomCrop(preprocess.image_size, padding=preprocess.pad or None),
+                     *self._policy()]
         flip_p = 0.0 if self.policy == "none" else 0.5
         if on_device and not self.on_cpu_floats:
             return v2.Compose([*steps, ToPixels(preprocess.mean, preprocess.std, flip_p, self.random_erasing)])

@@ -13,7 +13,8 @@ from alexnet_cli.augment import POLICIES, Augmentation
 from alexnet_cli.cache import CACHE_MODES
 from alexnet_cli.device import check_device_name, check_precision_name
 from alexnet_cli.errors import ConfigError
-from alexnet_cli.models import arch_info, check_image_size
+from alexnet_cli.models import FRAMES, arch_info, check_image_size
+from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.tta import check_tta
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -72,6 +73,7 @@ class TrainConfig:
     val_split: float | None = None  # None: a sibling val/ folder if there is one, else 0.1
     arch: str = "alexnet"
     image_size: int | None = None
+    frame: str | None = None  # models.FRAMES; None: full for small images, else crop (models.auto_frame)
     batch_size: int = 64  # see DEFAULT_EPOCHS
     epochs: int | None = None  # None: DEFAULT_EPOCHS, or the resumed run's own count
     lr: float | None = None  # None: DEFAULT_LR for the optimizer
@@ -133,6 +135,8 @@ class TrainConfig:
             raise ConfigError("--freeze-features keeps the ImageNet features fixed: use it with --pretrained")
         if self.image_size is not None:
             check_image_size(self.arch, self.image_size)
+        if self.frame is not None and self.frame not in FRAMES:
+            raise ConfigError(f"unknown --frame {self.frame!r}: choose {' or '.join(FRAMES)}")
         _positive("--batch-size", self.batch_size)
         if self.epochs is not None:
             _positive("--epochs", self.epochs)
@@ -160,6 +164,11 @@ class TrainConfig:
     @property
     def effective_image_size(self) -> int:
         return self.image_size or arch_info(self.arch).default_image_size
+
+    def preprocess(self) -> Preprocess:
+        """How an image becomes the model's input, stored in every checkpoint: the input size and framing."""
+        return Preprocess.for_arch(self.effective_image_size, arch_info(self.arch).default_image_size,
+                                   self.frame or "crop")
 
     @property
     def effective_lr(self) -> float:
@@ -194,7 +203,8 @@ class TrainConfig:
         resolved: what config.json records."""
         data = {k: (v.as_posix() if isinstance(v, Path) else v) for k, v in asdict(self).items()}
         data.update(
-            image_size=self.effective_image_size, lr=self.effective_lr, weight_decay=self.effective_weight_decay
+            image_size=self.effective_image_size, frame=self.frame or "crop", lr=self.effective_lr,
+            weight_decay=self.effective_weight_decay,
         )
         return data
 

@@ -76,6 +76,20 @@ def auto_image_size(arch: str, median_short_side: int | None) -> int:
     return info.default_image_size
 
 
+# How an image fills the input (--frame). crop: the paper's, a random crop of the image resized a little
+# larger (256 to 227) for training and its centre crop for evaluation, which cuts off the border. full: the
+# image resized to the input whole, the training crop shifting it within a black border of the same reach.
+# Small images lose too much to the crop: 1.6 of a 28-pixel image's border pixels on every side at 131, and
+# the whole frame was 0.53 points ahead on 12,000 Fashion-MNIST validation images over two seeds
+# (docs/training.md, "The whole frame for small images").
+FRAMES = ("crop", "full")
+
+
+def auto_frame(median_short_side: int | None) -> str:
+    """--frame left out: full for small images (the rule that picks SMALL_INPUT), else the paper's crop."""
+    return "full" if median_short_side is not None and median_short_side <= SMALL_IMAGE_SIDE else "crop"
+
+
 def check_image_size(arch: str, image_size: int) -> None:
     info = arch_info(arch)
     if image_size < info.min_image_size:

@@ -28,6 +28,10 @@ class Preprocess:
 
     Training: resize the short side to `resize_size` (about 256/227 of the input, as in the paper), random
     crop to `image_size`, random horizontal flip. Evaluation: the same resize, then a centre crop.
+
+    The whole frame (models.FRAMES, for small images): `resize_size` is `image_size`, so evaluation sees the
+    image whole, and training crops it from within a black border `pad` pixels wide, which shifts it as far
+    as the paper's crop would; ten-crop TTA cuts its corners from the same padded frame.
     """
 
     image_size: int
@@ -35,11 +39,20 @@ class Preprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
+    pad: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pad < self.image_size or min(self.image_size, self.resize_size) < 1:
+            raise DataError(f"the stored preprocessing is malformed: input {self.image_size}, resize "
+                            f"{self.resize_size}, pad {self.pad}")
 
     @classmethod
-    def for_arch(cls, image_size: int, native_size: int) -> Preprocess:
+    def for_arch(cls, image_size: int, native_size: int, frame: str = "crop") -> Preprocess:
         # 256 is to 227 (or torchvision's 224) as resize_size is to image_size.
-        return cls(image_size=image_size, resize_size=round(image_size * 256 / native_size))
+        resize_size = round(image_size * 256 / native_size)
+        if frame == "full":
+            return cls(image_size=image_size, resize_size=image_size, pad=(resize_size - image_size) // 2)
+        return cls(image_size=image_size, resize_size=resize_size)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -55,6 +68,7 @@ class Preprocess:
                 mean=tuple(float(v) for v in data["mean"]),
                 std=tuple(float(v) for v in data["std"]),
                 interpolation=str(data.get("interpolation", "bilinear")),
+                pad=int(data.get("pad", 0)),  # checkpoints from before --frame: the crop
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"the stored preprocessing is malformed: {exc}") from None

@@ -3,7 +3,8 @@ each image and their class probabilities are averaged.
 
 flip: the centre crop and its mirror image, both made on the device from one batch. ten-crop: the paper's
 ten 224-pixel patches, the four corners and the centre of the resized image and their mirror images, cut
-by torchvision's `TenCrop` on the CPU. The averaged probabilities come back as their logarithm, so that
+by torchvision's `TenCrop` on the CPU; with the whole frame, of the image in the black border that training
+shifted it within (Preprocess.pad), so the corners are the training crop's farthest shifts. The averaged probabilities come back as their logarithm, so that
 everything downstream (softmax, cross-entropy, arg-max) reads them as it reads logits.
 """
 
@@ -27,12 +28,16 @@ class TenCrops:
 
     def __init__(self, preprocess: Preprocess) -> None:
         self.size, self.mean, self.std = preprocess.image_size, preprocess.mean, preprocess.std
+        self.pad = preprocess.pad
 
     def __call__(self, image):
         import torch
         from torchvision.transforms import v2
 
-        crops = v2.TenCrop(self.size)(v2.ToImage()(image))
+        image = v2.ToImage()(image)
+        if self.pad:
+            image = v2.functional.pad(image, [self.pad])
+        crops = v2.TenCrop(self.size)(image)
         stacked = torch.stack([crop.as_subclass(torch.Tensor) for crop in crops])
         return v2.functional.normalize(stacked.to(torch.float32).div_(255), list(self.mean), list(self.std))
 

@@ -46,6 +46,10 @@ OPTIMIZER_HELP = (f"adam, adamw (decoupled weight decay), or sgd (momentum {_num
 ARCH_SIZE_DEFAULT = "the arch's own: " + ", ".join(f"{name} {info.default_image_size}"
                                                    for name, info in ARCHITECTURES.items())
 IMAGE_SIZE_DEFAULT = f"{ARCH_SIZE_DEFAULT}; {SMALL_INPUT} for images of {SMALL_IMAGE_SIDE} pixels or less"
+FRAME_HELP = ("How each image fills the input. crop: the paper's random crop of the image resized about 1.13 "
+              "times larger, and its centre crop to evaluate; full: the whole image, shifted within a black "
+              "border to train.")
+FRAME_DEFAULT = f"full for images of {SMALL_IMAGE_SIDE} pixels or less, else crop"
 SIBLING_VAL_DEFAULT = "a sibling val/ or test/ folder"
 NEWEST_BEST_DEFAULT = "the newest runs/*/best.pt"
 PRECISION_HELP = (

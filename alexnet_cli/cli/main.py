@@ -15,10 +15,10 @@ import typer
 
 from alexnet_cli import __version__, console
 from alexnet_cli import demo as demo_defaults
-from alexnet_cli.cli.common import (ARCH_HELP, ARCH_SIZE_DEFAULT, CACHE_HELP, DEVICE_HELP, IMAGE_SIZE_DEFAULT,
-                                    LR_DEFAULT, NEWEST_BEST_DEFAULT, OPTIMIZER_HELP, PRECISION_HELP,
-                                    SIBLING_VAL_DEFAULT, STRICT_HELP, TENSORBOARD_HELP, WEIGHT_DECAY_DEFAULT,
-                                    WORKERS_DEFAULT, _boundary, app)
+from alexnet_cli.cli.common import (ARCH_HELP, ARCH_SIZE_DEFAULT, CACHE_HELP, DEVICE_HELP, FRAME_DEFAULT,
+                                    FRAME_HELP, IMAGE_SIZE_DEFAULT, LR_DEFAULT, NEWEST_BEST_DEFAULT, OPTIMIZER_HELP,
+                                    PRECISION_HELP, SIBLING_VAL_DEFAULT, STRICT_HELP, TENSORBOARD_HELP,
+                                    WEIGHT_DECAY_DEFAULT, WORKERS_DEFAULT, _boundary, app)
 from alexnet_cli.config import DEFAULT_EPOCHS, EvaluateConfig, PredictConfig, SummaryConfig, TrainConfig
 from alexnet_cli.errors import ConfigError
 from alexnet_cli.recipes import RECIPES, describe as describe_recipe
@@ -85,6 +85,7 @@ def train(
     arch: Annotated[Optional[str], typer.Option(
         help=ARCH_HELP, show_default="alexnet, or alexnet-torchvision with --pretrained")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size.", show_default=IMAGE_SIZE_DEFAULT)] = None,
+    frame: Annotated[Optional[str], typer.Option(help=FRAME_HELP, show_default=FRAME_DEFAULT)] = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Start from ImageNet weights (alexnet-torchvision, new head).")
     ] = False,
@@ -184,6 +185,7 @@ def lr_find(
     optimizer: Annotated[str, typer.Option(help=OPTIMIZER_HELP)] = TrainConfig.optimizer,
     batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = TrainConfig.batch_size,
     image_size: Annotated[Optional[int], typer.Option(help="Input size.", show_default=IMAGE_SIZE_DEFAULT)] = None,
+    frame: Annotated[Optional[str], typer.Option(help=FRAME_HELP, show_default=FRAME_DEFAULT)] = None,
     augment: Annotated[str, typer.Option(help=AUGMENT_HELP)] = TrainConfig.augment,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
     seed: Annotated[int, typer.Option(help="Random seed.")] = TrainConfig.seed,

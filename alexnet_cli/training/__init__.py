@@ -18,7 +18,7 @@ from typing import Any
 from alexnet_cli import distributed as distmod
 from alexnet_cli.config import DEFAULT_EPOCHS, TrainConfig
 from alexnet_cli.errors import ConfigError
-from alexnet_cli.models import arch_info, auto_image_size
+from alexnet_cli.models import arch_info, auto_frame, auto_image_size
 from alexnet_cli.observer import Observer, SilentObserver
 from alexnet_cli.runs import RunFolder
 from alexnet_cli.runtime import Runtime, resolve_runtime
@@ -56,7 +56,7 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     epochs = _epochs(cfg)
     # Runtime: the checks that need no data come first, so that a wrong option fails in a second.
     runtime = _runtime(cfg, choice, observer)
-    cfg = _image_size(cfg, observer)
+    cfg = _input(cfg, observer)
     # Data: every file decoded once (into the cache, where it fits), bad ones named, before anything is written.
     data = prepare_data(cfg, checkpoint, dist, observer)
     # Model parts, and the state to go on from: a checkpoint's, or a fresh one.
@@ -130,7 +130,7 @@ def lr_find(cfg: TrainConfig, observer: Observer, steps: int = 100, start: float
 
     _epochs(cfg)
     runtime = _runtime(cfg, None, observer)
-    cfg = _image_size(cfg, observer)
+    cfg = _input(cfg, observer)
     data = prepare_data(cfg, None, distmod.SINGLE, observer)
     parts = TrainingParts.build(cfg, len(data.classes), runtime.device, runtime.precision, 1, distmod.SINGLE,
                                 steps_per_epoch(len(data.train.samples), cfg.batch_size, distmod.SINGLE),
@@ -138,22 +138,29 @@ def lr_find(cfg: TrainConfig, observer: Observer, steps: int = 100, start: float
     return find_lr(parts, data, runtime, cfg, observer, steps=steps, start=start, end=end)
 
 
-def _image_size(cfg: TrainConfig, observer: Observer) -> TrainConfig:
-    """--image-size left out: the arch's own size, or a smaller one for small images (models.auto_image_size),
-    chosen from the training images' headers before anything is decoded."""
-    if cfg.image_size is not None:
+def _input(cfg: TrainConfig, observer: Observer) -> TrainConfig:
+    """--image-size and --frame left out: the arch's own size and the paper's crop, or for small images a
+    smaller size and the whole frame (models.auto_image_size, auto_frame), chosen from the training images'
+    headers before anything is decoded."""
+    if cfg.image_size is not None and cfg.frame is not None:
         return cfg
     from alexnet_cli.data import find_classes, is_image_file, median_short_side
 
     root = Path(cfg.data)
     paths = [str(p) for name in find_classes(root) for p in sorted((root / name).iterdir()) if is_image_file(p)]
     side = median_short_side(paths)
-    size = auto_image_size(cfg.arch, side)
-    if size != arch_info(cfg.arch).default_image_size:
+    size = cfg.image_size or auto_image_size(cfg.arch, side)
+    native = arch_info(cfg.arch).default_image_size
+    if cfg.image_size is None and size != native:
         observer.info(f"image size: {size} (the images are small, {side} pixels on their short side, and "
-                      f"{cfg.arch}'s own {arch_info(cfg.arch).default_image_size} trains about half as fast; "
-                      "--image-size sets it)")
-    return replace(cfg, image_size=size)
+                      f"{cfg.arch}'s own {native} trains about half as fast; --image-size sets it)")
+    frame = cfg.frame or auto_frame(side)
+    if cfg.frame is None and frame == "full":
+        pad = replace(cfg, image_size=size, frame=frame).preprocess().pad
+        observer.info(f"frame: full (the images are small: each is resized whole to {size} and training shifts "
+                      f"it within a border of {pad} pixels, where the paper's crop would cut off its edges; "
+                      "--frame crop sets the paper's)")
+    return replace(cfg, image_size=size, frame=frame)
 
 
 def _epochs(cfg: TrainConfig) -> int:

@@ -16,7 +16,6 @@ from alexnet_cli.cache import ImageCache, make_cache
 from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
 from alexnet_cli.config import TrainConfig
 from alexnet_cli.errors import CheckpointError, DataError
-from alexnet_cli.models import arch_info
 from alexnet_cli.observer import Observer
 from alexnet_cli.preprocess import Chain, Preprocess
 from alexnet_cli.runtime import Runtime
@@ -42,6 +41,7 @@ def resume(cfg: TrainConfig) -> tuple[Checkpoint | None, TrainConfig]:
     )
     if cfg.data is not None:
         overrides["data"] = cfg.data
+    saved.setdefault("frame", "crop")  # a run from before --frame cropped, whatever its images
     try:
         return checkpoint, replace(TrainConfig(**saved), **overrides)
     except TypeError as exc:
@@ -77,7 +77,7 @@ class TrainingData:
 def prepare_data(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.Dist,
                  observer: Observer) -> TrainingData:
     """Scan the training (and validation) folders, every file decoded once, and say what was found."""
-    preprocess = Preprocess.for_arch(cfg.effective_image_size, arch_info(cfg.arch).default_image_size)
+    preprocess = cfg.preprocess()
     cache = make_cache(cfg.cache, preprocess, dist.local_world_size)
     saved_split = Path(cfg.output) / "split.json" if checkpoint is not None else None
     train, val, val_source, split = _split(cfg, observer, saved_split, cache)
