@@ -1,5 +1,6 @@
 """What every command module of the CLI shares: the Typer app, the help texts built from config.py's
-defaults, and the boundary that turns the core's errors into one line and an exit code."""
+defaults, the boundary that turns the core's errors into one line and an exit code, and how the options
+given on the command line combine with a --recipe."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import typer
 
 from alexnet_cli import console
 from alexnet_cli.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM
-from alexnet_cli.errors import AlexNetError, DeviceError
+from alexnet_cli.errors import AlexNetError, ConfigError, DeviceError
 from alexnet_cli.models import ARCHITECTURES, SMALL_IMAGE_SIDE, SMALL_INPUT
 
 app = typer.Typer(
@@ -80,3 +81,33 @@ def _boundary():
         first = (str(exc).strip().splitlines() or [""])[0]
         console.error(f"unexpected {type(exc).__name__}: {first} (set ALEXNET_DEBUG=1 for the traceback)")
         raise typer.Exit(1) from None
+
+
+def _learning_rate(value: str | None) -> float | None:
+    if value is None or value == "find":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--lr is a number such as 3e-4, or find; got {value!r}") from None
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the command line (or the environment) gave this option, rather than its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _with_recipe(ctx: typer.Context, config_class, options: dict, recipe: str | None):
+    """The config from the options, with the recipe's settings where the command line gave none (a flag left
+    at its default is not given). Returns (config, what the recipe set)."""
+    from alexnet_cli.recipes import expand
+
+    fields = config_class.__dataclass_fields__
+    given = {name: value for name, value in options.items()
+             if name in fields and name != "lr_find" and (name == "arch" or _given(ctx, name))}
+    given["lr_find"] = options["lr_find"]
+    if options.get("lr") is not None or options["lr_find"]:
+        given["lr"] = options["lr"]
+    settings, from_recipe = expand(recipe, given)
+    return config_class(**settings), from_recipe

@@ -18,7 +18,8 @@ from alexnet_cli import demo as demo_defaults
 from alexnet_cli.cli.common import (ARCH_HELP, ARCH_SIZE_DEFAULT, CACHE_HELP, DEVICE_HELP, FRAME_DEFAULT,
                                     FRAME_HELP, IMAGE_SIZE_DEFAULT, LR_DEFAULT, NEWEST_BEST_DEFAULT, OPTIMIZER_HELP,
                                     PRECISION_HELP, SIBLING_VAL_DEFAULT, STRICT_HELP, TENSORBOARD_HELP,
-                                    WEIGHT_DECAY_DEFAULT, WORKERS_DEFAULT, _boundary, app)
+                                    WEIGHT_DECAY_DEFAULT, WORKERS_DEFAULT, _boundary, _learning_rate,
+                                    _with_recipe, app)
 from alexnet_cli.config import DEFAULT_EPOCHS, EvaluateConfig, PredictConfig, SummaryConfig, TrainConfig
 from alexnet_cli.errors import ConfigError
 from alexnet_cli.recipes import RECIPES, describe as describe_recipe
@@ -210,36 +211,6 @@ def lr_find(
             console.info(f"no picture of the curve: {exc}")
         console.info(f"suggested --lr {result.suggestion:.2e} ({result.rule})")
         console.info(f"next: alexnet train {data} --lr {result.suggestion:.2e}   (or --lr find)")
-
-
-def _learning_rate(value: str | None) -> float | None:
-    if value is None or value == "find":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"--lr is a number such as 3e-4, or find; got {value!r}") from None
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the command line (or the environment) gave this option, rather than its default."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name != "DEFAULT"
-
-
-def _with_recipe(ctx: typer.Context, config_class, options: dict, recipe: str | None):
-    """The config from the options, with the recipe's settings where the command line gave none (a flag left
-    at its default is not given). Returns (config, what the recipe set)."""
-    from alexnet_cli.recipes import expand
-
-    fields = config_class.__dataclass_fields__
-    given = {name: value for name, value in options.items()
-             if name in fields and name != "lr_find" and (name == "arch" or _given(ctx, name))}
-    given["lr_find"] = options["lr_find"]
-    if options.get("lr") is not None or options["lr_find"]:
-        given["lr"] = options["lr"]
-    settings, from_recipe = expand(recipe, given)
-    return config_class(**settings), from_recipe
 
 
 @app.command()
