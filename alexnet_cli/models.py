@@ -68,10 +68,15 @@ SMALL_IMAGE_SIDE = 64  # a median short side at most this is a small-image data 
 SMALL_INPUT = 131
 
 
+def small_images(median_short_side: int | None) -> bool:
+    """Whether a data set is of small images, which get SMALL_INPUT and the whole frame by default."""
+    return median_short_side is not None and median_short_side <= SMALL_IMAGE_SIDE
+
+
 def auto_image_size(arch: str, median_short_side: int | None) -> int:
     """The input size when --image-size is not given: SMALL_INPUT for small images, else the arch's own."""
     info = arch_info(arch)
-    if median_short_side is not None and median_short_side <= SMALL_IMAGE_SIDE:
+    if small_images(median_short_side):
         return max(info.min_image_size, SMALL_INPUT)
     return info.default_image_size
 
@@ -87,7 +92,7 @@ FRAMES = ("crop", "full")
 
 def auto_frame(median_short_side: int | None) -> str:
     """--frame left out: full for small images (the rule that picks SMALL_INPUT), else the paper's crop."""
-    return "full" if median_short_side is not None and median_short_side <= SMALL_IMAGE_SIDE else "crop"
+    return "full" if small_images(median_short_side) else "crop"
 
 
 def check_image_size(arch: str, image_size: int) -> None:

@@ -4,8 +4,9 @@ each image and their class probabilities are averaged.
 flip: the centre crop and its mirror image, both made on the device from one batch. ten-crop: the paper's
 ten 224-pixel patches, the four corners and the centre of the resized image and their mirror images, cut
 by torchvision's `TenCrop` on the CPU; with the whole frame, of the image in the black border that training
-shifted it within (Preprocess.pad), so the corners are the training crop's farthest shifts. The averaged probabilities come back as their logarithm, so that
-everything downstream (softmax, cross-entropy, arg-max) reads them as it reads logits.
+shifted it within (Preprocess.pad), so the corners are the training crop's farthest shifts. The averaged
+probabilities come back as their logarithm, so that everything downstream (softmax, cross-entropy,
+arg-max) reads them as it reads logits.
 """
 
 from __future__ import annotations
