@@ -154,13 +154,12 @@ def _input(cfg: TrainConfig, observer: Observer) -> TrainConfig:
     if cfg.image_size is None and size != native:
         observer.info(f"image size: {size} (the images are small, {side} pixels on their short side, and "
                       f"{cfg.arch}'s own {native} trains about half as fast; --image-size sets it)")
-    frame = cfg.frame or auto_frame(side)
-    if cfg.frame is None and frame == "full":
-        pad = replace(cfg, image_size=size, frame=frame).preprocess().pad
+    resolved = replace(cfg, image_size=size, frame=cfg.frame or auto_frame(side))
+    if cfg.frame is None and resolved.frame == "full":
         observer.info(f"frame: full (the images are small: each is resized whole to {size} and training shifts "
-                      f"it within a border of {pad} pixels, where the paper's crop would cut off its edges; "
-                      "--frame crop sets the paper's)")
-    return replace(cfg, image_size=size, frame=frame)
+                      f"it within a border of {resolved.preprocess().pad} pixels, where the paper's crop would "
+                      "cut off its edges; --frame crop sets the paper's)")
+    return resolved
 
 
 def _epochs(cfg: TrainConfig) -> int:
