@@ -39,8 +39,8 @@ def accuracy(models: list[dict[str, dict[str, float]]]) -> float:
     right = 0
     for path in paths:
         classes = models[0][path].keys()
-        mean = {name: sum(model[path][name] for model in models) for name in classes}
-        right += max(mean, key=mean.get) == Path(path).parent.name
+        total = {name: sum(model[path][name] for model in models) for name in classes}
+        right += max(total, key=total.get) == Path(path).parent.name
     return right / len(paths)
 
 
