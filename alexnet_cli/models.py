@@ -8,6 +8,10 @@ summary, the checkpoint and the training loop treat them alike:
 - ``alexnet-torchvision``: the "one weird trick" layout (64-192-384-256-256, 224x224 input), key-for-key
   compatible with ``torchvision.models.alexnet`` so that its ImageNet weights load unchanged.
 
+Each entry of ``ARCHITECTURES`` holds its layout (widths, grouping, LRN, where dropout goes, the hidden width),
+and one builder makes every entry from it, so a new variant is one more entry: the test suite registers a
+narrow one that way (tests/support/alexnet_test_arch.py).
+
 The adaptive pool before the classifier makes every variant accept inputs other than its native size: at
 the native size it is a no-op (6x6 in, 6x6 out); above it, it averages down to 6x6; below the minimum
 size the last max-pool would have nothing to pool, so the builder refuses such sizes up front.
@@ -28,6 +32,8 @@ if TYPE_CHECKING:  # torch is imported lazily so that `alexnet --help` stays qui
 
 @dataclass(frozen=True)
 class ArchInfo:
+    """One entry of ARCHITECTURES: its name and input sizes, and the layout the one builder makes from it."""
+
     name: str
     default_image_size: int
     # Smallest square input the feature extractor accepts. Worked backwards from the last max-pool, which
@@ -35,6 +41,12 @@ class ArchInfo:
     # that is (H - 11)/4 + 1 >= 15, H >= 67; with padding 2 (torchvision) H >= 63. A test checks both.
     min_image_size: int
     description: str
+    widths: tuple[int, int, int, int, int] = (96, 256, 384, 384, 256)  # conv1 to conv5's output channels
+    conv1_padding: int = 0
+    groups: tuple[int, int, int] = (1, 1, 1)  # conv2, conv4 and conv5's groups: (2, 2, 2) is the paper's two towers
+    lrn: bool = False  # local response normalisation after conv1 and conv2
+    dropout_first: bool = False  # torchvision puts dropout before each Linear, the write-up after each ReLU
+    hidden: int = 4096  # the two hidden fully connected layers' width
 
 
 ARCHITECTURES: dict[str, ArchInfo] = {
@@ -42,10 +54,12 @@ ARCHITECTURES: dict[str, ArchInfo] = {
         "alexnet", 227, 67, "the original write-up: single tower, 96-256-384-384-256, 227x227 input"
     ),
     "alexnet-paper": ArchInfo(
-        "alexnet-paper", 227, 67, "Krizhevsky et al. 2012: adds LRN and the two-tower grouping (groups=2)"
+        "alexnet-paper", 227, 67, "Krizhevsky et al. 2012: adds LRN and the two-tower grouping (groups=2)",
+        groups=(2, 2, 2), lrn=True,
     ),
     "alexnet-torchvision": ArchInfo(
-        "alexnet-torchvision", 224, 63, "torchvision's layout: 64-192-384-256-256, 224x224 input"
+        "alexnet-torchvision", 224, 63, "torchvision's layout: 64-192-384-256-256, 224x224 input",
+        widths=(64, 192, 384, 256, 256), conv1_padding=2, dropout_first=True,
     ),
 }
 
@@ -123,20 +137,22 @@ def _alexnet_class():
     return AlexNet
 
 
-def _features(widths: tuple[int, ...], conv1_padding: int, groups: tuple[int, ...], lrn: bool):
+def _features(info: ArchInfo):
     """conv1 11/4, pool, conv2 5 p2, pool, conv3-5 3 p1, pool; ReLU after every conv; optional LRN."""
     from torch import nn
 
-    c1, c2, c3, c4, c5 = widths
-    g2, g4, g5 = groups
+    c1, c2, c3, c4, c5 = info.widths
+    g2, g4, g5 = info.groups
 
     def norm() -> list[nn.Module]:
         # torch divides alpha by the window size (alpha/n * sum a^2); the paper does not (alpha * sum a^2).
         # Passing n*alpha makes torch compute exactly the paper's formula.
-        return [nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_SIZE * LRN_ALPHA, beta=LRN_BETA, k=LRN_K)] if lrn else []
+        if not info.lrn:
+            return []
+        return [nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_SIZE * LRN_ALPHA, beta=LRN_BETA, k=LRN_K)]
 
     return nn.Sequential(
-        nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=conv1_padding),
+        nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=info.conv1_padding),
         nn.ReLU(inplace=True),
         *norm(),
         nn.MaxPool2d(kernel_size=3, stride=2),  # overlapping: window 3 > stride 2
@@ -154,31 +170,24 @@ def _features(widths: tuple[int, ...], conv1_padding: int, groups: tuple[int, ..
     )
 
 
-def _classifier(num_classes: int, dropout: float, dropout_first: bool):
-    """FC 9216-4096-4096-N. The write-up puts dropout after each ReLU; torchvision puts it before each Linear."""
+def _classifier(info: ArchInfo, num_classes: int, dropout: float):
+    """FC 9216-4096-4096-N (conv5's 256 channels x 6 x 6 in). The write-up puts dropout after each ReLU;
+    torchvision puts it before each Linear."""
     from torch import nn
 
     def block(n_in: int, n_out: int) -> list[nn.Module]:
-        if dropout_first:
+        if info.dropout_first:
             return [nn.Dropout(dropout), nn.Linear(n_in, n_out), nn.ReLU(inplace=True)]
         return [nn.Linear(n_in, n_out), nn.ReLU(inplace=True), nn.Dropout(dropout)]
 
-    return nn.Sequential(*block(256 * 6 * 6, 4096), *block(4096, 4096), nn.Linear(4096, num_classes))
+    flat = info.widths[-1] * 6 * 6  # the adaptive pool's 6x6 output, flattened
+    return nn.Sequential(*block(flat, info.hidden), *block(info.hidden, info.hidden),
+                         nn.Linear(info.hidden, num_classes))
 
 
 def _architecture(arch: str, num_classes: int, dropout: float) -> nn.Module:
-    AlexNet = _alexnet_class()
-    if arch == "alexnet":
-        features = _features((96, 256, 384, 384, 256), 0, (1, 1, 1), lrn=False)
-        return AlexNet(features, _classifier(num_classes, dropout, dropout_first=False))
-    if arch == "alexnet-paper":
-        features = _features((96, 256, 384, 384, 256), 0, (2, 2, 2), lrn=True)
-        return AlexNet(features, _classifier(num_classes, dropout, dropout_first=False))
-    if arch == "alexnet-torchvision":
-        features = _features((64, 192, 384, 256, 256), 2, (1, 1, 1), lrn=False)
-        return AlexNet(features, _classifier(num_classes, dropout, dropout_first=True))
-    arch_info(arch)  # raises the one clear error for an unknown name
-    raise AssertionError("unreachable")
+    info = arch_info(arch)
+    return _alexnet_class()(_features(info), _classifier(info, num_classes, dropout))
 
 
 def pretrained_cache_path() -> str:
@@ -259,7 +268,7 @@ def build_model(
     if pretrained:
         model.load_state_dict(pretrained_state_dict(progress))
         if num_classes != 1000:
-            model.classifier[-1] = nn.Linear(4096, num_classes)
+            model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
     return model
 
 

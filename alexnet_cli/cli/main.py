@@ -183,6 +183,7 @@ def lr_find(
         help="Where to draw the curve (needs the plots extra; without it, the table alone).",
         show_default="lr-find.png")] = None,
     recipe: Annotated[Optional[str], typer.Option(help=RECIPE_HELP, show_default="none")] = None,
+    arch: Annotated[str, typer.Option(help=ARCH_HELP)] = TrainConfig.arch,
     optimizer: Annotated[str, typer.Option(help=OPTIMIZER_HELP)] = TrainConfig.optimizer,
     batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = TrainConfig.batch_size,
     image_size: Annotated[Optional[int], typer.Option(help="Input size.", show_default=IMAGE_SIZE_DEFAULT)] = None,
