@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import FAST_TRAIN, TINY, env_without_debug, invoke, one_error_line
+from conftest import FAST_TRAIN, SMALL, built_once, env_without_debug, invoke, one_error_line
 
 from alexnet_cli import checkpoint as checkpoint_mod
 from alexnet_cli import runs
@@ -99,8 +99,9 @@ def test_a_full_disk_during_a_background_write_stops_the_run_with_exit_4(runner,
     assert not [name for name in os.listdir("run") if name.endswith(".tmp")]  # no temp file left
 
 
-# A training process whose second checkpoint (epoch 2's) stays in flight for a few seconds after it was
-# serialised, as on a slow disk: the parent signals it while epoch 3 trains.
+# A training process whose second checkpoint (epoch 2's) stays in flight for two seconds after it was
+# serialised, as on a slow disk: the parent signals it while epoch 3 trains (its steps slowed to 0.2 s each by
+# support/sitecustomize.py, so that the signal lands inside epoch 3 and not after it).
 SLOW_SECOND_WRITE = r"""
 import sys, time
 import alexnet_cli.runs as runs
@@ -112,7 +113,7 @@ def save(path, payload, serialised=None):
     def slow():
         serialised()
         print("write in flight", file=sys.stderr, flush=True)
-        time.sleep(4)
+        time.sleep(2)
     real(path, payload, slow)
 runs.save_checkpoint = save
 from alexnet_cli.cli import main
@@ -122,27 +123,30 @@ main()
 
 
 def _train(data, output: str) -> list[str]:
-    return ["train", str(data), "--epochs", "3", "--image-size", str(TINY), "--batch-size", "4", "--workers", "0",
+    return ["train", str(data), "--epochs", "3", *SMALL, "--batch-size", "4", "--workers", "0",
             "--device", "cpu", "--precision", "fp32", "--output", output]
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
+    """The same 3 epochs never stopped, to compare with."""
     from alexnet_cli.synthetic import make_shapes_folder
 
-    root = tmp_path_factory.mktemp("inflight")
-    make_shapes_folder(root / "train", classes=("circle", "square"), per_class=6, size=80, seed=1)
-    result = subprocess.run([sys.executable, "-m", "alexnet_cli", *_train(root / "train", "straight")], cwd=root,
-                            capture_output=True, text=True, timeout=300, env=env_without_debug())
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root
+    def build(root) -> None:
+        make_shapes_folder(root / "train", classes=("circle", "square"), per_class=6, size=80, seed=1)
+        result = subprocess.run([sys.executable, "-m", "alexnet_cli", *_train(root / "train", "straight")],
+                                cwd=root, capture_output=True, text=True, timeout=300, env=env_without_debug())
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "in-flight", build)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_a_signal_while_a_write_is_in_flight_loses_nothing_and_resume_is_exact(straight, sig):
+def test_a_signal_while_a_write_is_in_flight_loses_nothing_and_resume_is_exact(straight, sig, runner, monkeypatch):
     root, name = straight, f"stopped-{sig.name}"
     process = subprocess.Popen([sys.executable, "-c", SLOW_SECOND_WRITE, *_train(root / "train", name)],
-                               cwd=root, stderr=subprocess.PIPE, text=True, env=env_without_debug())
+                               cwd=root, stderr=subprocess.PIPE, text=True,
+                               env={**env_without_debug(), "ALEXNET_TEST_STEP_SECONDS": "0.2"})
     for line in process.stderr:
         if "write in flight" in line:
             process.send_signal(sig)
@@ -155,10 +159,10 @@ def test_a_signal_while_a_write_is_in_flight_loses_nothing_and_resume_is_exact(s
         assert saved["epoch"] == 2 and saved["partial"]["epoch"] == 3, rest
     else:  # killed before epoch 2's rename: epoch 1's file, whole
         assert saved["epoch"] == 1 and saved["partial"] is None
-    resumed = subprocess.run([sys.executable, "-m", "alexnet_cli", "train", "--resume", f"{name}/last.pt",
-                              "--precision", "fp32", "--workers", "0"], cwd=root, capture_output=True, text=True,
-                             timeout=300, env=env_without_debug())
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The resume needs no process of its own: it goes on in this one, in the stopped run's folder.
+    monkeypatch.chdir(root)
+    resumed = invoke(runner, ["train", "--resume", f"{name}/last.pt", "--precision", "fp32", "--workers", "0"])
+    assert resumed.exit_code == 0, resumed.output
     a = torch.load(root / "straight" / "last.pt", weights_only=True)
     b = torch.load(root / name / "last.pt", weights_only=True)
     assert b["epoch"] == 3 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

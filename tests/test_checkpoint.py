@@ -10,6 +10,7 @@ import torch
 from alexnet_cli.checkpoint import atomic_write, load_checkpoint, publish_copy, save_checkpoint
 from alexnet_cli.errors import CheckpointError
 from alexnet_cli.models import build_model
+from conftest import TEST_ARCH
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -123,13 +124,13 @@ def test_recognises_the_paper_variant_from_shapes(tmp_path):
 
 def _v1_checkpoint(path, data_dir) -> None:
     """A last.pt laid out as alexnet-cli 0.1.0 writes format 1, key by key, written here without the
-    tool's own writer: after one training step of a 2-class alexnet at 67 pixels, epoch 1 of 2 done."""
+    tool's own writer: after one training step of a 2-class model (the suite's small one) at 67 pixels, epoch 1 of 2 done."""
     import random
 
-    from conftest import TINY
+    from conftest import TEST_ARCH, TINY
 
     torch.manual_seed(3)
-    model = build_model("alexnet", num_classes=2)
+    model = build_model(TEST_ARCH, num_classes=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss = model(torch.randn(2, 3, TINY, TINY)).sum()
     loss.backward()
@@ -137,7 +138,7 @@ def _v1_checkpoint(path, data_dir) -> None:
     row = {"epoch": 1, "train_loss": 0.7, "train_acc": 0.5, "val_loss": 0.69, "val_acc": 0.5, "val_images": 6,
            "lr": 1e-4, "epoch_seconds": 1.0, "images_per_second": 16.0}
     config = {
-        "data": str(data_dir / "train"), "val": None, "val_split": None, "arch": "alexnet", "image_size": TINY,
+        "data": str(data_dir / "train"), "val": None, "val_split": None, "arch": TEST_ARCH, "image_size": TINY,
         "batch_size": 8, "epochs": 2, "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none",
         "label_smoothing": 0.0, "dropout": 0.5, "patience": None, "workers": 0, "device": "cpu", "no_cuda": False,
         "precision": "fp32", "seed": 1, "log_interval": 1, "output": str(path.parent), "resume": None,
@@ -146,7 +147,7 @@ def _v1_checkpoint(path, data_dir) -> None:
     }
     python_state = random.getstate()
     torch.save({
-        "format_version": 1, "tool_version": "0.1.0", "arch": "alexnet", "num_classes": 2,
+        "format_version": 1, "tool_version": "0.1.0", "arch": TEST_ARCH, "num_classes": 2,
         "class_names": ["circle", "square"],
         "preprocess": {"image_size": TINY, "resize_size": 76, "mean": [0.485, 0.456, 0.406],
                        "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"},
@@ -189,7 +190,7 @@ def test_the_format_document_and_the_schema_agree():
 
 def test_checkpoints_are_memory_mapped_where_torch_can_map_them(tmp_path, monkeypatch):
     """evaluate and predict map the file (best.pt's Adam moments are never read); a legacy pickle is read."""
-    model = build_model("alexnet", num_classes=2)
+    model = build_model(TEST_ARCH, num_classes=2)
     torch.save(model.state_dict(), tmp_path / "zip.pt")
     torch.save(model.state_dict(), tmp_path / "legacy.pkl", _use_new_zipfile_serialization=False)
     real, mapped = torch.load, []
@@ -203,7 +204,7 @@ def test_checkpoints_are_memory_mapped_where_torch_can_map_them(tmp_path, monkey
 
 
 def test_weights_in_half_precision_build_a_float32_model():
-    half = {k: v.half() for k, v in build_model("alexnet", num_classes=2).state_dict().items()}
-    model = build_model("alexnet", num_classes=2, state_dict=half)
+    half = {k: v.half() for k, v in build_model(TEST_ARCH, num_classes=2).state_dict().items()}
+    model = build_model(TEST_ARCH, num_classes=2, state_dict=half)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert model(torch.randn(1, 3, 67, 67)).dtype == torch.float32

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import invoke
+from conftest import SMALL, invoke
 
 FASHION_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -55,7 +55,7 @@ def test_data_fashion_mnist_from_raw_files(runner, tmp_path):
     again = invoke(runner, ["data", "fashion-mnist", "fm", "--from", str(raw), "--per-class", "2",
                             "--val-per-class", "1"])
     assert again.exit_code == 0 and "wrote 0 PNG files" in again.stderr
-    trained = invoke(runner, ["train", "fm/train", "--epochs", "1", "--image-size", "67", "--batch-size", "8",
+    trained = invoke(runner, ["train", "fm/train", "--epochs", "1", *SMALL, "--batch-size", "8",
                               "--workers", "0", "--output", "run"])
     assert trained.exit_code == 0, trained.output
     assert "validation: folder fm/val" in trained.stderr.replace("\\", "/")  # never the test split

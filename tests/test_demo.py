@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 from conftest import invoke, one_error_line
 
 from alexnet_cli import demo as demomod
@@ -50,8 +51,6 @@ def test_existing_demo_data_is_reused_and_a_foreign_folder_is_refused(tmp_path):
     assert not reused.created and reused.train_per_class == 2
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "holiday.jpg").write_bytes(b"precious")
-    import pytest
-
     from alexnet_cli.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not a demo data set"):
@@ -60,6 +59,7 @@ def test_existing_demo_data_is_reused_and_a_foreign_folder_is_refused(tmp_path):
     assert not list(tmp_path.glob(".alexnet-demo-*"))  # no staging folder left behind
 
 
+@pytest.mark.whole_machine
 def test_demo_runs_train_evaluate_predict_and_prints_the_commands(runner, tmp_path):
     result = invoke(runner, ["demo", "tiny", "--per-class", "4", "--epochs", "1", "--batch-size", "8",
                              "--workers", "0"])

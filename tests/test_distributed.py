@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, env_without_debug, invoke
+from conftest import SMALL, env_without_debug, invoke
 
 from alexnet_cli.distributed import Dist, eval_shard, from_env, train_shard
 from alexnet_cli.synthetic import make_shapes_folder
@@ -46,7 +46,7 @@ def tiny(tmp_path) -> Path:
     return root
 
 
-TRAIN = ["train", "data/train", "--val", "data/val", "--image-size", str(TINY), "--workers", "0", "--device", "cpu",
+TRAIN = ["train", "data/train", "--val", "data/val", *SMALL, "--workers", "0", "--device", "cpu",
          "--precision", "fp32"]
 
 
@@ -84,8 +84,18 @@ def test_device_index_under_torchrun_is_a_clear_error(runner, tiny, monkeypatch)
     assert "LOCAL_RANK" in result.stderr and "rank 0 of 2" in result.stderr
 
 
+def _alexnet_script() -> list[str]:
+    """The installed `alexnet` script (what `$(which alexnet)` is in a venv), else `-m alexnet_cli`."""
+    import sysconfig
+
+    script = Path(sysconfig.get_path("scripts")) / "alexnet"
+    return [str(script)] if script.is_file() else ["-m", "alexnet_cli"]
+
+
+@pytest.mark.whole_machine
 def test_torchrun_two_processes_write_one_run_that_loads_in_plain_evaluate(runner, tiny, tmp_path):
-    result = _launch([*_torchrun(2), "-m", "alexnet_cli", *TRAIN, "--epochs", "2", "--batch-size", "4"], tmp_path)
+    # torchrun runs the installed script, as users start it; the other launches here use -m alexnet_cli.
+    result = _launch([*_torchrun(2), *_alexnet_script(), *TRAIN, "--epochs", "2", "--batch-size", "4"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["train-1"]  # one folder, by rank 0
     run = tmp_path / "runs" / "train-1"
@@ -107,39 +117,29 @@ def test_torchrun_two_processes_write_one_run_that_loads_in_plain_evaluate(runne
     assert report["accuracy"] == pytest.approx(float(rows[-1]["val_acc"])) or report["accuracy"] == pytest.approx(
         max(float(r["val_acc"]) for r in rows))
 
-    # The 2-process run resumes as one process, and goes on in the same run folder.
-    resumed = _launch([sys.executable, "-m", "alexnet_cli", "train", "--resume", str(run / "last.pt"), "--epochs", "3",
-                       "--workers", "0", "--device", "cpu"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The 2-process run resumes as one process (this one), and goes on in the same run folder.
+    resumed = invoke(runner, ["train", "--resume", str(run / "last.pt"), "--epochs", "3", "--workers", "0",
+                              "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.stderr and "at epoch 3 of 3" in resumed.stderr
     rows = _metrics(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and rows[-1]["val_images"] == "5"
 
 
-def test_torchrun_runs_the_installed_alexnet_script_too(tiny, tmp_path):
-    import sysconfig
-
-    script = Path(sysconfig.get_path("scripts")) / "alexnet"  # what `$(which alexnet)` is in a venv
-    if not script.is_file():
-        pytest.skip("the alexnet script is not installed")
-    result = _launch([*_torchrun(2), str(script), *TRAIN, "--epochs", "1", "--batch-size", "8"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "runs" / "train-1" / "best.pt").is_file()
-
-
+@pytest.mark.whole_machine
 def test_torchrun_ranks_start_loader_processes_under_spawn(tiny, tmp_path):
     """Each rank sets the spawn start method first (as on macOS and Windows), through a sitecustomize.py, and
     loads with one loader process from the shared decoded-image cache."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import multiprocessing, os, sys\n"
+        "import alexnet_test_arch, multiprocessing, os, sys\n"
         "if 'RANK' in os.environ:\n"
         "    multiprocessing.set_start_method('spawn')\n"
         "    print(f\"rank {os.environ['RANK']} starts loaders by {multiprocessing.get_start_method()}\", "
         "file=sys.stderr)\n"
     )
-    pythonpath = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+    pythonpath = os.pathsep.join([str(hook), env_without_debug()["PYTHONPATH"]])  # the suite's, after the hook
     args = [arg if arg != "0" else "1" for arg in TRAIN]  # --workers 1
     result = _launch([*_torchrun(2), "-m", "alexnet_cli", *args, "--epochs", "1", "--batch-size", "4"], tmp_path,
                      env={"PYTHONPATH": pythonpath})
@@ -150,13 +150,14 @@ def test_torchrun_ranks_start_loader_processes_under_spawn(tiny, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1] and rows[0]["val_images"] == "5"
 
 
-def test_two_processes_at_batch_b_train_like_one_at_batch_2b(tiny, tmp_path):
+@pytest.mark.whole_machine
+def test_two_processes_at_batch_b_train_like_one_at_batch_2b(tiny, tmp_path, runner):
     # With an EMA (each rank averages the same weights: validation runs on the average), a warm-up and cosine
     # stepped per iteration, and balanced draws shared out between the ranks.
     common = [*TRAIN, "--epochs", "2", "--dropout", "0", "--ema", "0.5", "--warmup-epochs", "1", "--scheduler",
               "cosine", "--balanced-sampler"]
-    one = _launch([sys.executable, "-m", "alexnet_cli", *common, "--batch-size", "8", "--output", "one"], tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
+    one = invoke(runner, [*common, "--batch-size", "8", "--output", "one"])  # one process: this one
+    assert one.exit_code == 0, one.output
     two = _launch([*_torchrun(2), "-m", "alexnet_cli", *common, "--batch-size", "4", "--output", "two"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), strict=True):
@@ -165,11 +166,12 @@ def test_two_processes_at_batch_b_train_like_one_at_batch_2b(tiny, tmp_path):
         assert a["val_images"] == b["val_images"] == "5"
 
 
+@pytest.mark.whole_machine
 def test_a_failing_rank_stops_the_whole_launch_with_its_error(tiny, tmp_path):
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import os\n"
+        "import alexnet_test_arch, os\n"
         "if os.environ.get('RANK') == '1':\n"
         "    import alexnet_cli.training.loop as loop\n"
         "    original, calls = loop.train_step, []\n"
@@ -180,7 +182,7 @@ def test_a_failing_rank_stops_the_whole_launch_with_its_error(tiny, tmp_path):
         "        return original(*args, **kwargs)\n"
         "    loop.train_step = failing\n"
     )
-    pythonpath = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+    pythonpath = os.pathsep.join([str(hook), env_without_debug()["PYTHONPATH"]])  # the suite's, after the hook
     started = time.monotonic()
     result = _launch([*_torchrun(2), "-m", "alexnet_cli", *TRAIN, "--epochs", "3", "--batch-size", "2"], tmp_path,
                      env={"PYTHONPATH": pythonpath})

@@ -7,8 +7,7 @@ from alexnet_cli.data import load_image_folder, open_image
 from conftest import FAST_TRAIN, invoke
 
 
-def test_evaluate_json_agrees_with_a_hand_count(runner, shapes):
-    assert invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *FAST_TRAIN]).exit_code == 0
+def test_evaluate_json_agrees_with_a_hand_count(runner, shapes, trained_run):
     result = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--json", "--precision", "fp32",
                              "--batch-size", "4", "--workers", "0"])
     assert result.exit_code == 0, result.output
@@ -60,10 +59,9 @@ def test_evaluate_without_any_run(runner, shapes):
     assert "train one first" in result.stderr and "--weights" in result.stderr
 
 
-def test_evaluate_rejects_unknown_classes(runner, shapes, tmp_path):
+def test_evaluate_rejects_unknown_classes(runner, trained_run, tmp_path):
     from alexnet_cli.synthetic import make_shapes_folder
 
-    invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *FAST_TRAIN])
     make_shapes_folder(tmp_path / "other", classes=("circle", "star"), per_class=2, size=72)
     result = invoke(runner, ["evaluate", "other", "--weights", "run/best.pt"])
     assert result.exit_code == 3

@@ -7,15 +7,15 @@ import torch
 from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
 from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.models import build_model
-from conftest import invoke
+from conftest import TEST_ARCH, invoke
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
     torch.manual_seed(0)
-    model = build_model("alexnet", num_classes=3)
+    model = build_model(TEST_ARCH, num_classes=3)
     path = tmp_path / "best.pt"
-    Checkpoint(arch="alexnet", class_names=("cat", "dog", "fox"), preprocess=Preprocess(image_size=67, resize_size=76),
+    Checkpoint(arch=TEST_ARCH, class_names=("cat", "dog", "fox"), preprocess=Preprocess(image_size=67, resize_size=76),
                dropout=0.5, state_dict=model.state_dict()).save(path)
     return path
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST_TRAIN, TINY, invoke
+from conftest import FAST_TRAIN, TEST_ARCH, TINY, invoke
 from alexnet_cli.augment import Augmentation
 from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.synthetic import make_shapes_folder
@@ -118,8 +118,8 @@ def test_a_checkpoint_with_an_impossible_pad_is_refused(runner, shapes, tmp_path
     from alexnet_cli.checkpoint import Checkpoint
     from alexnet_cli.models import build_model
 
-    Checkpoint(arch="alexnet", class_names=("circle", "square"), preprocess=Preprocess.for_arch(TINY, 227, "full"),
-               dropout=0.5, state_dict=build_model("alexnet", num_classes=2).state_dict()).save(tmp_path / "bad.pt")
+    Checkpoint(arch=TEST_ARCH, class_names=("circle", "square"), preprocess=Preprocess.for_arch(TINY, 227, "full"),
+               dropout=0.5, state_dict=build_model(TEST_ARCH, num_classes=2).state_dict()).save(tmp_path / "bad.pt")
     payload = torch.load(tmp_path / "bad.pt", weights_only=True)
     payload["preprocess"]["pad"] = pad
     torch.save(payload, tmp_path / "bad.pt")

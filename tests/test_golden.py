@@ -60,6 +60,7 @@ def golden_run(runner, shapes) -> tuple[list[list[str]], str]:
     return metrics, weights_digest("golden/best.pt")
 
 
+@pytest.mark.whole_machine
 def test_the_golden_run_is_unchanged(runner, shapes):
     metrics, digest = golden_run(runner, shapes)
     # And the file is the schema, key for key (docs/checkpoint-format.md is held to the same keys).

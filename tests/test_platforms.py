@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import TINY, env_without_debug, invoke
+from conftest import SMALL, TEST_ARCH, TINY, built_once, env_without_debug, invoke, make_shapes
 
 from alexnet_cli import cache as cachemod
 from alexnet_cli import data as datamod
@@ -55,27 +55,42 @@ def _metrics(run: str) -> list[list[str]]:
 
 
 def _train_args(shapes: Path, output: str, *extra: str) -> list[str]:
-    return ["train", str(shapes / "train"), "--epochs", "1", "--image-size", str(TINY), "--batch-size", "4",
+    return ["train", str(shapes / "train"), "--epochs", "1", *SMALL, "--batch-size", "4",
             "--device", "cpu", "--precision", "fp32", "--output", output, *extra]
 
 
 # ---------------------------------------------------------------------------------------- start methods
 
 
-def test_training_is_the_same_run_under_fork_spawn_and_forkserver(runner, shapes):
+@pytest.fixture(scope="module")
+def in_process_run(tmp_path_factory):
+    """The shapes data and one epoch trained in this process, without loader processes: what every start
+    method must reproduce."""
+    from typer.testing import CliRunner
+
+    def build(root: Path) -> None:
+        make_shapes(root / "data")
+        reference = invoke(CliRunner(), _train_args(root / "data", str(root / "in-process"), "--workers", "0"))
+        assert reference.exit_code == 0, reference.output
+
+    return built_once(tmp_path_factory, "start-methods", build)
+
+
+@pytest.mark.whole_machine
+@pytest.mark.parametrize("method, cache", [("fork", "auto"), ("spawn", "auto"), ("forkserver", "off")])
+def test_training_is_the_same_run_under_each_start_method(in_process_run, method, cache):
     """Two loader processes under each start method train exactly what one process trains, the decoded-image
     cache included (its blocks go to spawned processes as shared memory)."""
-    reference = invoke(runner, _train_args(shapes, "in-process", "--workers", "0"))
-    assert reference.exit_code == 0, reference.output
-    for method, cache in (("fork", "auto"), ("spawn", "auto"), ("forkserver", "off")):
-        run = _under_start_method(method, _train_args(shapes, method, "--workers", "2", "--cache", cache))
-        assert run.returncode == 0, f"{method}: {run.stderr[-3000:]}"
-        assert "cannot start" not in run.stderr and "Traceback" not in run.stderr
-        assert _metrics(method) == _metrics("in-process"), method
+    root = in_process_run
+    run = _under_start_method(method, _train_args(root / "data", str(root / method), "--workers", "2", "--cache",
+                                                  cache))
+    assert run.returncode == 0, f"{method}: {run.stderr[-3000:]}"
+    assert "cannot start" not in run.stderr and "Traceback" not in run.stderr
+    assert _metrics(root / method) == _metrics(root / "in-process"), method
 
 
-def test_evaluate_and_predict_under_spawn(runner, shapes):
-    assert invoke(runner, _train_args(shapes, "run", "--workers", "0")).exit_code == 0
+@pytest.mark.whole_machine
+def test_evaluate_and_predict_under_spawn(runner, shapes, trained_run):
     # fp32: --precision auto measures bf16 in each process, and a noisy machine may decide either way.
     evaluate = ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--device", "cpu", "--precision", "fp32",
                 "--json"]
@@ -163,22 +178,20 @@ def test_loader_processes_start_where_there_are_no_signal_masks(shapes, monkeypa
 
 def _train_command(data: Path, output: str, *extra: str) -> list[str]:
     # On the CPU: a GPU's convolution kernels are not bit-reproducible, so bit-exact resume is a CPU promise.
-    return [sys.executable, "-m", "alexnet_cli", "train", str(data), "--epochs", "2", "--image-size", str(TINY),
+    return [sys.executable, "-m", "alexnet_cli", "train", str(data), "--epochs", "2", *SMALL,
             "--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--output", output, *extra]
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     """16 images at batch 2 (8 iterations an epoch), two loader processes, 2 epochs without a stop."""
-    from alexnet_cli.synthetic import make_shapes_folder
+    def build(root: Path) -> None:
+        make_shapes(root / "data")
+        result = subprocess.run(_train_command(root / "data" / "train", "straight", "--workers", "2"), cwd=root,
+                                capture_output=True, text=True, timeout=300, env=env_without_debug())
+        assert result.returncode == 0, result.stderr[-3000:]
 
-    root = tmp_path_factory.mktemp("group")
-    make_shapes_folder(root / "data" / "train", classes=("circle", "square"), per_class=8, size=80, seed=1)
-    make_shapes_folder(root / "data" / "val", classes=("circle", "square"), per_class=3, size=80, seed=2)
-    result = subprocess.run(_train_command(root / "data" / "train", "straight", "--workers", "2"), cwd=root,
-                            capture_output=True, text=True, timeout=300, env=env_without_debug())
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root
+    return built_once(tmp_path_factory, "signals", build)
 
 
 @pytest.mark.parametrize("sig, code, group, workers", [
@@ -186,12 +199,15 @@ def straight_run(tmp_path_factory):
     (signal.SIGINT, 130, True, "2"),  # a terminal's Ctrl-C reaches every process in the foreground group
     (signal.SIGTERM, 143, False, "0"),  # `kill PID`, with no loader process at all
 ], ids=["group-SIGTERM", "group-SIGINT", "main-SIGTERM"])
-def test_a_signal_stops_training_gracefully_and_resume_is_exact(straight_run, sig, code, group, workers):
+def test_a_signal_stops_training_gracefully_and_resume_is_exact(straight_run, sig, code, group, workers, runner,
+                                                                monkeypatch):
     """Loader processes ignore the signal; the main process finishes its step, saves last.pt with the epoch in
     hand, exits 128 + N, and --resume ends with the weights of a run that was never stopped."""
     root, name = straight_run, f"stopped-{sig.name}-{'group' if group else 'main'}"
+    # Steps of at least 0.2 s (support/sitecustomize.py), so that the signal lands in the step after the line.
     process = subprocess.Popen(_train_command(root / "data" / "train", name, "--workers", workers), cwd=root,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True, env=env_without_debug())
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**env_without_debug(), "ALEXNET_TEST_STEP_SECONDS": "0.2"})
     for line in process.stderr:
         if "Epoch [1/2], Iter [3/8]" in line:
             if group:
@@ -206,11 +222,11 @@ def test_a_signal_stops_training_gracefully_and_resume_is_exact(straight_run, si
     partial = torch.load(root / name / "last.pt", weights_only=True)
     assert partial["epoch"] == 0 and partial["partial"]["iteration"] >= 3
 
-    # --precision and --workers are runtime options, not restored from the checkpoint.
-    resumed = subprocess.run([sys.executable, "-m", "alexnet_cli", "train", "--resume", f"{name}/last.pt",
-                              "--precision", "fp32", "--workers", "2"], cwd=root, capture_output=True, text=True,
-                             timeout=300, env=env_without_debug())
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # --precision and --workers are runtime options, not restored from the checkpoint. The resume needs no
+    # process of its own: it goes on in this one, in the stopped run's folder.
+    monkeypatch.chdir(root)
+    resumed = invoke(runner, ["train", "--resume", f"{name}/last.pt", "--precision", "fp32", "--workers", "2"])
+    assert resumed.exit_code == 0, resumed.output
     a = torch.load(root / "straight" / "last.pt", weights_only=True)
     b = torch.load(root / name / "last.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -272,8 +288,8 @@ def _checkpoint_with_classes(path: Path, class_names: tuple[str, ...]) -> None:
     from alexnet_cli.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("alexnet", num_classes=len(class_names))
-    Checkpoint(arch="alexnet", class_names=class_names, preprocess=Preprocess.for_arch(
+    model = build_model(TEST_ARCH, num_classes=len(class_names))
+    Checkpoint(arch=TEST_ARCH, class_names=class_names, preprocess=Preprocess.for_arch(
         TINY, 227), dropout=0.5, state_dict=model.state_dict()).save(path)
 
 

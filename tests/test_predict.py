@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 
-from conftest import FAST_TRAIN, invoke
+from conftest import invoke
 
 
 @pytest.fixture
-def trained(runner, shapes):
-    assert invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *FAST_TRAIN]).exit_code == 0
+def trained(shapes, trained_run):
+    """`shapes`, and run/best.pt trained on them."""
     return shapes
 
 

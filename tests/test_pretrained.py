@@ -79,6 +79,7 @@ def test_summary_pretrained(runner, cached_weights):
     assert data["class_names"][0] == "tench" and data["total_params"] == 61_100_840
 
 
+@pytest.mark.whole_machine
 def test_finetune_with_frozen_features_changes_only_the_classifier(runner, cached_weights, shapes):
     result = invoke(runner, ["train", str(shapes / "train"), "--pretrained", "--freeze-features", "--epochs", "1",
                              "--image-size", "63", "--batch-size", "8", "--workers", "0", "--lr", "1e-3",

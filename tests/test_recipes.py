@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST_TRAIN, invoke
+from conftest import SMALL, TEST_ARCH, invoke
 from alexnet_cli.augment import POLICIES, Augmentation, batch_mix, class_weights, imbalance_warning, rgb_pca
 from alexnet_cli.preprocess import Preprocess
 
@@ -200,7 +200,7 @@ def test_resume_mid_epoch_is_exact_with_every_recipe_feature(shapes, tmp_path):
     from alexnet_cli.observer import SilentObserver
     from alexnet_cli.training import TrainingInterrupted, fit
 
-    settings = dict(data=shapes / "train", epochs=3, image_size=67, batch_size=4, workers=0, optimizer="adamw",
+    settings = dict(data=shapes / "train", epochs=3, arch=TEST_ARCH, image_size=67, batch_size=4, workers=0, optimizer="adamw",
                     lr=1e-4, scheduler="cosine", warmup_epochs=1, ema=0.9, balanced_sampler=True, mixup=0.4,
                     cutmix=1.0, augment="trivial", random_erasing=0.5, pca_lighting=0.1, class_weights="auto")
     fit(TrainConfig(**settings, output=tmp_path / "straight"), SilentObserver())
@@ -242,7 +242,7 @@ def test_the_balanced_sampler_draws_each_class_equally_and_the_same_on_resume():
 
 def test_lr_find_leaves_the_model_alone_and_suggests_a_rate_in_its_range(runner, shapes):
     result = invoke(runner, ["lr-find", str(shapes / "train"), "--steps", "12", "--start", "1e-6", "--end", "1",
-                             "--image-size", "67", "--batch-size", "4"])
+                             *SMALL, "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert "suggested --lr" in result.stderr and "LR range test" in result.stdout + result.stderr
     suggested = float(result.stderr.split("suggested --lr ")[1].split()[0])
@@ -259,7 +259,7 @@ def test_find_lr_restores_model_optimizer_and_random_streams(shapes):
     from alexnet_cli.training.setup import prepare_data
     from alexnet_cli.training.state import TrainingParts
 
-    cfg = TrainConfig(data=shapes / "train", image_size=67, batch_size=4, workers=0, scheduler="cosine", ema=0.9)
+    cfg = TrainConfig(data=shapes / "train", arch=TEST_ARCH, image_size=67, batch_size=4, workers=0, scheduler="cosine", ema=0.9)
     runtime = resolve_runtime("cpu", False, "fp32", 0)
     data = prepare_data(cfg, None, SINGLE, SilentObserver())
     parts = TrainingParts.build(cfg, 2, runtime.device, runtime.precision, 2, SINGLE,
@@ -289,7 +289,7 @@ def test_ten_crop_tta_equals_the_average_of_the_ten_crops(tmp_path):
 
     crops = eval_transforms(preprocess, "ten-crop")(open_image(tmp_path / "a.png"))
     assert crops.shape == (10, 3, 67, 67) and isinstance(eval_transforms(preprocess, "ten-crop").steps[1], TenCrops)
-    model = build_model("alexnet", num_classes=4).eval()
+    model = build_model(TEST_ARCH, num_classes=4).eval()
     resized = preprocess.decode_transforms()(open_image(tmp_path / "a.png"))
     manual = []
     for crop in v2.TenCrop(67)(resized):
@@ -306,9 +306,7 @@ def test_ten_crop_tta_equals_the_average_of_the_ten_crops(tmp_path):
     assert torch.allclose(flip, both, atol=1e-6)
 
 
-def test_evaluate_and_predict_take_tta(runner, shapes):
-    assert invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *FAST_TRAIN]
-                  ).exit_code == 0
+def test_evaluate_and_predict_take_tta(runner, shapes, trained_run):
     plain = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--json", "--workers", "0"])
     for mode in ("flip", "ten-crop"):
         result = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", "run/best.pt", "--json",
@@ -332,7 +330,7 @@ def test_each_recipe_expands_as_documented_and_flags_override(runner, shapes):
     docs = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
     for name, settings in RECIPES.items():
         result = invoke(runner, ["train", str(shapes / "train"), "--recipe", name, "--epochs", "1", "--output",
-                                 f"run-{name}", "--image-size", "67", "--batch-size", "8", "--workers", "0",
+                                 f"run-{name}", *SMALL, "--batch-size", "8", "--workers", "0",
                                  "--lr", "2e-5", "--warmup-epochs", "0"])
         assert result.exit_code == 0, result.output
         config = json.loads(Path(f"run-{name}/config.json").read_text())

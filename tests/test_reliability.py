@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from alexnet_cli.data import UnreadableImage, open_image
-from conftest import FAST_TRAIN, invoke, one_error_line
+from conftest import FAST_TRAIN, TEST_ARCH, invoke, one_error_line
 
 GOOD = {}  # name -> how it is made; filled below
 BAD = ("truncated.jpg", "corrupt.png", "empty.jpg", "text.jpg", "bomb.png")
@@ -226,16 +226,16 @@ def test_checkpoint_of_another_class_count_or_architecture(runner, shapes, tmp_p
     from alexnet_cli.preprocess import Preprocess
     from alexnet_cli.models import build_model
 
-    # a checkpoint claiming alexnet-paper, holding alexnet's weights
-    state = build_model("alexnet", num_classes=2).state_dict()
-    Checkpoint(arch="alexnet-paper", class_names=("circle", "square"), preprocess=Preprocess(67, 76), dropout=0.5,
+    # a checkpoint claiming alexnet, holding the weights of another layout (the suite's small one)
+    state = build_model(TEST_ARCH, num_classes=2).state_dict()
+    Checkpoint(arch="alexnet", class_names=("circle", "square"), preprocess=Preprocess(67, 76), dropout=0.5,
                state_dict=state).save(tmp_path / "liar.pt")
     result = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", str(tmp_path / "liar.pt")])
-    assert result.exit_code == 4 and "do not fit alexnet-paper with 2 classes" in result.stderr
+    assert result.exit_code == 4 and "do not fit alexnet with 2 classes" in result.stderr
     # a three-class folder against a two-class model
     from alexnet_cli.synthetic import make_shapes_folder
 
-    Checkpoint(arch="alexnet", class_names=("circle", "square"), preprocess=Preprocess(67, 76), dropout=0.5,
+    Checkpoint(arch=TEST_ARCH, class_names=("circle", "square"), preprocess=Preprocess(67, 76), dropout=0.5,
                state_dict=state).save(tmp_path / "two.pt")
     make_shapes_folder(tmp_path / "three", classes=("circle", "square", "star"), per_class=2, size=72)
     result = invoke(runner, ["evaluate", str(tmp_path / "three"), "--weights", str(tmp_path / "two.pt")])

@@ -97,8 +97,7 @@ def test_grad_cam_works_for_every_architecture(arch):
     assert explain.target_layer(model) is not None and not model.training
 
 
-def test_explain_writes_one_png_per_image_at_the_input_size(runner, shapes, tmp_path):
-    _train(runner, shapes / "train")
+def test_explain_writes_one_png_per_image_at_the_input_size(runner, shapes, trained_run, tmp_path):
     wide = tmp_path / "wide.jpg"
     Image.open(next((shapes / "val" / "circle").iterdir())).resize((150, 96)).save(wide)
     inputs = [str(p) for p in sorted((shapes / "val").rglob("*.png"))] + [str(wide)]
@@ -136,6 +135,7 @@ def _blob_folder(root: Path, n: int, seed: int) -> dict[str, tuple[float, float,
     return discs
 
 
+@pytest.mark.whole_machine
 def test_grad_cam_peaks_inside_the_object_the_model_detects(runner, tmp_path):
     _blob_folder(tmp_path / "blobs" / "train", 24, seed=1)
     discs = _blob_folder(tmp_path / "blobs" / "val", 6, seed=2)

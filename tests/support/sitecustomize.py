@@ -1,0 +1,28 @@
+"""Runs at the start of every Python process a subprocess test starts (conftest.env_without_debug puts this
+folder on PYTHONPATH): registers the suite's architecture (alexnet_test_arch.py), and with
+ALEXNET_TEST_STEP_SECONDS set, makes each training step take at least that long.
+
+The small architecture steps in milliseconds, so a test that signals a run when it reads a given log line would
+otherwise land its signal several steps (or an epoch) later than the line it read; a slow step keeps the
+signal where the test sends it, as the real model's step did. A test that needs a sitecustomize.py of its own
+imports alexnet_test_arch first.
+"""
+
+import os
+
+import alexnet_test_arch  # noqa: F401
+
+if os.environ.get("ALEXNET_TEST_STEP_SECONDS"):
+    import time
+
+    import alexnet_cli.training.loop as loop
+
+    _seconds, _step = float(os.environ["ALEXNET_TEST_STEP_SECONDS"]), loop.train_step
+
+    def _slow_step(*args, **kwargs):
+        started = time.monotonic()
+        result = _step(*args, **kwargs)
+        time.sleep(max(0.0, _seconds - (time.monotonic() - started)))
+        return result
+
+    loop.train_step = _slow_step
