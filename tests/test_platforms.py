@@ -164,6 +164,22 @@ def test_a_closed_loader_leaves_no_process_and_an_open_one_does_not_hang_the_exi
     assert result.returncode == 0 and "exiting" in result.stdout, result.stderr
 
 
+def test_worker_init_leaves_the_stop_signals_to_the_main_process():
+    """What each loader process runs first, here in this process: SIGINT and SIGTERM ignored, and unblocked again
+    (the main process blocks them while it starts its loaders), so that only the main process acts on them."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    handlers = {sig: signal.getsignal(sig) for sig in stops}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        loading.worker_init(0)
+        assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in stops)
+        assert not stops & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def test_loader_processes_start_where_there_are_no_signal_masks(shapes, monkeypatch):
     """Windows has no signal.pthread_sigmask: worker_init alone makes the loader processes ignore signals."""
     monkeypatch.delattr(signal, "pthread_sigmask")
