@@ -139,7 +139,7 @@ def _blob_folder(root: Path, n: int, seed: int) -> dict[str, tuple[float, float,
 def test_grad_cam_peaks_inside_the_object_the_model_detects(runner, tmp_path):
     _blob_folder(tmp_path / "blobs" / "train", 24, seed=1)
     discs = _blob_folder(tmp_path / "blobs" / "val", 6, seed=2)
-    result = invoke(runner, ["train", "blobs/train", "--val", "blobs/val", "--image-size", "128", "--epochs", "3",
+    result = invoke(runner, ["train", "blobs/train", "--val", "blobs/val", "--image-size", "128", "--epochs", "2",
                              "--batch-size", "8", "--workers", "0", "--output", "run"])
     assert result.exit_code == 0, result.output
     from alexnet_cli.checkpoint import load_checkpoint
