@@ -198,17 +198,19 @@ def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
     assert abs(best["bf16"] - best["fp32"]) <= 0.02, best
 
 
+@pytest.mark.parametrize("frame", ["crop", "full"])
 @pytest.mark.parametrize("cached", [False, True], ids=["from-files", "from-cache"])
-def test_the_uint8_path_gives_the_float_paths_batches(shapes, cached):
+def test_the_uint8_path_gives_the_float_paths_batches(shapes, cached, frame):
     """Crops stay uint8 until to_device, which flips, scales and normalises the batch: the same tensors, bit
-    for bit, as the float path's per-sample transforms, for training (random crops and flips) and evaluation."""
+    for bit, as the float path's per-sample transforms (torchvision's v2.RandomCrop, padded for the whole
+    frame), for training (random crops and flips) and evaluation."""
     from alexnet_cli import data as datamod
     from alexnet_cli import loading
     from alexnet_cli.cache import ImageCache
     from alexnet_cli.augment import Augmentation
     from alexnet_cli.preprocess import Chain, PixelBatch, Preprocess
 
-    preprocess = Preprocess.for_arch(TINY, 227)
+    preprocess = Preprocess.for_arch(TINY, 227, frame)
     cache = ImageCache(preprocess, "ram") if cached else None
     images = datamod.load_image_folder(shapes / "train", cache=cache)
     paths, labels = [p for p, _ in images.samples], [lab for _, lab in images.samples]
