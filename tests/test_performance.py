@@ -232,6 +232,20 @@ def test_the_uint8_path_gives_the_float_paths_batches(shapes, cached, frame):
     assert flips > 0  # some images were flipped, so the flip itself was compared
 
 
+def test_the_torchvision_free_training_crop_refuses_what_torchvisions_refuses():
+    """RandomCropPixels, like v2.RandomCrop without pad_if_needed, will not crop more than the padded image holds."""
+    from torchvision.transforms import v2
+
+    from alexnet_cli.preprocess import RandomCropPixels
+
+    small = torch.zeros(3, 60, 80, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="larger than"):
+        v2.RandomCrop(67)(small)
+    with pytest.raises(ValueError, match=r"Required crop size \(67, 67\) is larger than input image size \(60, 80\)"):
+        RandomCropPixels(67)(small)
+    assert RandomCropPixels(67, pad=4)(small).shape == (3, 67, 67)  # the padding makes room, as torchvision's
+
+
 def test_decoding_threads_give_the_batches_of_one_thread_in_order(shapes):
     """evaluate and predict decode on threads: the same batches, in order, a broken file named in its batch;
     a seeded (training) dataset never goes to threads."""
