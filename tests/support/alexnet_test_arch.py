@@ -3,8 +3,8 @@ checkpoint and CLI that users take, at widths that make a model of 1.6M paramete
 
 Plumbing tests (resume, signals, start methods, the run folder, the CLI) train and save this one: a checkpoint
 of about 19 MB with its optimizer state, where the default alexnet's is 700 MB. The real
-architectures keep the tests about them (tests/test_models.py, test_summary.py, test_golden.py and one
-end-to-end run of the default model in test_train.py).
+architectures keep the tests about them (tests/test_models.py, test_summary.py, test_golden.py, Grad-CAM in
+test_visualise.py, and the default model end to end through `alexnet demo` in test_demo.py).
 
 conftest.py imports it for the test process; subprocess tests put this folder on PYTHONPATH, where
 sitecustomize.py imports it in every process they start (torchrun ranks and spawned loaders included).
