@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_cli import __version__
-from alexnet_cli.preprocess import Preprocess
+from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import AlexNetError, CheckpointError
 from alexnet_cli.models import ARCHITECTURES, build_model
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli import data as datamod
+from alexnet_cli.data import folders as datamod
 
 # Shorter than this, an image is blown up more than 3x to reach a 227 crop: worth a look.
 SMALL_SIDE = 75
@@ -48,7 +48,7 @@ def _describe(images: datamod.ImageSet) -> tuple[list[dict[str, Any]], dict[str,
         if owner is not None:
             owner["skipped"].append(reason)
     hashes: dict[str, list[str]] = {}
-    for path, label in images.samples:
+    for path, label in zip(images.paths, images.labels.tolist()):
         row = rows[label]
         row["images"] += 1
         with Image.open(path) as image:  # the header only: the scan has already decoded every file
@@ -64,7 +64,7 @@ def _describe(images: datamod.ImageSet) -> tuple[list[dict[str, Any]], dict[str,
 
 
 def check(cfg: CheckConfig) -> dict[str, Any]:
-    train = datamod.load_image_folder(cfg.data)
+    train = datamod.load_image_folder(cfg.data, check="decode")
     val_dir = cfg.val or datamod.find_sibling_validation(Path(cfg.data))
     report: dict[str, Any] = {"data": str(cfg.data), "val": str(val_dir) if val_dir else None}
     train_rows, train_hashes = _describe(train)
@@ -73,7 +73,7 @@ def check(cfg: CheckConfig) -> dict[str, Any]:
     report["duplicates_train_val"] = []
     report["val_classes_differ"] = None
     if val_dir is not None:
-        val = datamod.load_image_folder(val_dir)
+        val = datamod.load_image_folder(val_dir, check="decode")
         val_rows, val_hashes = _describe(val)
         report["val_report"] = val_rows
         if set(val.classes) != set(train.classes):

@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli.augment import POLICIES, Augmentation
-from alexnet_cli.cache import CACHE_MODES
+from alexnet_cli.data.augment import POLICIES, Augmentation
+from alexnet_cli.data.cache import CACHE_MODES
+from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.device import check_device_name, check_precision_name
 from alexnet_cli.errors import ConfigError
 from alexnet_cli.models import FRAMES, arch_info, check_image_size
-from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.tta import check_tta
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

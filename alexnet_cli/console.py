@@ -7,12 +7,16 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+# Fewer items than this finish before a bar would be worth drawing.
+PROGRESS_AT_LEAST = 1000
 
 # stderr=True is resolved at write time, so a test runner that swaps sys.stderr still captures it.
 console = Console(stderr=True, highlight=False)
@@ -303,6 +307,29 @@ class RichObserver:
 
     def data_summary(self, classes, train_counts, val_counts, val_source) -> None:
         data_table(classes, train_counts, val_counts, val_source)
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A bar with files/s and the time left, on a terminal; nothing elsewhere (the line after says it)."""
+        if not console.is_terminal or total < PROGRESS_AT_LEAST:
+            yield lambda n: None
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
+
+        with Progress(TextColumn(escape(description)), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                      TextColumn("{task.fields[rate]}"),
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(description, total=total, rate="")
+            done = [0]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                if done[0] % 256 == 0 or done[0] == total:  # a redraw per file would cost more than the file
+                    speed = bar.tasks[0].speed
+                    bar.update(task, completed=done[0], rate=f"{speed:,.0f} files/s" if speed else "")
+
+            yield advance
 
     def epoch_start(self, epoch: int, epochs: int, iterations: int, images: int) -> None:
         if not console.is_terminal:

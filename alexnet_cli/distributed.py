@@ -112,6 +112,30 @@ def process_group(dist: Dist, device: torch.device) -> Iterator[None]:
         td.destroy_process_group()
 
 
+# How long the other ranks wait for local rank 0 to index a folder: a first scan of ImageNet from a slow disk
+# can take longer than the 10 minutes a training collective is allowed.
+INDEX_WAIT = 4 * 3600
+
+
+def from_local_rank_zero(values: Sequence[int], dist: Dist) -> list[int]:
+    """Wait for local rank 0 of this node to get here, and return the integers it passed (the other ranks
+    pass placeholders of the same length). It runs on a gloo group of its own, with a timeout long enough for
+    a first scan, rather than on the training group (NCCL's default timeout is 10 minutes)."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as td
+
+    group = td.new_group(backend="gloo", timeout=timedelta(seconds=INDEX_WAIT))
+    try:
+        mine = torch.tensor([int(v) for v in values], dtype=torch.long)
+        gathered = [torch.empty_like(mine) for _ in range(dist.world_size)]
+        td.all_gather(gathered, mine, group=group)
+    finally:
+        td.destroy_process_group(group)
+    return gathered[dist.rank - dist.local_rank].tolist()
+
+
 def all_reduce_sum(tensor: torch.Tensor, dist: Dist) -> torch.Tensor:
     """Sum a tensor over every rank, in place; the identity for one process."""
     if dist.enabled:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli import data as datamod
 from alexnet_cli import distributed as distmod
-from alexnet_cli import loading
 from alexnet_cli.checkpoint import load_checkpoint
 from alexnet_cli.config import EvaluateConfig
+from alexnet_cli.data import folders as datamod
+from alexnet_cli.data import loading
 from alexnet_cli.device import Precision, sum_dtype
 from alexnet_cli.observer import Observer
 from alexnet_cli.runs import resolve_weights
@@ -121,13 +121,12 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     checkpoint = load_checkpoint(resolve_weights(cfg.weights, observer))
     runtime.report(observer)
     # One pass over the data: no separate scan; the loader names and skips bad files as it meets them.
-    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names, strict=cfg.strict, scan=False)
+    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names, strict=cfg.strict, check="none")
     for skipped in images.skipped:
         observer.warn(f"skipped {skipped}")
     model = prepare_for_inference(checkpoint.build(), runtime.device, runtime.precision)
     loader = loading.make_loader(
-        [p for p, _ in images.samples], [lab for _, lab in images.samples],
-        tta_transforms(checkpoint.preprocess, cfg.tta),
+        images.paths, images.labels, tta_transforms(checkpoint.preprocess, cfg.tta),
         batch_size=cfg.batch_size, workers=runtime.workers, pin_memory=runtime.pin_memory,
         draft_size=checkpoint.preprocess.resize_size, warn=observer.warn, threads=DECODE_THREADS,
     )
@@ -138,7 +137,7 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
                                 predictions=predictions, tta=cfg.tta)
     result.class_names = checkpoint.class_names
     if predictions is not None:
-        saved = save_errors(cfg.save_errors, [p for p, _ in images.samples], predictions, checkpoint.class_names)
+        saved = save_errors(cfg.save_errors, images.paths, predictions, checkpoint.class_names)
         observer.info(f"misclassified: {saved} images linked into {cfg.save_errors}/<true>__as__<predicted>/")
     if images.skipped:
         observer.warn(f"{len(images.skipped)} files skipped")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from alexnet_cli.preprocess import Preprocess
+    from alexnet_cli.data.preprocess import Preprocess
 
 
 def target_layer(model):

@@ -3,12 +3,15 @@ stay silent. The core never draws: it tells an Observer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ContextManager, Protocol
 
 
 class Observer(Protocol):
     def info(self, message: str) -> None: ...
+    def progress(self, description: str, total: int) -> ContextManager[Callable[[int], None]]:
+        """Work on `total` items (files indexed, images decoded): yields advance(n)."""
     def warn(self, message: str) -> None: ...
     def data_summary(self, classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int] | None,
                      val_source: str) -> None: ...
@@ -23,3 +26,7 @@ class SilentObserver:
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        yield lambda n: None

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli import data as datamod
-from alexnet_cli import loading
 from alexnet_cli.checkpoint import atomic_write, load_checkpoint
 from alexnet_cli.config import PredictConfig
+from alexnet_cli.data import folders as datamod
+from alexnet_cli.data import loading
+from alexnet_cli.data.images import open_image
+from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import DataError
 from alexnet_cli.models import build_model
 from alexnet_cli.observer import Observer
-from alexnet_cli.preprocess import Preprocess
 from alexnet_cli.runs import resolve_weights
 from alexnet_cli.runtime import DECODE_THREADS, prepare_for_inference, resolve_runtime, to_device
 from alexnet_cli.tta import eval_transforms as tta_transforms
@@ -49,7 +50,7 @@ def load_predictor(weights: Path | None, pretrained: bool, observer: Observer) -
 def _write_explanation(explain, path: str, cam, preprocess, folder: Path, result: dict[str, Any],
                        taken: set[str]) -> Path:
     """One PNG: the original image, at its own size, with the Grad-CAM of the predicted class over it."""
-    image = datamod.open_image(path)
+    image = open_image(path)
     heat = explain.full_size_cam(cam, image.width, image.height, preprocess)
     caption = f"{result['label']} {result['confidence']:.1%}"
     target = explain.output_name(folder, path, result["label"], result["confidence"], taken)

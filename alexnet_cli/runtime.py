@@ -78,7 +78,7 @@ def configure_backends(device: torch.device) -> None:
 
 def to_device(batch, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A batch of images as the model wants it: on the device, channels_last (NHWC), in the model's dtype.
-    A uint8 PixelBatch (preprocess.py) is flipped, scaled and normalised there."""
+    A uint8 PixelBatch (data/preprocess.py) is flipped, scaled and normalised there."""
     import torch
 
     if hasattr(batch, "to_model"):

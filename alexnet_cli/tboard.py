@@ -55,7 +55,7 @@ class TensorBoardObserver:
         """A few training images as the model sees them (resized and cropped), with their labels."""
         import torch
 
-        from alexnet_cli.data import UnreadableImage, open_image
+        from alexnet_cli.data.images import UnreadableImage, open_image
 
         transform = preprocess.eval_transforms(on_device=False)
         mean = torch.tensor(preprocess.mean).view(3, 1, 1)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from alexnet_cli.data.preprocess import Chain, Preprocess
 from alexnet_cli.errors import ConfigError
-from alexnet_cli.preprocess import Chain, Preprocess
 
 TTA_MODES = ("none", "flip", "ten-crop")
 

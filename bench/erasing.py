@@ -43,9 +43,9 @@ def main() -> None:
 
     import torch
 
-    from alexnet_cli.augment import Augmentation
-    from alexnet_cli.loading import make_loader
-    from alexnet_cli.preprocess import Preprocess
+    from alexnet_cli.data.augment import Augmentation
+    from alexnet_cli.data.loading import make_loader
+    from alexnet_cli.data.preprocess import Preprocess
     from alexnet_cli.runtime import to_device
 
     preprocess = Preprocess.for_arch(args.image_size, 227)

@@ -34,12 +34,12 @@ def main() -> None:
 
     from alexnet_cli.checkpoint import Checkpoint
     from alexnet_cli.config import PredictConfig
-    from alexnet_cli.preprocess import Preprocess
+    from alexnet_cli.data.preprocess import Preprocess
     from alexnet_cli.device import resolve_precision
+    from alexnet_cli.models import build_model
     from alexnet_cli.observer import SilentObserver
     from alexnet_cli.prediction import predict
     from alexnet_cli.runtime import prepare_for_inference, to_device
-    from alexnet_cli.models import build_model
 
     device = torch.device("cpu")
     precision = resolve_precision("auto", device)

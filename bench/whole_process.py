@@ -127,8 +127,8 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.data.preprocess import Preprocess
     from alexnet_cli.models import build_model
-    from alexnet_cli.preprocess import Preprocess
 
     print(f"whole processes on {os.cpu_count()} cores, torch {torch.__version__}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")

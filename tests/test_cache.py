@@ -11,11 +11,11 @@ import torch
 
 from conftest import FAST_TRAIN, invoke, one_error_line
 
-from alexnet_cli import cache as cachemod
-from alexnet_cli import data, loading
-from alexnet_cli.cache import ImageCache
-from alexnet_cli.data import UnreadableImage
-from alexnet_cli.preprocess import Preprocess
+from alexnet_cli.data import images, loading
+from alexnet_cli.data import cache as cachemod
+from alexnet_cli.data.cache import ImageCache
+from alexnet_cli.data.images import UnreadableImage
+from alexnet_cli.data.preprocess import Preprocess
 
 EXACT = ["--device", "cpu", "--precision", "fp32"]
 
@@ -28,7 +28,7 @@ def losses(run: Path) -> list[tuple[str, str, str]]:
 def count_file_reads(monkeypatch) -> list[str]:
     """Record every path the loaders open (the scan uses its own decoder, so only epochs count)."""
     opened: list[str] = []
-    real = data.open_image
+    real = images.open_image
 
     def counting(path, draft_size=None):
         opened.append(str(path))
@@ -64,15 +64,17 @@ def test_loader_processes_share_the_cache(runner, shapes):
     assert losses(Path("zero")) == losses(Path("two"))
 
 
-def test_auto_gives_up_on_images_that_do_not_fit_and_reads_the_files(runner, shapes, monkeypatch):
+def test_auto_decodes_nothing_ahead_when_the_images_do_not_fit_and_reads_the_files(runner, shapes, monkeypatch):
     monkeypatch.setattr(cachemod, "available_memory", lambda: 100_000)  # half of it holds 2 of the 17 kB images
     opened = count_file_reads(monkeypatch)
+    decoded_ahead = []
+    monkeypatch.setattr(ImageCache, "load", lambda self, path: decoded_ahead.append(path))
     result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *EXACT, *FAST_TRAIN])
     assert result.exit_code == 0, result.output
-    # 50 kB allowed, 17 kB an image: it gives up at the third.
-    assert "cache: not used, the decoded images passed the 49 kB allowed (half the free memory) after 2 images" \
-        in result.stderr
-    assert "(--cache ram insists)" in result.stderr
+    # 49 kB allowed, 17 kB an image (from the headers' sizes: 3 x 67 x 89 bytes each at --image-size 67)
+    assert "cache: not used, the 22 decoded images would take 372 kB, more than the 49 kB allowed (half the free " \
+        "memory); each epoch decodes the files (--cache ram insists)" in result.stderr
+    assert decoded_ahead == []  # decided before decoding any
     assert len(opened) == 22
 
 
@@ -80,7 +82,8 @@ def test_cache_ram_refuses_what_memory_cannot_hold(runner, shapes, monkeypatch):
     monkeypatch.setattr(cachemod, "available_memory", lambda: 100_000)
     result = invoke(runner, ["train", str(shapes / "train"), "--cache", "ram", "--output", "run", *FAST_TRAIN])
     assert result.exit_code == 2
-    assert one_error_line(result).startswith("error: --cache ram: the decoded images passed 88 kB after 5 images")
+    assert one_error_line(result) == ("error: --cache ram: the 22 decoded images would take 372 kB, and only 98 kB "
+                                      "of memory is free; use --cache auto (cache when they fit) or --cache off")
     assert not Path("run").exists()  # refused before the run folder was made
 
 
@@ -107,9 +110,9 @@ def test_images_across_blocks_come_back_exactly(monkeypatch):
 
 def test_cached_pixels_are_what_the_file_path_gives(shapes):
     """The cache holds decode_transforms' output; the augment half then gives what the whole transform gives."""
-    from alexnet_cli.augment import Augmentation
-    from alexnet_cli.data import open_image
-    from alexnet_cli.preprocess import Chain
+    from alexnet_cli.data.augment import Augmentation
+    from alexnet_cli.data.images import open_image
+    from alexnet_cli.data.preprocess import Chain
 
     preprocess = Preprocess.for_arch(67, 227)
     cache = ImageCache(preprocess, "ram")
@@ -136,4 +139,4 @@ def test_a_bomb_is_refused_even_with_warnings_silenced(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(UnreadableImage, match="decompression bomb"):
-            data.open_image_in_scope(tmp_path / "bomb.png", None)
+            images.open_image_in_scope(tmp_path / "bomb.png", None)

@@ -2,9 +2,11 @@ import json
 
 import torch
 
-from alexnet_cli.checkpoint import load_checkpoint
-from alexnet_cli.data import load_image_folder, open_image
 from conftest import FAST_TRAIN, invoke
+
+from alexnet_cli.checkpoint import load_checkpoint
+from alexnet_cli.data.folders import load_image_folder
+from alexnet_cli.data.images import open_image
 
 
 def test_evaluate_json_agrees_with_a_hand_count(runner, shapes, trained_run):
@@ -20,7 +22,7 @@ def test_evaluate_json_agrees_with_a_hand_count(runner, shapes, trained_run):
     confusion = [[0, 0], [0, 0]]
     losses = []
     with torch.no_grad():
-        for path, label in images.samples:
+        for path, label in zip(images.paths, images.labels.tolist()):
             logits = model(transform(open_image(path))[None])
             losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor([label])).item())
             confusion[label][logits.argmax(1).item()] += 1

@@ -4,10 +4,11 @@ import sys
 import pytest
 import torch
 
-from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
-from alexnet_cli.preprocess import Preprocess
-from alexnet_cli.models import build_model
 from conftest import TEST_ARCH, invoke
+
+from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
+from alexnet_cli.data.preprocess import Preprocess
+from alexnet_cli.models import build_model
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from conftest import FAST_TRAIN, TEST_ARCH, TINY, invoke
-from alexnet_cli.augment import Augmentation
-from alexnet_cli.preprocess import Preprocess
+
+from alexnet_cli.data.augment import Augmentation
+from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.synthetic import make_shapes_folder
 
 
@@ -37,8 +38,9 @@ def test_evaluation_sees_the_border_that_the_crop_cuts_off():
 def test_whole_frame_training_crops_shift_within_the_border_and_are_deterministic(policy):
     """Each sample's shift comes from (seed, epoch, index) alone, reaches at most `pad` pixels, and the uint8
     and float paths agree on it."""
-    from alexnet_cli.preprocess import PixelBatch
     from test_recipes import _sample, _sample_pixels
+
+    from alexnet_cli.data.preprocess import PixelBatch
 
     preprocess = Preprocess.for_arch(67, 227, "full")
     assert preprocess.pad == 4
@@ -64,7 +66,7 @@ def test_whole_frame_training_crops_shift_within_the_border_and_are_deterministi
 def test_ten_crop_on_the_whole_frame_cuts_the_padded_frame(tmp_path):
     from torchvision.transforms import v2
 
-    from alexnet_cli.data import open_image
+    from alexnet_cli.data.images import open_image
     from alexnet_cli.tta import eval_transforms
 
     preprocess = Preprocess.for_arch(TINY, 227, "full")

@@ -12,10 +12,10 @@ from conftest import SMALL, TEST_ARCH, TINY, env_without_debug, invoke, one_erro
 
 from alexnet_cli import device as devmod
 from alexnet_cli.device import Precision, resolve_precision
-from alexnet_cli.runtime import prepare_for_inference, to_device
-from alexnet_cli.training import make_optimizer, train_step
 from alexnet_cli.errors import ConfigError, DeviceError
 from alexnet_cli.models import build_model
+from alexnet_cli.runtime import prepare_for_inference, to_device
+from alexnet_cli.training import make_optimizer, train_step
 
 CPU = torch.device("cpu")
 
@@ -182,8 +182,8 @@ def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
     """
     from alexnet_cli.config import TrainConfig
     from alexnet_cli.observer import SilentObserver
-    from alexnet_cli.training import train
     from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.training import train
 
     make_shapes_folder(tmp_path / "train", ("stripes", "rings"), 160, TINY, seed=0)
     make_shapes_folder(tmp_path / "val", ("stripes", "rings"), 64, TINY, seed=1)
@@ -204,16 +204,18 @@ def test_the_uint8_path_gives_the_float_paths_batches(shapes, cached, frame):
     """Crops stay uint8 until to_device, which flips, scales and normalises the batch: the same tensors, bit
     for bit, as the float path's per-sample transforms (torchvision's v2.RandomCrop, padded for the whole
     frame), for training (random crops and flips) and evaluation."""
-    from alexnet_cli import data as datamod
-    from alexnet_cli import loading
-    from alexnet_cli.cache import ImageCache
-    from alexnet_cli.augment import Augmentation
-    from alexnet_cli.preprocess import Chain, PixelBatch, Preprocess
+    from alexnet_cli.data import folders as datamod
+    from alexnet_cli.data import loading
+    from alexnet_cli.data.augment import Augmentation
+    from alexnet_cli.data.cache import ImageCache
+    from alexnet_cli.data.preprocess import Chain, PixelBatch, Preprocess
 
     preprocess = Preprocess.for_arch(TINY, 227, frame)
     cache = ImageCache(preprocess, "ram") if cached else None
-    images = datamod.load_image_folder(shapes / "train", cache=cache)
-    paths, labels = [p for p, _ in images.samples], [lab for _, lab in images.samples]
+    images = datamod.load_image_folder(shapes / "train")
+    if cache is not None:
+        cache.fill([images], strict=True)
+    paths, labels = images.paths, images.labels
     flips = 0
     for train in (True, False):
         batches = {}
@@ -236,7 +238,7 @@ def test_the_torchvision_free_training_crop_refuses_what_torchvisions_refuses():
     """RandomCropPixels, like v2.RandomCrop without pad_if_needed, will not crop more than the padded image holds."""
     from torchvision.transforms import v2
 
-    from alexnet_cli.preprocess import RandomCropPixels
+    from alexnet_cli.data.preprocess import RandomCropPixels
 
     small = torch.zeros(3, 60, 80, dtype=torch.uint8)
     with pytest.raises(ValueError, match="larger than"):
@@ -249,8 +251,8 @@ def test_the_torchvision_free_training_crop_refuses_what_torchvisions_refuses():
 def test_decoding_threads_give_the_batches_of_one_thread_in_order(shapes):
     """evaluate and predict decode on threads: the same batches, in order, a broken file named in its batch;
     a seeded (training) dataset never goes to threads."""
-    from alexnet_cli import loading
-    from alexnet_cli.preprocess import Preprocess
+    from alexnet_cli.data import loading
+    from alexnet_cli.data.preprocess import Preprocess
 
     broken = shapes / "train" / "circle" / "broken.png"
     broken.write_bytes(b"not a png")
@@ -278,7 +280,7 @@ def test_the_torchvision_free_eval_steps_equal_torchvisions(tmp_path, interpolat
     from PIL import Image
     from torchvision.transforms import v2
 
-    from alexnet_cli.preprocess import Preprocess
+    from alexnet_cli.data.preprocess import Preprocess
 
     preprocess = Preprocess(image_size=67, resize_size=76, interpolation=interpolation)
     reference = v2.Compose([v2.Resize(76, interpolation=v2.InterpolationMode(interpolation), antialias=True),

@@ -21,12 +21,12 @@ import torch
 
 from conftest import SMALL, TEST_ARCH, TINY, built_once, env_without_debug, invoke, make_shapes
 
-from alexnet_cli import cache as cachemod
-from alexnet_cli import data as datamod
-from alexnet_cli import loading
 from alexnet_cli.checkpoint import Checkpoint, save_checkpoint
-from alexnet_cli.cache import ImageCache
-from alexnet_cli.preprocess import Preprocess
+from alexnet_cli.data import cache as cachemod
+from alexnet_cli.data import folders as datamod
+from alexnet_cli.data import loading
+from alexnet_cli.data.cache import ImageCache
+from alexnet_cli.data.preprocess import Preprocess
 
 # One process per call, its start method set before anything else, as on macOS/Windows (spawn) and on Linux
 # from Python 3.14 (forkserver). Each args list is one `alexnet` command; a non-zero exit stops the script.
@@ -111,13 +111,14 @@ def test_every_part_a_loader_process_receives_pickles(shapes):
     Torch sends the cache's blocks as shared memory: the pickle stays small and the blocks become shared."""
     from multiprocessing.reduction import ForkingPickler
 
-    from alexnet_cli.augment import Augmentation
-    from alexnet_cli.preprocess import Chain
+    from alexnet_cli.data.augment import Augmentation
+    from alexnet_cli.data.preprocess import Chain
 
     preprocess = Preprocess.for_arch(TINY, 227)
     cache = ImageCache(preprocess, "ram")
-    images = datamod.load_image_folder(shapes / "train", cache=cache)
-    dataset = loading.ImageDataset([p for p, _ in images.samples], [lab for _, lab in images.samples],
+    images = datamod.load_image_folder(shapes / "train")
+    cache.fill([images], strict=True)
+    dataset = loading.ImageDataset(images.paths, images.labels,
                                    Chain(preprocess.decode_transforms(), Augmentation().train_crop(preprocess)),
                                    cache=cache, from_cache=Augmentation().train_crop(preprocess))
     assert loading.why_not_picklable(dataset, loading.collate_readable, loading.worker_init) is None
@@ -153,8 +154,8 @@ def test_a_closed_loader_leaves_no_process_and_an_open_one_does_not_hang_the_exi
     assert not any(worker.is_alive() for worker in workers)
 
     left_open = textwrap.dedent(f"""
-        from alexnet_cli import loading
-        from alexnet_cli.preprocess import Preprocess
+        from alexnet_cli.data import loading
+        from alexnet_cli.data.preprocess import Preprocess
         loader = loading.make_loader({paths!r}, None, Preprocess.for_arch({TINY}, 227).eval_transforms(),
                                      batch_size=2, workers=2, pin_memory=False)
         next(iter(loader))

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from conftest import SMALL, TEST_ARCH, invoke
-from alexnet_cli.augment import POLICIES, Augmentation, batch_mix, class_weights, imbalance_warning, rgb_pca
-from alexnet_cli.preprocess import Preprocess
+
+from alexnet_cli.data.augment import POLICIES, Augmentation, batch_mix, class_weights, imbalance_warning, rgb_pca
+from alexnet_cli.data.preprocess import Preprocess
+from alexnet_cli.observer import SilentObserver
 
 
 def _image(seed: int, size: int = 40) -> torch.Tensor:
@@ -31,7 +33,7 @@ class _OneImage:
 
 def _sample_pixels(crop, image, augment_seed: int, index: int):
     """Sample `index` of an epoch as the loader makes it: ImageDataset seeds the draws by (seed, index)."""
-    from alexnet_cli.loading import ImageDataset
+    from alexnet_cli.data.loading import ImageDataset
 
     dataset = ImageDataset([f"{i}.png" for i in range(index + 1)], None, crop, cache=_OneImage(image),
                            from_cache=crop)
@@ -73,7 +75,7 @@ def test_each_augmentation_is_deterministic_per_seed_epoch_and_index(augmentatio
     Augmentation("none", random_erasing=0.5)], ids=lambda a: a.describe())
 def test_the_uint8_and_float_paths_agree(augmentation):
     """A batch made on the device (flips and erasing boxes per image) equals the float path's samples."""
-    from alexnet_cli.preprocess import PixelBatch
+    from alexnet_cli.data.preprocess import PixelBatch
 
     preprocess = Preprocess.for_arch(32, 227)
     on_device = augmentation.train_crop(preprocess, on_device=True)
@@ -110,7 +112,7 @@ def test_pca_lighting_statistics_match_numpy():
 
 
 def test_pca_lighting_adds_one_colour_per_image_along_the_eigenvectors():
-    from alexnet_cli.augment import PCALighting
+    from alexnet_cli.data.augment import PCALighting
 
     eigvec = ((0.6, 0.8, 0.0), (0.8, -0.6, 0.0), (0.0, 0.0, 1.0))
     lighting = PCALighting(0.1, (0.5, 0.0, 0.0), eigvec)
@@ -181,11 +183,8 @@ def test_ema_equals_a_hand_computed_average():
     assert int(ema.n_averaged) == 4
 
 
-class _StopAfterEpoch:
+class _StopAfterEpoch(SilentObserver):
     """An observer that sends SIGTERM to this process when epoch 1 ends: the run stops at epoch 2's first step."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
 
     def epoch_end(self, row, epochs, improved):
         if row["epoch"] == 1:
@@ -256,14 +255,14 @@ def test_find_lr_restores_model_optimizer_and_random_streams(shapes):
     from alexnet_cli.runtime import resolve_runtime
     from alexnet_cli.training import steps_per_epoch
     from alexnet_cli.training.lrfind import find_lr
-    from alexnet_cli.training.setup import prepare_data
+    from alexnet_cli.training.setup import list_folders, prepare_data
     from alexnet_cli.training.state import TrainingParts
 
     cfg = TrainConfig(data=shapes / "train", arch=TEST_ARCH, image_size=67, batch_size=4, workers=0, scheduler="cosine", ema=0.9)
     runtime = resolve_runtime("cpu", False, "fp32", 0)
-    data = prepare_data(cfg, None, SINGLE, SilentObserver())
+    data = prepare_data(cfg, list_folders(cfg, None, SINGLE, SilentObserver()), None, SINGLE, SilentObserver())
     parts = TrainingParts.build(cfg, 2, runtime.device, runtime.precision, 2, SINGLE,
-                                steps_per_epoch(len(data.train.samples), 4, SINGLE))
+                                steps_per_epoch(len(data.train), 4, SINGLE))
     before = {k: v.clone() for k, v in parts.model.state_dict().items()}
     optimizer_before = parts.optimizer.state_dict()
     stream = torch.get_rng_state()
@@ -285,7 +284,7 @@ def test_ten_crop_tta_equals_the_average_of_the_ten_crops(tmp_path):
 
     preprocess = Preprocess.for_arch(67, 227)
     Image.fromarray(_image(4, 90).permute(1, 2, 0).numpy()).save(tmp_path / "a.png")
-    from alexnet_cli.data import open_image
+    from alexnet_cli.data.images import open_image
 
     crops = eval_transforms(preprocess, "ten-crop")(open_image(tmp_path / "a.png"))
     assert crops.shape == (10, 3, 67, 67) and isinstance(eval_transforms(preprocess, "ten-crop").steps[1], TenCrops)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import FAST_TRAIN, TEST_ARCH, invoke, one_error_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from alexnet_cli.data import UnreadableImage, open_image
-from conftest import FAST_TRAIN, TEST_ARCH, invoke, one_error_line
+from alexnet_cli.data.images import UnreadableImage, open_image
 
 GOOD = {}  # name -> how it is made; filled below
 BAD = ("truncated.jpg", "corrupt.png", "empty.jpg", "text.jpg", "bomb.png")
@@ -155,15 +156,15 @@ def test_strict_turns_a_skip_into_an_error(runner, messy):
 
 
 def test_a_file_that_breaks_after_the_scan_is_skipped_mid_epoch(runner, shapes, monkeypatch):
-    """The scan happens once; if a file is damaged later, loading skips it instead of crashing. (With the
-    cache, a file is never read after the scan, so this is about --cache off.)"""
-    import alexnet_cli.data as data
+    """The index checks each file once; if a file is damaged later (or in a way the header check cannot
+    see), loading skips it instead of crashing. (With the cache, a file is never read after it is decoded
+    into it, so this is about --cache off.)"""
+    from alexnet_cli.data import index
 
-    real = data.scan_image
+    real = index.check_file
     broken = shapes / "train" / "circle" / "circle_0003.png"
-    # Pretend the scan saw a good file, then damage it before the epoch reads it.
-    data_scan = lambda path: None if path == str(broken) else real(path)  # noqa: E731
-    monkeypatch.setattr(data, "scan_image", data_scan)
+    # Pretend the index found a good file, then damage it before the epoch reads it.
+    monkeypatch.setattr(index, "check_file", lambda path: (64, 64) if path == str(broken) else real(path))
     broken.write_bytes(b"gone bad")
     result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", "--cache", "off",
                              *FAST_TRAIN])
@@ -223,7 +224,7 @@ def test_missing_and_empty_folders(runner, tmp_path, make, code, message):
 
 def test_checkpoint_of_another_class_count_or_architecture(runner, shapes, tmp_path):
     from alexnet_cli.checkpoint import Checkpoint
-    from alexnet_cli.preprocess import Preprocess
+    from alexnet_cli.data.preprocess import Preprocess
     from alexnet_cli.models import build_model
 
     # a checkpoint claiming alexnet, holding the weights of another layout (the suite's small one)
@@ -364,16 +365,16 @@ def test_os_metadata_is_ignored_without_a_word(runner, tmp_path):
 
 
 def test_a_split_written_on_windows_is_read_back_here(shapes, tmp_path):
-    from alexnet_cli import data as datamod
+    from alexnet_cli.data import folders as datamod
 
     images = datamod.load_image_folder(shapes / "train")
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"fraction": 0.25, "seed": 1,
                                  "val": ["circle\\circle_0001.png", "square\\square_0003.png"]}))
     train, val = datamod.split_from_file(images, split)
-    assert sorted(Path(p).relative_to(shapes / "train").as_posix() for p, _ in val.samples) == [
+    assert sorted(Path(p).relative_to(shapes / "train").as_posix() for p in val.paths) == [
         "circle/circle_0001.png", "square/square_0003.png"]
-    assert len(train.samples) == len(images.samples) - 2
+    assert len(train) == len(images) - 2
     # And what this OS writes uses `/`, which every OS reads back.
     assert all("\\" not in path for path in datamod.split_record(val, 0.25, 1)["val"])
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torchvision
 
-from alexnet_cli.summary import size_arithmetic, summarize
 from conftest import invoke
+
+from alexnet_cli.summary import size_arithmetic, summarize
 
 WRITEUP_SHAPES = [
     [96, 55, 55], [96, 27, 27], [256, 27, 27], [256, 13, 13], [384, 13, 13], [384, 13, 13],
@@ -78,7 +79,7 @@ def test_summary_rejects_too_small_input(runner):
 
 def test_summary_from_checkpoint(runner, tmp_path):
     from alexnet_cli.checkpoint import Checkpoint
-    from alexnet_cli.preprocess import Preprocess
+    from alexnet_cli.data.preprocess import Preprocess
     from alexnet_cli.models import build_model
 
     model = build_model("alexnet-paper", num_classes=3)

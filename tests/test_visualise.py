@@ -143,7 +143,7 @@ def test_grad_cam_peaks_inside_the_object_the_model_detects(runner, tmp_path):
                              "--batch-size", "8", "--workers", "0", "--output", "run"])
     assert result.exit_code == 0, result.output
     from alexnet_cli.checkpoint import load_checkpoint
-    from alexnet_cli.data import open_image
+    from alexnet_cli.data.images import open_image
 
     checkpoint = load_checkpoint(Path("run/best.pt"))
     model = checkpoint.build().eval()

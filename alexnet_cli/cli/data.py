@@ -35,7 +35,7 @@ FROM_HELP = ("A folder (or file) with the raw files the data set's own download 
 
 
 def _benchmark_set(name: str, folder: Path, per_class: Optional[int], val_per_class: int, source: Optional[Path]):
-    from alexnet_cli.datasets import prepare_dataset
+    from alexnet_cli.data.datasets import prepare_dataset
 
     with _boundary():
         report = prepare_dataset(name, folder, per_class=per_class, val_per_class=val_per_class, source=source)

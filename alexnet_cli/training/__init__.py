@@ -24,7 +24,7 @@ from alexnet_cli.runs import RunFolder
 from alexnet_cli.runtime import Runtime, resolve_runtime
 from alexnet_cli.training.loop import TrainingInterrupted, graceful_interrupts, train_one_epoch, train_step
 from alexnet_cli.training.run import Run
-from alexnet_cli.training.setup import TrainingData, make_loaders, prepare_data, resume
+from alexnet_cli.training.setup import TrainingData, list_folders, make_loaders, prepare_data, resume
 from alexnet_cli.training.state import RunState, TrainingParts, fresh_rank_streams, make_optimizer, seed_everything
 
 __all__ = ["TrainResult", "TrainingInterrupted", "fit", "make_optimizer", "train", "train_one_epoch",
@@ -56,12 +56,14 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     epochs = _epochs(cfg)
     # Runtime: the checks that need no data come first, so that a wrong option fails in a second.
     runtime = _runtime(cfg, choice, observer)
-    cfg = _input(cfg, observer)
-    # Data: every file decoded once (into the cache, where it fits), bad ones named, before anything is written.
-    data = prepare_data(cfg, checkpoint, dist, observer)
+    # Data: listed from the folders' index (bad files named), then decoded into the cache where it fits;
+    # the input size follows the images' sizes; nothing is written yet.
+    folders = list_folders(cfg, checkpoint, dist, observer)
+    cfg = _input(cfg, folders.median_side(), observer)
+    data = prepare_data(cfg, folders, checkpoint, dist, observer)
     # Model parts, and the state to go on from: a checkpoint's, or a fresh one.
     parts = TrainingParts.build(cfg, len(data.classes), runtime.device, runtime.precision, epochs, dist,
-                                steps_per_epoch(len(data.train.samples), cfg.batch_size, dist),
+                                steps_per_epoch(len(data.train), cfg.batch_size, dist),
                                 weights=_trained_weights(checkpoint), class_counts=data.train.counts())
     state = _state(parts, checkpoint, cfg, epochs, runtime, dist, observer)
     if cfg.lr_find and checkpoint is None:
@@ -130,25 +132,21 @@ def lr_find(cfg: TrainConfig, observer: Observer, steps: int = 100, start: float
 
     _epochs(cfg)
     runtime = _runtime(cfg, None, observer)
-    cfg = _input(cfg, observer)
-    data = prepare_data(cfg, None, distmod.SINGLE, observer)
+    folders = list_folders(cfg, None, distmod.SINGLE, observer)
+    cfg = _input(cfg, folders.median_side(), observer)
+    data = prepare_data(cfg, folders, None, distmod.SINGLE, observer)
     parts = TrainingParts.build(cfg, len(data.classes), runtime.device, runtime.precision, 1, distmod.SINGLE,
-                                steps_per_epoch(len(data.train.samples), cfg.batch_size, distmod.SINGLE),
+                                steps_per_epoch(len(data.train), cfg.batch_size, distmod.SINGLE),
                                 class_counts=data.train.counts())
     return find_lr(parts, data, runtime, cfg, observer, steps=steps, start=start, end=end)
 
 
-def _input(cfg: TrainConfig, observer: Observer) -> TrainConfig:
+def _input(cfg: TrainConfig, side: int | None, observer: Observer) -> TrainConfig:
     """--image-size and --frame left out: the arch's own size and the paper's crop, or for small images a
     smaller size and the whole frame (models.auto_image_size, auto_frame), chosen from the training images'
-    headers before anything is decoded."""
+    median short side (`side`, from their headers) before anything is decoded."""
     if cfg.image_size is not None and cfg.frame is not None:
         return cfg
-    from alexnet_cli.data import find_classes, is_image_file, median_short_side
-
-    root = Path(cfg.data)
-    paths = [str(p) for name in find_classes(root) for p in sorted((root / name).iterdir()) if is_image_file(p)]
-    side = median_short_side(paths)
     size = cfg.image_size or auto_image_size(cfg.arch, side)
     native = arch_info(cfg.arch).default_image_size
     if cfg.image_size is None and size != native:
@@ -218,6 +216,6 @@ def _announce(folder: RunFolder, cfg: TrainConfig, dist: distmod.Dist, observer:
 def _show_samples(run: Run) -> None:
     """With --tensorboard: a grid of training images as the model sees them."""
     if run.cfg.tensorboard and run.dist.is_main:
-        train = run.data.train.samples
-        run.observer.samples([p for p, _ in train], [lab for _, lab in train], run.data.classes,
+        train = run.data.train
+        run.observer.samples(train.paths, train.labels.tolist(), run.data.classes,
                              run.data.preprocess)

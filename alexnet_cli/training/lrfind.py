@@ -45,8 +45,8 @@ def find_lr(parts, data, runtime, cfg, observer, steps: int = 100, start: float 
     """Run the range test on a copy of `parts.model`, over training batches as the run would see them."""
     import torch
 
-    from alexnet_cli import loading
-    from alexnet_cli.preprocess import Chain
+    from alexnet_cli.data import loading
+    from alexnet_cli.data.preprocess import Chain
     from alexnet_cli.runtime import to_device
     from alexnet_cli.training.loop import train_step
     from alexnet_cli.training.state import make_optimizer
@@ -55,13 +55,13 @@ def find_lr(parts, data, runtime, cfg, observer, steps: int = 100, start: float 
         raise ConfigError(f"the LR range test needs 0 < start < end, got {start:g} and {end:g}")
     if steps < 2:
         raise ConfigError(f"the LR range test needs at least 2 steps, got {steps}")
-    samples = data.train.samples
+    samples = data.train
     crop = data.augmentation.train_crop(data.preprocess)
     with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         order = [int(i) % len(samples) for i in torch.randperm(max(len(samples), steps * cfg.batch_size))]
         loader = loading.make_loader(
-            [p for p, _ in samples], [lab for _, lab in samples], Chain(data.preprocess.decode_transforms(), crop),
+            samples.paths, samples.labels, Chain(data.preprocess.decode_transforms(), crop),
             from_cache=crop, cache=data.cache, batch_size=cfg.batch_size, workers=runtime.workers,
             pin_memory=runtime.pin_memory, order=order[:steps * cfg.batch_size], augment_seed=cfg.seed,
             draft_size=data.preprocess.resize_size, warn=observer.warn)

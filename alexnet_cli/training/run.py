@@ -9,10 +9,10 @@ from typing import Any
 
 from alexnet_cli import distributed as distmod
 from alexnet_cli import seeds
-from alexnet_cli.augment import batch_mix
 from alexnet_cli.config import TrainConfig
+from alexnet_cli.data.augment import batch_mix
+from alexnet_cli.data.loading import report_unreadable
 from alexnet_cli.evaluation import EvalResult, evaluate_model
-from alexnet_cli.loading import report_unreadable
 from alexnet_cli.observer import Observer
 from alexnet_cli.runs import RunFolder
 from alexnet_cli.runtime import Runtime
@@ -42,7 +42,7 @@ class Run:
         steps; the loader is set to this rank's share of the epoch's shuffle, from that step on."""
         epoch = self.state.epoch + 1
         progress = start_epoch_progress(epoch, partial, self.dist, self.observer)
-        shard = epoch_order(self.cfg, [label for _, label in self.data.train.samples], epoch, self.dist)
+        shard = epoch_order(self.cfg, self.data.train.labels, epoch, self.dist)
         loaders.sampler.set_epoch(shard[progress.iteration * self.cfg.batch_size:],
                                   augment_seed=seeds.epoch_augment_seed(self.cfg.seed, epoch))
         return progress, math.ceil(len(shard) / self.cfg.batch_size)

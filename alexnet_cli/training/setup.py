@@ -1,23 +1,27 @@
-"""Before the first step: the settings of a resumed run, the training and validation sets (scanned, and
-cached when they fit), and the loaders that carry them. Everything here checks before anything is written."""
+"""Before the first step: the settings of a resumed run, the training and validation sets (listed from their
+index, and decoded into the cache when they fit), and the loaders that carry them. Everything here checks
+before anything is written."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli import data as datamod
 from alexnet_cli import distributed as distmod
-from alexnet_cli import loading, seeds
-from alexnet_cli.augment import Augmentation, imbalance_warning, rgb_pca
-from alexnet_cli.cache import ImageCache, make_cache
+from alexnet_cli import seeds
 from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
 from alexnet_cli.config import TrainConfig
+from alexnet_cli.data import folders as datamod
+from alexnet_cli.data import loading
+from alexnet_cli.data.augment import Augmentation, imbalance_warning, rgb_pca
+from alexnet_cli.data.cache import ImageCache, make_cache
+from alexnet_cli.data.images import open_image
+from alexnet_cli.data.preprocess import Chain, Preprocess
 from alexnet_cli.errors import CheckpointError, DataError
 from alexnet_cli.observer import Observer
-from alexnet_cli.preprocess import Chain, Preprocess
 from alexnet_cli.runtime import Runtime
 
 
@@ -60,6 +64,23 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Folders:
+    """The training folder and the validation folder (if there is one), listed and checked, nothing decoded."""
+
+    train: datamod.ImageSet
+    val: datamod.ImageSet | None
+    val_dir: Path | None
+
+    def median_side(self) -> int | None:
+        """The training images' median short side, in pixels, from their headers (the upper median)."""
+        sizes = self.train.sizes
+        if sizes is None or len(self.train) == 0:
+            return None
+        sides = sizes.min(dim=1).values.sort().values
+        return int(sides[len(sides) // 2])
+
+
+@dataclass(frozen=True)
 class TrainingData:
     train: datamod.ImageSet
     val: datamod.ImageSet | None
@@ -74,30 +95,76 @@ class TrainingData:
         return self.train.classes
 
 
-def prepare_data(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.Dist,
-                 observer: Observer) -> TrainingData:
-    """Scan the training (and validation) folders, every file decoded once, and say what was found."""
-    preprocess = cfg.preprocess()
-    cache = make_cache(cfg.cache, preprocess, dist.local_world_size)
-    saved_split = Path(cfg.output) / "split.json" if checkpoint is not None else None
-    train, val, val_source, split = _split(cfg, observer, saved_split, cache)
-    for skipped in train.skipped + (val.skipped if val else ()):
-        observer.warn(f"skipped {skipped}")
-    observer.data_summary(train.classes, train.counts(), val.counts() if val else None, val_source)
-    imbalance = imbalance_warning(dict(zip(train.classes, train.counts())))
-    if imbalance and cfg.class_weights == "none" and not cfg.balanced_sampler:
-        observer.warn(imbalance)
+def list_folders(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.Dist,
+                 observer: Observer) -> Folders:
+    """List the training (and validation) folders from their index, naming the files that cannot be used.
+    Only new and changed files are opened (data/index.py); --strict decodes every one."""
+    listed = partial(datamod.load_image_folder, strict=cfg.strict, check="decode" if cfg.strict else "index",
+                     progress=observer.progress, dist=dist, report=observer.info)
+    train = listed(cfg.data)
+    if len(train.classes) < 2:
+        raise DataError(f"{cfg.data} has only one class ({train.classes[0]}): a classifier needs at least two")
     if checkpoint is not None and tuple(train.classes) != checkpoint.class_names:
         raise DataError(
             f"the data's classes ({', '.join(train.classes)}) differ from the checkpoint's "
             f"({', '.join(checkpoint.class_names)})"
         )
+    val_dir = cfg.val
+    if val_dir is None and cfg.val_split is None:
+        val_dir = datamod.find_sibling_validation(Path(cfg.data))
+    val = None
+    if val_dir is not None:
+        found = datamod.find_classes(Path(val_dir))
+        if set(found) != set(train.classes):
+            raise DataError(
+                f"validation classes differ from training classes: {val_dir} has {', '.join(found)}, "
+                f"{cfg.data} has {', '.join(train.classes)}"
+            )
+        val = listed(val_dir, classes=train.classes)
+    for skipped in train.skipped + (val.skipped if val else ()):
+        observer.warn(f"skipped {skipped}")
+    return Folders(train, val, Path(val_dir) if val_dir is not None else None)
+
+
+def prepare_data(cfg: TrainConfig, folders: Folders, checkpoint: Checkpoint | None, dist: distmod.Dist,
+                 observer: Observer) -> TrainingData:
+    """Decode the images into the cache where they fit (else nothing ahead), hold out validation, say what
+    was found, and settle the augmentation."""
+    preprocess = cfg.preprocess()
+    train, val = folders.train, folders.val
+    cache = make_cache(cfg.cache, preprocess, dist.local_world_size)
     if cache is not None:
+        kept, failures = cache.fill([train] + ([val] if val is not None else []), cfg.strict, observer.progress)
+        for failure in failures:
+            observer.warn(f"skipped {failure}")
+        train, val = kept[0], (kept[1] if val is not None else None)
         observer.info(cache.describe())
         if not cache.accepting:
             cache = None
+    saved_split = Path(cfg.output) / "split.json" if checkpoint is not None else None
+    train, val, val_source, split = _validation(cfg, train, val, folders.val_dir, saved_split, observer)
+    observer.data_summary(train.classes, train.counts(), val.counts() if val else None, val_source)
+    imbalance = imbalance_warning(dict(zip(train.classes, train.counts())))
+    if imbalance and cfg.class_weights == "none" and not cfg.balanced_sampler:
+        observer.warn(imbalance)
     augmentation = cfg.augmentation(_colour_pca(cfg, checkpoint, train, preprocess, cache, observer))
     return TrainingData(train, val, val_source, split, preprocess, cache, augmentation)
+
+
+def _validation(cfg: TrainConfig, train: datamod.ImageSet, val: datamod.ImageSet | None, val_dir: Path | None,
+                saved_split: Path | None, observer: Observer):
+    """(training set, validation set or None, where validation came from, Split or None)."""
+    if val is not None:
+        return train, val, f"folder {val_dir}", None
+    if saved_split is not None and saved_split.is_file():
+        train_part, val = datamod.split_from_file(train, saved_split)
+        return train_part, val, f"the saved split {saved_split}", None
+    fraction = 0.1 if cfg.val_split is None else cfg.val_split
+    if fraction == 0:
+        observer.warn("no validation set (--val-split 0): best.pt follows the training accuracy")
+        return train, None, "none", None
+    train_part, val = datamod.stratified_split(train, fraction, cfg.seed)
+    return train_part, val, f"a {fraction:.0%} stratified split of {cfg.data} (seed {cfg.seed})", Split(fraction, val)
 
 
 PCA_IMAGES = 5_000  # --pca-lighting measures the colours of at most this many training images, evenly spread
@@ -112,47 +179,18 @@ def _colour_pca(cfg: TrainConfig, checkpoint: Checkpoint | None, train: datamod.
     saved = checkpoint.training.config if checkpoint is not None else {}
     if saved.get("pca_eigval"):
         return saved["pca_eigval"], saved["pca_eigvec"]
-    paths = [path for path, _ in train.samples]
-    paths = paths[::max(1, len(paths) // PCA_IMAGES)][:PCA_IMAGES]
+    every = train.paths
+    paths = [every[i] for i in range(0, len(every), max(1, len(every) // PCA_IMAGES))][:PCA_IMAGES]
     decode = preprocess.decode_transforms()
 
     def pixels(path: str):
         cached = cache.get(path) if cache is not None else None
-        return cached if cached is not None else decode(datamod.open_image(path))
+        return cached if cached is not None else decode(open_image(path))
 
     eigval, eigvec = rgb_pca(pixels(path) for path in paths)
     observer.info(f"PCA lighting: RGB eigenvalues {', '.join(f'{v:.2e}' for v in eigval)} from {len(paths):,} "
                   "training images")
     return eigval, eigvec
-
-
-def _split(cfg: TrainConfig, observer: Observer, saved_split: Path | None, cache):
-    """(training set, validation set or None, where validation came from, Split or None). The scan fills
-    `cache`, when there is one."""
-    train = datamod.load_image_folder(cfg.data, strict=cfg.strict, cache=cache)
-    if len(train.classes) < 2:
-        raise DataError(f"{cfg.data} has only one class ({train.classes[0]}): a classifier needs at least two")
-    val_dir = cfg.val
-    if val_dir is None and cfg.val_split is None:
-        val_dir = datamod.find_sibling_validation(Path(cfg.data))
-    if val_dir is not None:
-        found = datamod.find_classes(Path(val_dir))
-        if set(found) != set(train.classes):
-            raise DataError(
-                f"validation classes differ from training classes: {val_dir} has {', '.join(found)}, "
-                f"{cfg.data} has {', '.join(train.classes)}"
-            )
-        val = datamod.load_image_folder(val_dir, classes=train.classes, strict=cfg.strict, cache=cache)
-        return train, val, f"folder {val_dir}", None
-    if saved_split is not None and saved_split.is_file():
-        train_part, val = datamod.split_from_file(train, saved_split)
-        return train_part, val, f"the saved split {saved_split}", None
-    fraction = 0.1 if cfg.val_split is None else cfg.val_split
-    if fraction == 0:
-        observer.warn("no validation set (--val-split 0): best.pt follows the training accuracy")
-        return train, None, "none", None
-    train_part, val = datamod.stratified_split(train, fraction, cfg.seed)
-    return train_part, val, f"a {fraction:.0%} stratified split of {cfg.data} (seed {cfg.seed})", Split(fraction, val)
 
 
 @dataclass
@@ -189,18 +227,16 @@ def make_loaders(cfg: TrainConfig, data: TrainingData, runtime: Runtime, dist: d
     val = None
     if data.val is not None:
         val = loading.make_loader(
-            [p for p, _ in data.val.samples], [lab for _, lab in data.val.samples],
-            data.preprocess.eval_transforms(), from_cache=data.preprocess.eval_crop(),
-            order=distmod.eval_shard(len(data.val.samples), dist) if dist.enabled else None, **common)
+            data.val.paths, data.val.labels, data.preprocess.eval_transforms(), from_cache=data.preprocess.eval_crop(),
+            order=distmod.eval_shard(len(data.val), dist) if dist.enabled else None, **common)
     sampler = loading.EpochSampler()
     crop = augmentation.train_crop(data.preprocess)
     train = loading.make_loader(
-        [p for p, _ in data.train.samples], [lab for _, lab in data.train.samples],
-        Chain(data.preprocess.decode_transforms(), crop), from_cache=crop, order=sampler, **common)
+        data.train.paths, data.train.labels, Chain(data.preprocess.decode_transforms(), crop), from_cache=crop, order=sampler, **common)
     return Loaders(train, val, sampler)
 
 
-def epoch_order(cfg: TrainConfig, labels: list[int], epoch: int, dist: distmod.Dist) -> list[int]:
+def epoch_order(cfg: TrainConfig, labels, epoch: int, dist: distmod.Dist) -> list[int]:
     """This rank's training order for one epoch: a shuffle, or with --balanced-sampler as many draws (with
     replacement) as there are images, each class equally likely. Both depend on (seed, epoch) alone, so a
     resumed run draws the same; under torchrun each rank takes every world_size-th draw."""
@@ -209,8 +245,9 @@ def epoch_order(cfg: TrainConfig, labels: list[int], epoch: int, dist: distmod.D
     import torch
     from torch.utils.data import WeightedRandomSampler
 
-    counts = torch.bincount(torch.tensor(labels))
-    weights = (1.0 / counts.double())[torch.tensor(labels)]
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(labels)
+    weights = (1.0 / counts.double())[labels]
     generator = torch.Generator().manual_seed(seeds.epoch_augment_seed(cfg.seed, epoch))
     draws = list(WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator))
     per_rank = -(-len(draws) // dist.world_size)

@@ -19,7 +19,7 @@ from alexnet_cli.models import build_model
 if TYPE_CHECKING:
     import torch
 
-    from alexnet_cli.preprocess import Preprocess
+    from alexnet_cli.data.preprocess import Preprocess
     from alexnet_cli.device import Precision
     from alexnet_cli.evaluation import EvalResult
     from alexnet_cli.training.loop import EpochProgress
@@ -164,7 +164,7 @@ def make_criterion(cfg: TrainConfig, class_counts: list[int] | None, device):
 
     weight = None
     if cfg.class_weight_power > 0 and class_counts:
-        from alexnet_cli.augment import class_weights
+        from alexnet_cli.data.augment import class_weights
 
         weight = torch.tensor(class_weights(class_counts, cfg.class_weight_power), device=device)
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)

@@ -52,7 +52,7 @@ class Augmentation:
     def train_crop(self, preprocess, on_device: bool = True) -> Callable:
         """The training half after the decode, from a uint8 CHW tensor at the resize. The draws come in the
         same order on both paths (crop, policy, flip), so the uint8 and float paths give the same samples."""
-        from alexnet_cli.preprocess import Chain, RandomCropPixels, ToPixels
+        from alexnet_cli.data.preprocess import Chain, RandomCropPixels, ToPixels
 
         if on_device and not self.on_cpu_floats and self.policy == "flip":  # the default, torchvision-free
             return Chain(RandomCropPixels(preprocess.image_size, preprocess.pad),

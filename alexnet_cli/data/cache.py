@@ -1,7 +1,8 @@
 """The decoded-image cache, and the free memory it sizes itself by.
 
-The scan before training decodes every image anyway; the cache keeps what it decoded, so that no epoch
-opens a file again (docs/performance.md). How much it may hold follows the memory that is really free: the
+Where the decoded images fit in memory, they are decoded once before the first step and kept, so that no
+epoch opens a file again (docs/performance.md). Whether they fit is known before any is decoded: the index
+has every image's size from its header. How much may be held follows the memory that is really free: the
 machine's, capped by a container's limit, which the kernel enforces by killing the process.
 """
 
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alexnet_cli.data import open_image_in_scope
-from alexnet_cli.preprocess import Preprocess
+from alexnet_cli.data.images import UnreadableImage, open_image_in_scope, pillow_warnings, scan_threads
+from alexnet_cli.data.preprocess import Preprocess
+from alexnet_cli.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import torch
+
+    from alexnet_cli.data.folders import ImageSet
 
 CACHE_MODES = ("auto", "ram", "off")
 
@@ -130,18 +135,19 @@ def _gib(size: int) -> str:
 
 
 class ImageCache:
-    """Images decoded once, during the scan, and held in memory as decode_transforms leaves them (uint8 at the
-    resize size, about 3 x 256 x 341 bytes for a 4:3 photo), so that no epoch opens a file again.
+    """Images decoded once, before the first step, and held in memory as decode_transforms leaves them (uint8
+    at the resize size, about 3 x 256 x 341 bytes for a 4:3 photo), so that no epoch opens a file again.
 
     Training then does only the random crop, flip and normalisation per image: large photos that take tens of
-    milliseconds to decode cost nothing after the scan (docs/performance.md). The pixels are the very ones the
-    uncached path produces, so a run is the same with or without the cache. The images sit in a few large
+    milliseconds to decode cost nothing after the first (docs/performance.md). The pixels are the very ones
+    the uncached path produces, so a run is the same with or without the cache. The images sit in a few large
     uint8 blocks rather than one tensor each, so that loader processes share them (fork) or receive them
     (spawn) as a handful of shared-memory blocks.
 
     `auto` caches when the images fit in half the free memory (split between the processes of one machine)
-    and otherwise gives up, at the image that passes that, and reads from the files as before; `ram` insists
-    and stops with an error only when they would not fit in the free memory at all.
+    and otherwise decodes nothing ahead: each epoch reads the files. `ram` insists, and stops with an error
+    only when they would not fit in the free memory at all. Both decide from the headers' sizes, before
+    decoding anything.
     """
 
     BLOCK_BYTES = 64 << 20
@@ -162,12 +168,65 @@ class ImageCache:
         self.blocks: list[torch.Tensor] = []
         self.entries: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         self.used = 0  # bytes of images held
-        self.fill = 0  # bytes used in the last block
-        self.overflow: int | None = None  # set when auto gave up: how many images it held by then
+        self.fill_bytes = 0  # bytes used in the last block
+        self.needed: int | None = None  # set when auto gave up: the bytes the images would have taken
+        self.images = 0  # how many images that was
 
     @property
     def accepting(self) -> bool:
-        return self.overflow is None
+        return self.needed is None
+
+    def decoded_bytes(self, sizes: torch.Tensor) -> int:
+        """What images of these (width, height) take once decoded: the short side resized to resize_size
+        (ShortSideResize), 3 bytes a pixel."""
+        import torch
+
+        short = sizes.min(dim=1).values.long().clamp(min=1)
+        long = sizes.max(dim=1).values.long()
+        return int(torch.sum(3 * self.draft_size * (self.draft_size * long // short)))
+
+    def fill(self, sets: list[ImageSet], strict: bool, progress=None) -> tuple[list[ImageSet], list[str]]:
+        """Decode every image of `sets` into the cache if they fit (else decode nothing, and stop accepting).
+        Returns the sets without the images that failed to decode, and why each failed."""
+        from contextlib import nullcontext
+
+        total = sum(len(images) for images in sets)
+        needed = sum(self.decoded_bytes(images.sizes) for images in sets if images.sizes is not None)
+        if self.limit is not None and needed > self.limit:
+            if self.mode == "ram":
+                raise ConfigError(
+                    f"--cache ram: the {total:,} decoded images would take {_gib(needed)}, and only "
+                    f"{_gib(self.free or 0)} of memory is free; use --cache auto (cache when they fit) or "
+                    "--cache off")
+            self.needed, self.images = needed, total
+            return sets, []
+        kept, failures = [], []
+        progress = progress or (lambda description, n: nullcontext(lambda k: None))
+        with pillow_warnings(), ThreadPoolExecutor(scan_threads()) as pool, \
+                progress("decoding into the cache", total) as advance:
+            try:
+                for images in sets:
+                    keep = []
+                    for position, (path, result) in enumerate(zip(images.paths, pool.map(self._load, images.paths))):
+                        advance(1)
+                        if isinstance(result, str):
+                            if strict:
+                                raise DataError(f"--strict: {result}")
+                            failures.append(result)
+                        else:
+                            self.add(path, result)
+                            keep.append(position)
+                    kept.append(images if len(keep) == len(images) else images.subset(keep, images.skipped))
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        return kept, failures
+
+    def _load(self, path: str):
+        try:
+            return self.load(path)
+        except UnreadableImage as exc:
+            return str(exc)
 
     def load(self, path: str) -> torch.Tensor:
         """Decode one file as the cache holds it (raises UnreadableImage). Safe to call from threads."""
@@ -176,27 +235,13 @@ class ImageCache:
     def add(self, path: str, pixels: torch.Tensor) -> None:
         import torch
 
-        if not self.accepting:
-            return
-        size = pixels.numel()
-        if self.limit is not None and self.used + size > self.limit:
-            if self.mode == "ram":
-                from alexnet_cli.errors import ConfigError
-
-                raise ConfigError(
-                    f"--cache ram: the decoded images passed {_gib(self.limit)} after {len(self.entries)} images, "
-                    f"and only {_gib(self.free or 0)} of memory is free; use --cache auto (cache when they fit) "
-                    "or --cache off"
-                )
-            self.overflow = len(self.entries)
-            self.blocks, self.entries, self.used, self.fill = [], {}, 0, 0
-            return
-        if not self.blocks or self.fill + size > self.blocks[-1].numel():
+        size = pixels.numel()  # fill() has checked, from the headers, that all of them fit
+        if not self.blocks or self.fill_bytes + size > self.blocks[-1].numel():
             self.blocks.append(torch.empty(max(self.BLOCK_BYTES, size), dtype=torch.uint8))
-            self.fill = 0
-        self.blocks[-1][self.fill:self.fill + size] = pixels.reshape(-1)
-        self.entries[path] = (len(self.blocks) - 1, self.fill, tuple(pixels.shape))
-        self.fill += size
+            self.fill_bytes = 0
+        self.blocks[-1][self.fill_bytes:self.fill_bytes + size] = pixels.reshape(-1)
+        self.entries[path] = (len(self.blocks) - 1, self.fill_bytes, tuple(pixels.shape))
+        self.fill_bytes += size
         self.used += size
 
     def get(self, path: str) -> torch.Tensor | None:
@@ -212,8 +257,9 @@ class ImageCache:
             return (f"cache: {len(self.entries)} images decoded once and kept in memory ({_gib(self.used)}); "
                     "no epoch reads a file again")
         allowed = "half the free memory" if self.free is not None else "the free memory could not be told"
-        return (f"cache: not used, the decoded images passed the {_gib(self.limit or 0)} allowed ({allowed}) "
-                f"after {self.overflow} images; each epoch decodes the files (--cache ram insists)")
+        return (f"cache: not used, the {self.images:,} decoded images would take {_gib(self.needed or 0)}, more "
+                f"than the {_gib(self.limit or 0)} allowed ({allowed}); each epoch decodes the files "
+                "(--cache ram insists)")
 
 
 def make_cache(mode: str, preprocess: Preprocess, local_processes: int = 1) -> ImageCache | None:

@@ -27,27 +27,28 @@ from contextlib import contextmanager
 import torch
 from torch.utils.data import DataLoader
 
-from alexnet_cli.cache import ImageCache
-from alexnet_cli.data import UnreadableImage, open_image
+from alexnet_cli.data.cache import ImageCache
+from alexnet_cli.data.images import UnreadableImage, open_image
+from alexnet_cli.data.preprocess import PixelBatch, Pixels
+from alexnet_cli.data.samples import Paths
 from alexnet_cli.errors import DataError
-from alexnet_cli.preprocess import PixelBatch, Pixels
 from alexnet_cli.seeds import sample_seed
 
 
 class ImageDataset:
     """(image, label) pairs that never stop a run: a file that fails to open yields its error instead.
 
-    It holds only paths, labels, picklable transforms and the cache (whose blocks torch hands to spawned
-    processes as shared memory). With `augment_seed`, each sample's random augmentation is seeded by
+    It holds only paths and labels as flat tensors (samples.py), picklable transforms and the cache: torch
+    hands tensors to spawned processes as shared memory, so its pickle stays small at any size. With `augment_seed`, each sample's random augmentation is seeded by
     (augment_seed, index) alone, so it is the same whichever worker loads it, and the same after a resume in
     the middle of an epoch.
     """
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform: Callable,
-                 augment_seed: int | None = None, draft_size: int | None = None,
+    def __init__(self, paths: Paths | Sequence[str], labels: torch.Tensor | Sequence[int] | None,
+                 transform: Callable, augment_seed: int | None = None, draft_size: int | None = None,
                  cache: ImageCache | None = None, from_cache: Callable | None = None) -> None:
-        self.paths = list(paths)
-        self.labels = list(labels) if labels is not None else None
+        self.paths = paths if isinstance(paths, Paths) else Paths.of(paths)
+        self.labels = torch.as_tensor(labels, dtype=torch.long) if labels is not None else None
         self.transform = transform
         self.augment_seed = augment_seed
         self.draft_size = draft_size
@@ -60,13 +61,14 @@ class ImageDataset:
     def __getitem__(self, key):
         # An EpochSampler hands (index, augment_seed) pairs; a plain sampler hands indices.
         index, augment_seed = key if isinstance(key, tuple) else (key, self.augment_seed)
-        label = self.labels[index] if self.labels is not None else -1
-        pixels = self.cache.get(self.paths[index]) if self.cache is not None else None
+        label = int(self.labels[index]) if self.labels is not None else -1
+        path = self.paths[index]
+        pixels = self.cache.get(path) if self.cache is not None else None
         if pixels is not None:
             source, transform = pixels, self.from_cache
         else:
             try:
-                source, transform = open_image(self.paths[index], self.draft_size), self.transform
+                source, transform = open_image(path, self.draft_size), self.transform
             except UnreadableImage as exc:
                 return None, label, index, str(exc)
         if augment_seed is None:
@@ -267,8 +269,8 @@ def why_not_picklable(*objects) -> str | None:
 
 
 def make_loader(
-    paths: Sequence[str],
-    labels: Sequence[int] | None,
+    paths: Paths | Sequence[str],
+    labels: torch.Tensor | Sequence[int] | None,
     transform: Callable,
     *,
     batch_size: int,

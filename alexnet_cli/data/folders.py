@@ -1,0 +1,264 @@
+"""Image folders: class discovery, the checked list of a folder's images (from its index), validation splits,
+and the files that predict is given.
+
+An ImageSet holds its paths and labels as flat tensors (samples.py), so a set of 1.28 million images is three
+buffers rather than millions of Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alexnet_cli.data import index as indexmod
+from alexnet_cli.data.images import (IMAGE_EXTENSIONS, UnreadableImage, is_image_file, open_image_in_scope,
+                                     pillow_warnings, scan_threads, visible_folders)
+from alexnet_cli.data.samples import Paths, Strings
+from alexnet_cli.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from alexnet_cli.distributed import Dist
+
+CHECKS = ("index", "decode", "none")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A labelled set of images under `root`, with the class names their labels index."""
+
+    root: Path
+    classes: tuple[str, ...]
+    names: Strings  # each image's path under root
+    labels: torch.Tensor  # int64, one per image
+    sizes: torch.Tensor | None = None  # (n, 2) int32 width and height from the headers, where they were read
+    skipped: tuple[str, ...] = field(default=())  # one "path: reason" per unusable file
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(str(self.root), self.names)
+
+    def counts(self) -> list[int]:
+        import torch
+
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+    def subset(self, positions: Sequence[int] | torch.Tensor, skipped: tuple[str, ...] = ()) -> ImageSet:
+        import torch
+
+        positions = torch.as_tensor(positions, dtype=torch.long)
+        sizes = self.sizes[positions] if self.sizes is not None else None
+        return ImageSet(self.root, self.classes, self.names.take(positions), self.labels[positions], sizes, skipped)
+
+    def relative(self) -> list[str]:
+        """Each image's path under root with `/` on every OS: what split.json stores."""
+        return [name.replace(os.sep, "/") for name in self.names]
+
+
+def find_classes(root: Path) -> list[str]:
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root} (give a folder with one subfolder per class)")
+    classes = visible_folders(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise DataError(f"{root} has no class subfolders: lay images out as {root}/<class>/<image>.jpg")
+    return classes
+
+
+def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, strict: bool = False,
+                      check: str = "index", progress: indexmod.Progress | None = None, dist: Dist | None = None,
+                      report=lambda line: None) -> ImageSet:
+    """Read an ImageFolder tree (root/<class>/**/<image>). With `classes`, labels follow that order and every
+    folder must be one of them (evaluation against a checkpoint's classes).
+
+    `check` says how much is known about each file before the first step:
+      index   its header and end marker, from the folder's index (index.py: only new and changed files are
+              opened, and under torchrun one process per node opens them);
+      decode  that, and a decode of every image (alexnet check, --strict);
+      none    its name alone (one pass, such as evaluation: the loader skips a bad file when it meets it).
+    Files that are not used are listed in `skipped` with the reason; with `strict`, the first is an error.
+    `report` is told one line about the index.
+    """
+    import torch
+
+    if check not in CHECKS:
+        raise ValueError(check)
+    root = Path(root)
+    found = find_classes(root)
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DataError(
+                f"{root} has classes the model does not know: {', '.join(unknown)} "
+                f"(it knows {', '.join(classes)})"
+            )
+    if check == "none":
+        listing = indexmod.walk(root, found, stat=False)
+        usable = torch.ones(len(listing.names), dtype=torch.bool)
+        usable[list(listing.excluded)] = False
+        skipped = [f"{os.path.join(str(root), listing.names[i])}: {why}" for i, why in listing.excluded.items()]
+        sizes = None
+    else:
+        folder_index = _shared_index(root, found, progress, dist, report)
+        listing, usable = folder_index.listing, folder_index.usable()
+        skipped = folder_index.reasons(str(root))
+        sizes = torch.stack([folder_index.width, folder_index.height], dim=1)
+    if strict and skipped:
+        raise DataError(f"--strict: {skipped[0]}")
+    positions = usable.nonzero().flatten()
+    to_label = torch.tensor([list(classes).index(name) for name in found], dtype=torch.long)
+    images = ImageSet(root, tuple(classes), listing.names.take(positions),
+                      to_label[listing.folder[positions].long()], sizes[positions] if sizes is not None else None,
+                      tuple(skipped))
+    if check == "decode":
+        images = _decode_all(images, strict, progress)
+    if len(images) == 0:
+        raise DataError(f"no readable images under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def _shared_index(root: Path, found: Sequence[str], progress, dist: Dist | None, report) -> indexmod.FolderIndex:
+    """The folder's index, built by one process per node: under torchrun, local rank 0 builds (or refreshes)
+    it while the other ranks of its node wait, then they read what it saved. A rank that cannot read that very
+    index (it could not be saved, or the file is not the one just built) builds its own."""
+    if dist is None or not dist.enabled:
+        built = indexmod.build_index(root, found, progress)
+        report(built.describe())
+        return built.index
+    from alexnet_cli.distributed import from_local_rank_zero
+
+    if dist.local_rank == 0:
+        built = indexmod.build_index(root, found, progress)
+        report(built.describe())
+        from_local_rank_zero([built.saved is None, *built.index.fingerprint()], dist)
+        return built.index
+    saved, *fingerprint = from_local_rank_zero([0, *indexmod.NO_FINGERPRINT], dist)
+    index = indexmod.read_index(os.path.realpath(root)) if saved else None
+    if index is not None and index.folders == tuple(found) and index.fingerprint() == fingerprint:
+        return index
+    return indexmod.build_index(root, found).index
+
+
+def _decode_all(images: ImageSet, strict: bool, progress) -> ImageSet:
+    """Decode every image once (at a reduced JPEG scale): those that fail are named in `skipped`."""
+    paths = images.paths
+    keep, skipped = [], list(images.skipped)
+    with pillow_warnings(), ThreadPoolExecutor(scan_threads()) as pool, \
+            indexmod._progress(progress, f"decoding {images.root}", len(images)) as advance:
+        try:
+            for position, reason in enumerate(pool.map(_decodes, paths)):
+                advance(1)
+                if reason is None:
+                    keep.append(position)
+                elif strict:
+                    raise DataError(f"--strict: {reason}")
+                else:
+                    skipped.append(reason)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # stop now: the images still queued are not needed
+            raise
+    return images if len(keep) == len(images) else images.subset(keep, tuple(skipped))
+
+
+def _decodes(path: str) -> str | None:
+    try:
+        open_image_in_scope(path, indexmod.DECODE_DRAFT_SIZE)
+    except UnreadableImage as exc:
+        return str(exc)
+    return None
+
+
+def find_sibling_validation(train_root: Path) -> Path | None:
+    """`data/train` pairs with `data/val` (or `data/test`); other folder names pair with nothing."""
+    if train_root.name.lower() not in ("train", "training"):
+        return None
+    for name in ("val", "valid", "validation", "test"):
+        candidate = train_root.parent / name
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def stratified_split(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Hold out `fraction` of each class (at least one image of any class that has two or more). Each part
+    is in path order."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for position, label in enumerate(images.labels.tolist()):
+        by_class.setdefault(label, []).append(position)
+    train, val = [], []
+    for label in sorted(by_class):
+        members = by_class[label]
+        rng.shuffle(members)
+        n_val = min(len(members) - 1, max(1, round(fraction * len(members))))
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    names = list(images.names)
+    in_path_order = lambda positions: sorted(positions, key=names.__getitem__)  # noqa: E731
+    return images.subset(in_path_order(train), images.skipped), images.subset(in_path_order(val))
+
+
+def split_from_file(images: ImageSet, split_file: Path) -> tuple[ImageSet, ImageSet]:
+    """Re-create a saved split: the images listed as validation there are validation again."""
+    try:
+        held_out = set(json.loads(split_file.read_text())["val"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read the saved split {split_file}: {exc}") from None
+    held_out = {str(path).replace("\\", "/") for path in held_out}  # written on Windows, read anywhere
+    is_val = [name in held_out for name in images.relative()]
+    train = [i for i, held in enumerate(is_val) if not held]
+    val = [i for i, held in enumerate(is_val) if held]
+    return images.subset(train, images.skipped), images.subset(val)
+
+
+def split_record(val: ImageSet, fraction: float, seed: int) -> dict[str, Any]:
+    return {"fraction": fraction, "seed": seed, "val": val.relative()}
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Files, folders (searched recursively, class subfolders or not) and globs -> (image paths, problems).
+
+    A file named explicitly is kept whatever its extension; files found in folders or by globs must look
+    like images. Order is stable: inputs in the order given, each folder's files sorted.
+    """
+    import glob
+
+    found: list[str] = []
+    problems: list[str] = []
+    for item in inputs:
+        if os.path.isfile(item):
+            found.append(item)
+            continue
+        if os.path.isdir(item):
+            matches = [item]
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                problems.append(f"{item}: no such file, folder or match")
+                continue
+        before = len(found)
+        for match in matches:
+            if os.path.isdir(match):
+                for directory, subdirs, files in os.walk(match, followlinks=True):
+                    subdirs[:] = visible_folders(subdirs)
+                    found.extend(os.path.join(directory, f) for f in sorted(files) if is_image_file(f))
+            elif is_image_file(match):
+                found.append(match)
+        if len(found) == before:
+            problems.append(f"{item}: no images found")
+    seen: set[str] = set()
+    unique = [p for p in found if not (p in seen or seen.add(p))]
+    return unique, problems

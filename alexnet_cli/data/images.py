@@ -1,0 +1,121 @@
+"""Decoding: how one file becomes an RGB image, or an UnreadableImage naming the file and why.
+
+Every reader of pixels (the index's checks, the cache, the loaders, predict) opens files here, so a damaged
+file is named the same way wherever it is met.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alexnet_cli.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+class UnreadableImage(DataError):
+    """A file that cannot be used as an image; the message names the file and why."""
+
+
+# What Finder, Explorer and zip tools leave in folders they touch. Ignored without a word: they are not the
+# user's files, and reporting them as skipped would make --strict refuse every folder opened on a Mac.
+OS_METADATA_FILES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", ".localized"})
+OS_METADATA_FOLDERS = frozenset({"__macosx", "$recycle.bin", "system volume information"})
+
+
+def is_os_metadata(name: str) -> bool:
+    """`.DS_Store`, `._photo.jpg` (macOS resource forks), `Thumbs.db`, `desktop.ini`, `__MACOSX/` and kin."""
+    folded = name.casefold()
+    return folded in OS_METADATA_FILES or folded in OS_METADATA_FOLDERS or folded.startswith("._")
+
+
+def visible_folders(names) -> list[str]:
+    return sorted(name for name in names if not name.startswith(".") and not is_os_metadata(name))
+
+
+def is_image_file(path: str | Path) -> bool:
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _to_rgb(image):
+    """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit and float greys scaled, CMYK converted."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        # Composite transparency onto a fixed white background rather than dropping the alpha, which would
+        # turn transparent pixels into whatever colour they happen to store.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit (or 32-bit integer) greyscale: scale 0-65535 to 0-255 instead of clipping at 255.
+        return image.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    if image.mode == "F":
+        return image.point(lambda v: v * 255 if 0 <= v <= 1 else v).convert("L").convert("RGB")
+    return image.convert("RGB")
+
+
+@contextmanager
+def pillow_warnings():
+    """Pillow's warnings while images open: a decompression bomb is an error, notes on damaged metadata are
+    hidden (the file is judged by whether it decodes). Warning filters are process-wide, so a parallel scan
+    enters this once around all its threads rather than once per image."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def open_image_in_scope(path: str | Path, draft_size: int | None) -> Image.Image:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            # Refuse at Pillow's limit itself, and without relying on the warning filters, which another
+            # thread could be changing.
+            if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise Image.DecompressionBombWarning(
+                    f"{image.width}x{image.height} pixels is over the limit of {Image.MAX_IMAGE_PIXELS}")
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()  # decode now: a truncated file fails here, not later in a transform
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombWarning as exc:
+        raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, EOFError,
+            ZeroDivisionError, Image.DecompressionBombError) as exc:
+        # Pillow's decoders report damaged files through many exception types; none of them is our bug.
+        reason = str(exc) or exc.__class__.__name__
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "not an image (no image format recognised)"
+        if os.path.exists(path) and os.path.getsize(path) == 0:
+            reason = "empty file"
+        raise UnreadableImage(f"{path}: {reason}") from None
+
+
+def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Open one image as RGB with its EXIF orientation applied, or raise UnreadableImage naming it.
+
+    Every failure a file can cause (empty, truncated, not an image, a decompression bomb) becomes
+    UnreadableImage, so callers can skip the file and carry on. `draft_size` lets a large JPEG decode at a
+    reduced scale (DCT scaling) that is still at least that many pixels on each side.
+    """
+    with pillow_warnings():
+        return open_image_in_scope(path, draft_size)
+
+
+def scan_threads() -> int:
+    """Threads for checking or decoding many files: Pillow reads and decodes without holding the GIL."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+

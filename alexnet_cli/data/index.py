@@ -1,0 +1,368 @@
+"""The index of an image folder: every file's class, size, mtime, header size and whether it is usable,
+kept in the user's cache folder so that only the first run opens every file.
+
+The first run lists the tree and checks each image cheaply (docs/scale.md): its header (a known format, and a
+declared size under Pillow's decompression-bomb limit) and, for JPEG and PNG, the end marker that a
+truncated file lacks; a file whose end marker is missing, or of another format, is decoded to decide. Later
+runs list the tree again (names, sizes and mtimes: one stat per file, no open) and check only the files that
+are new or whose size or mtime changed. A full decode of every file stays with `alexnet check` and
+`--strict`.
+
+The index lives in `user_cache_dir()/index/`, never in the data folder (shared data sets are often
+read-only), one file per folder, named after the folder and a hash of its resolved path. It holds tensors and
+plain values, written atomically and read with `torch.load(weights_only=True)`. Under torchrun, local rank 0
+of each node builds it while the other ranks wait on a barrier, then read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alexnet_cli.data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImage,
+    is_image_file,
+    is_os_metadata,
+    open_image_in_scope,
+    pillow_warnings,
+    scan_threads,
+    visible_folders,
+)
+from alexnet_cli.data.samples import Strings, StringsBuilder
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT = "alexnet-cli folder index"
+VERSION = 1
+# The last bytes of a whole file: JPEG's end-of-image marker, PNG's IEND chunk (its length, type and CRC).
+JPEG_END = b"\xff\xd9"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# A file whose end marker is missing (or of another format) is decoded to decide, at this reduced scale: a
+# truncated file still fails, but a 12-megapixel JPEG decodes about 8 times faster than at full size.
+DECODE_DRAFT_SIZE = 64
+
+NO_FINGERPRINT = [0, 0, 0]  # what ranks that wait for the index send in its place
+Progress = Callable[[str, int], Any]  # (description, total) -> a context manager yielding advance(n)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one walk of the tree finds, before any file is opened; OS metadata is left out without a word."""
+
+    names: Strings  # each file's path under the root, in a fixed order (class folders sorted, then os.walk's)
+    folder: torch.Tensor  # int32: the file's class folder, as a position in the folders walked
+    size: torch.Tensor  # int64 bytes
+    mtime_ns: torch.Tensor  # int64
+    excluded: dict[int, str]  # position -> why it is not opened at all (hidden, not an image extension, no stat)
+
+
+def walk(root: Path, folders: Sequence[str], stat: bool = True) -> Listing:
+    """Every file under `root/<folder>` for each of `folders`, as os.walk with sorted names visits them (each
+    folder's files, then its visible subfolders), with one stat per file when `stat`."""
+    import torch
+
+    names, folder, size, mtime = StringsBuilder(), array("i"), array("q"), array("q")
+    excluded: dict[int, str] = {}
+    root_text = str(root)
+
+    def visit(directory: str, relative: str, label: int) -> None:
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError:
+            return  # as os.walk: a folder that cannot be listed is passed over
+        subfolders = []
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # follows links, as os.walk(followlinks=True)
+            except OSError:
+                is_folder = False
+            if is_folder:
+                subfolders.append(entry.name)
+                continue
+            if is_os_metadata(entry.name):
+                continue
+            name = os.path.join(relative, entry.name)
+            position = len(names)
+            names.append(name)
+            folder.append(label)
+            file_size = file_mtime = 0
+            if entry.name.startswith("."):
+                excluded[position] = "hidden file"
+            elif not is_image_file(entry.name):
+                excluded[position] = f"not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
+            elif stat:
+                try:
+                    status = entry.stat()
+                    file_size, file_mtime = status.st_size, status.st_mtime_ns
+                except OSError as exc:
+                    excluded[position] = exc.strerror or type(exc).__name__
+            size.append(file_size)
+            mtime.append(file_mtime)
+        for name in visible_folders(subfolders):
+            visit(os.path.join(directory, name), os.path.join(relative, name), label)
+
+    for label, name in enumerate(folders):
+        visit(os.path.join(root_text, name), name, label)
+    as_tensor = lambda values, dtype: torch.frombuffer(values, dtype=dtype).clone() if len(values) else \
+        torch.empty(0, dtype=dtype)  # noqa: E731
+    return Listing(names.finish(), as_tensor(folder, torch.int32), as_tensor(size, torch.long),
+                   as_tensor(mtime, torch.long), excluded)
+
+
+def check_file(path: str) -> tuple[int, int]:
+    """The (width, height) of a usable image, from its header; raises UnreadableImage naming the file and why.
+
+    Cheap, but it catches what breaks training: an empty or unrecognised file, a declared size over the
+    decompression-bomb limit, and a truncated JPEG or PNG (its end marker missing). A file that fails that
+    last test, or of a format with no such marker, is decoded (at a reduced scale) to decide: some cameras
+    write bytes after a JPEG's end, and those files decode.
+    """
+    from PIL import Image
+
+    with open(path, "rb") as handle:
+        try:
+            image = Image.open(handle)
+        except Exception:  # noqa: BLE001 - Pillow says why in many ways; the decode below names it
+            open_image_in_scope(path, DECODE_DRAFT_SIZE)
+            raise UnreadableImage(f"{path}: not an image (no image format recognised)") from None
+        with image:
+            width, height = image.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and width * height > limit:
+                raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({width}x{height} "
+                                      f"pixels is over the limit of {limit})")
+            image_format = image.format
+        marker = {"JPEG": JPEG_END, "PNG": PNG_END}.get(image_format or "")
+        if marker is not None:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() >= len(marker):
+                handle.seek(-len(marker), os.SEEK_END)
+                if handle.read() == marker:
+                    return width, height
+    open_image_in_scope(path, DECODE_DRAFT_SIZE)
+    return width, height
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """One folder's index: the listing, and for each file its header size or why it cannot be used."""
+
+    root: str  # the resolved path it describes
+    folders: tuple[str, ...]  # the class folders, in the order `listing.folder` counts them
+    listing: Listing
+    width: torch.Tensor  # int32, 0 for an unusable file
+    height: torch.Tensor
+    problem: torch.Tensor  # int32: -1 for a usable file, else a position in `problems`
+    problems: tuple[str, ...]  # why each unusable file is unusable (without its path)
+
+    def fingerprint(self) -> list[int]:
+        """Three integers that tell this index from another of the same folder: files, bytes, and a sum of
+        their mtimes (wrapping around)."""
+        listing = self.listing
+        return [len(listing.names), int(listing.size.sum()), int(listing.mtime_ns.sum())]
+
+    def usable(self) -> torch.Tensor:
+        return self.problem < 0
+
+    def reasons(self, root: str) -> list[str]:
+        """'path: why' for every unusable file, in the listing's order."""
+        positions = (self.problem >= 0).nonzero().flatten().tolist()
+        return [f"{os.path.join(root, self.listing.names[i])}: {self.problems[int(self.problem[i])]}"
+                for i in positions]
+
+    def to_dict(self) -> dict[str, Any]:
+        listing = self.listing
+        return {"format": FORMAT, "version": VERSION, "settings": settings(), "root": self.root,
+                "folders": list(self.folders), "names": listing.names.buffer, "offsets": listing.names.offsets,
+                "folder": listing.folder, "size": listing.size, "mtime_ns": listing.mtime_ns,
+                "width": self.width, "height": self.height, "problem": self.problem, "problems": list(self.problems)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], root: str) -> FolderIndex | None:
+        """The index in `data`, or None when it is not one for `root` under today's settings, or is damaged
+        (then it is built again: it only ever saves time)."""
+        import torch
+
+        try:
+            if (data.get("format"), data.get("version"), data.get("settings"), data.get("root")) != (
+                    FORMAT, VERSION, settings(), root):
+                return None
+            names = Strings(data["names"], data["offsets"])
+            n = len(names)
+            tensors = [data[key] for key in ("folder", "size", "mtime_ns", "width", "height", "problem")]
+            problems = tuple(str(reason) for reason in data["problems"])
+            folders = tuple(str(name) for name in data["folders"])
+            if names.buffer.dtype != torch.uint8 or any(t.shape != (n,) for t in tensors) or (n and (
+                    int(names.offsets[0]) != 0 or int(names.offsets[-1]) != names.buffer.numel()
+                    or bool((names.offsets[1:] < names.offsets[:-1]).any())
+                    or int(tensors[0].min()) < 0 or int(tensors[0].max()) >= len(folders)
+                    or int(tensors[5].max()) >= len(problems))):
+                return None
+        except (KeyError, TypeError, AttributeError, IndexError, RuntimeError, ValueError):
+            return None
+        folder, size, mtime_ns, width, height, problem = tensors
+        return cls(root, folders, Listing(names, folder, size, mtime_ns, {}), width, height, problem, problems)
+
+
+def settings() -> dict[str, Any]:
+    """What a file's verdict depends on besides the file: a change to these checks every file again."""
+    from PIL import Image
+
+    return {"max_pixels": Image.MAX_IMAGE_PIXELS, "extensions": list(IMAGE_EXTENSIONS)}
+
+
+def index_file(root: str) -> Path:
+    """Where the index of `root` (a resolved path) is kept: the user's cache folder, never the data folder."""
+    from alexnet_cli.device import user_cache_dir
+
+    digest = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    label = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(root).name)[:40] or "root"
+    return user_cache_dir() / "index" / f"{label}-{digest}.pt"
+
+
+def read_index(root: str) -> FolderIndex | None:
+    import pickle
+
+    import torch
+
+    path = index_file(root)
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        return None
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
+        return None  # damaged or hostile: built again
+    return FolderIndex.from_dict(data, root) if isinstance(data, dict) else None
+
+
+def write_index(index: FolderIndex) -> str | None:
+    """Save it atomically; None, or why it could not be saved (then the next run builds it again)."""
+    import torch
+
+    path = index_file(index.root)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(index.to_dict(), partial)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        return f"{path.parent}: {exc.strerror or exc}"
+    return None
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    index: FolderIndex
+    checked: int  # files opened now
+    reused: int  # files whose verdict came from the saved index
+    seconds: float
+    saved: str | None  # None, or why the index could not be saved
+
+    def describe(self) -> str:
+        files = len(self.index.listing.names)
+        if self.checked == 0:
+            return f"index: {files:,} files, unchanged since the last run (none opened)"
+        rate = f", {self.checked / self.seconds:,.0f} files/s" if self.seconds > 0 else ""
+        line = (f"index: {files:,} files, {self.checked:,} checked in {self.seconds:.1f} s{rate}"
+                + (f", {self.reused:,} unchanged" if self.reused else ""))
+        where = f"kept in {index_file(self.index.root)}" if self.saved is None else f"not saved ({self.saved})"
+        return f"{line}; {where}"
+
+
+def build_index(root: Path, folders: Sequence[str], progress: Progress | None = None) -> IndexReport:
+    """The index of `root`: the saved one where files are unchanged, with new and changed files checked now,
+    and saved again when anything changed."""
+    import torch
+
+    started = time.perf_counter()
+    resolved = os.path.realpath(root)
+    listing = walk(root, folders)
+    n = len(listing.names)
+    saved = read_index(resolved)
+    width = torch.zeros(n, dtype=torch.int32)
+    height = torch.zeros(n, dtype=torch.int32)
+    problem = torch.full((n,), -1, dtype=torch.int32)
+    problems: list[str] = []
+    reasons: dict[str, int] = {}
+
+    def note(position: int, reason: str) -> None:
+        problem[position] = reasons.setdefault(reason, len(reasons))
+        if len(reasons) > len(problems):
+            problems.append(reason)
+
+    known = torch.zeros(n, dtype=torch.bool)
+    if saved is not None:
+        known, where = _unchanged(saved, listing)
+        positions = known.nonzero().flatten()
+        old = where[positions]
+        width[positions], height[positions] = saved.width[old], saved.height[old]
+        for position, old_position in zip(positions.tolist(), old.tolist()):
+            if int(saved.problem[old_position]) >= 0:
+                note(position, saved.problems[int(saved.problem[old_position])])
+    for position, reason in listing.excluded.items():
+        known[position] = True
+        note(position, reason)
+    pending = (~known).nonzero().flatten().tolist()
+    root_text = str(root)
+    if pending:
+        with pillow_warnings(), ThreadPoolExecutor(scan_threads()) as pool, \
+                _progress(progress, f"indexing {root}", len(pending)) as advance:
+            paths = (os.path.join(root_text, listing.names[i]) for i in pending)
+            try:
+                for position, result in zip(pending, pool.map(_verdict, paths)):
+                    if isinstance(result, str):
+                        note(position, result)
+                    else:
+                        width[position], height[position] = result
+                    advance(1)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    index = FolderIndex(resolved, tuple(folders), listing, width, height, problem, tuple(problems))
+    changed = bool(pending) or saved is None or not saved.listing.names.equal(listing.names) \
+        or saved.folders != index.folders or not torch.equal(saved.problem >= 0, problem >= 0)
+    why_not_saved = write_index(index) if changed else None
+    return IndexReport(index, len(pending), n - len(pending) - len(listing.excluded),
+                       time.perf_counter() - started, why_not_saved)
+
+
+def _verdict(path: str) -> tuple[int, int] | str:
+    try:
+        return check_file(path)
+    except UnreadableImage as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def _unchanged(saved: FolderIndex, listing: Listing) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per file of `listing`: whether the saved index has it with the same size and mtime, and where."""
+    import torch
+
+    if saved.listing.names.equal(listing.names):  # the usual case, compared without a string per file
+        same = (saved.listing.size == listing.size) & (saved.listing.mtime_ns == listing.mtime_ns)
+        return same, torch.arange(len(listing.names))
+    old = {name: i for i, name in enumerate(saved.listing.names)}
+    where = torch.tensor([old.get(name, -1) for name in listing.names], dtype=torch.long)
+    found = where >= 0
+    same = found.clone()
+    same[found] = (saved.listing.size[where[found]] == listing.size[found]) & \
+        (saved.listing.mtime_ns[where[found]] == listing.mtime_ns[found])
+    return same, where
+
+
+def _progress(progress: Progress | None, description: str, total: int):
+    from contextlib import nullcontext
+
+    return progress(description, total) if progress is not None else nullcontext(lambda n: None)
