@@ -127,6 +127,18 @@ def summary(data: dict[str, Any], class_names: Sequence[str] | None = None) -> N
 
 def data_table(classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int] | None,
                val_source: str) -> None:
+    if len(classes) > FULL_TABLES_UP_TO:  # a line per class would push the run off the screen
+        parts = [f"images: {len(classes):,} classes"]
+        for split, counts in (("train", train_counts), ("val", val_counts)):
+            if counts is not None:
+                ordered = sorted(counts)
+                parts.append(f"{split} {_count(sum(counts))} ({_count(ordered[0])} to {_count(ordered[-1])} a class, "
+                             f"median {_count(ordered[len(ordered) // 2])})")
+        smallest = sorted(range(len(classes)), key=lambda i: (train_counts[i], i))[:3]
+        parts.append("fewest: " + ", ".join(f"{classes[i]} {_count(train_counts[i])}" for i in smallest))
+        console.print(escape("; ".join(parts)), soft_wrap=True)
+        console.print(f"validation: {escape(val_source)}", soft_wrap=True)
+        return
     table = Table(title="images per class", title_justify="left")
     table.add_column("class")
     table.add_column("train", justify="right")
@@ -145,21 +157,49 @@ def data_table(classes: Sequence[str], train_counts: Sequence[int], val_counts: 
     console.print(f"validation: {escape(val_source)}", soft_wrap=True)
 
 
+# Up to this many classes, evaluate shows every class and the whole confusion matrix; above it, a screenful:
+# the worst classes and the most-confused pairs (the whole of both stays in --json).
+FULL_TABLES_UP_TO = 20
+NAME_WIDTH = 28  # a long class name is cut with an ellipsis rather than wrapped onto more lines
+
+
 def evaluation(report: dict[str, Any], source: str) -> None:
     k_key = next((key for key in report if key.startswith("top") and key.endswith("_accuracy")), None)
-    line = f"{source}: {report['images']:,} images, loss {report['loss']:.4f}, accuracy {report['accuracy']:.2%}"
+    line = (f"{source}: {report['images']:,} images, loss {report['loss']:.4f}, accuracy {report['accuracy']:.2%} "
+            f"(top-1 error {report['top1_error']:.2%})")
     if k_key and report[k_key] is not None:
-        line += f", {k_key.removesuffix('_accuracy')} {report[k_key]:.2%}"
-    console.print(escape(line), soft_wrap=True)
-
-    per_class = Table(title="per class", title_justify="left")
-    for column in ("class", "precision", "recall", "F1", "support"):
-        per_class.add_column(column, justify="left" if column == "class" else "right")
-    for row in report["per_class"]:
-        per_class.add_row(escape(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                          _count(row["support"]))
-    console.print(per_class)
-    confusion(report["class_names"], report["confusion_matrix"])
+        k = k_key.removesuffix("_accuracy").removeprefix("top")
+        line += f", top-{k} {report[k_key]:.2%} (top-{k} error {report[f'top{k}_error']:.2%})"
+    classes = len(report["class_names"])
+    console.print(escape(line + f", macro F1 {report['macro_f1']:.3f}"), soft_wrap=True)
+    if classes <= FULL_TABLES_UP_TO:
+        per_class = Table(title="per class", title_justify="left")
+        for column in ("class", "precision", "recall", "F1", "support"):
+            per_class.add_column(column, justify="left" if column == "class" else "right")
+        for row in report["per_class"]:
+            per_class.add_row(escape(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                              f"{row['f1']:.3f}", _count(row["support"]))
+        console.print(per_class)
+        confusion(report["class_names"], report["confusion_matrix"])
+        return
+    name = dict(no_wrap=True, overflow="ellipsis", max_width=NAME_WIDTH)
+    number = dict(no_wrap=True, justify="right")
+    worst = Table(title=f"the {len(report['worst_classes'])} classes recognised least (lowest recall)",
+                  title_justify="left")
+    for column in ("class", "recall", "precision", "images", "most often taken for"):
+        worst.add_column(column, **(name if column in ("class", "most often taken for") else number))
+    for row in report["worst_classes"]:
+        worst.add_row(escape(row["class"]), f"{row['recall']:.3f}", f"{row['precision']:.3f}", _count(row["support"]),
+                      escape(row["mistaken_for"] or "-"))
+    console.print(worst)
+    pairs = Table(title=f"the {len(report['most_confused'])} most-confused pairs", title_justify="left")
+    for column in ("true class", "predicted as", "images", "of the class"):
+        pairs.add_column(column, **(name if column in ("true class", "predicted as") else number))
+    for pair in report["most_confused"]:
+        pairs.add_row(escape(pair["true"]), escape(pair["predicted"]), _count(pair["count"]), f"{pair['share']:.1%}")
+    console.print(pairs)
+    console.print(f"{classes:,} classes: every class's precision, recall and F1, and the whole confusion matrix, "
+                  "are in --json", soft_wrap=True)
 
 
 def confusion(class_names: Sequence[str], matrix: Sequence[Sequence[int]]) -> None:

@@ -22,6 +22,10 @@ from alexnet_cli.tta import eval_transforms as tta_transforms
 from alexnet_cli.tta import forward as tta_forward
 
 
+# How many classes and confused pairs the summary shows: at 1,000 classes, the whole table is --json's.
+SHOWN = 10
+
+
 @dataclass
 class EvalResult:
     class_names: tuple[str, ...]
@@ -48,16 +52,49 @@ class EvalResult:
             rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
         return rows
 
+    def most_confused(self, n: int = SHOWN) -> list[dict[str, Any]]:
+        """The `n` largest off-diagonal cells: (true class, predicted class), how many, and what share of the
+        true class's images that is."""
+        import torch
+
+        counts = torch.tensor(self.confusion, dtype=torch.long)
+        support = counts.sum(1)
+        counts.fill_diagonal_(0)
+        values, cells = counts.flatten().sort(descending=True, stable=True)  # ties in class order
+        size = len(self.class_names)
+        return [{"true": self.class_names[i // size], "predicted": self.class_names[i % size], "count": int(c),
+                 "share": int(c) / max(1, int(support[i // size]))}
+                for c, i in zip(values[:n].tolist(), cells[:n].tolist()) if c > 0]
+
+    def worst_classes(self, per_class: list[dict[str, Any]], n: int = SHOWN) -> list[dict[str, Any]]:
+        """The `n` classes with the lowest recall (of those with images), each with what it is most often
+        mistaken for."""
+        present = sorted((row for row in per_class if row["support"]), key=lambda row: (row["recall"], -row["support"]))
+        index = {name: i for i, name in enumerate(self.class_names)}
+        worst = []
+        for row in present[:n]:
+            errors = list(self.confusion[index[row["class"]]])
+            errors[index[row["class"]]] = 0
+            j = max(range(len(errors)), key=errors.__getitem__)
+            worst.append({**row, "mistaken_for": self.class_names[j] if errors[j] else None})
+        return worst
+
     def to_dict(self) -> dict[str, Any]:
         per_class = self.per_class()
         present = [row for row in per_class if row["support"]]
+        topk = (self.topk_correct / max(1, self.images)) if self.topk_correct is not None else None
         result = {
             "images": self.images,
             "loss": self.loss,
             "accuracy": self.accuracy,
-            f"top{self.k}_accuracy": (self.topk_correct / max(1, self.images)) if self.topk_correct is not None else None,
+            f"top{self.k}_accuracy": topk,
+            # The paper's figures: top-1 and top-5 error (AlexNet on ILSVRC-2012 validation: 40.7% and 18.2%).
+            "top1_error": 1 - self.accuracy,
+            f"top{self.k}_error": 1 - topk if topk is not None else None,
             "macro_f1": sum(row["f1"] for row in present) / max(1, len(present)),
             "class_names": list(self.class_names),
+            "worst_classes": self.worst_classes(per_class),
+            "most_confused": self.most_confused(),
             "per_class": per_class,
             "confusion_matrix": self.confusion,
         }

@@ -70,15 +70,49 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]]) -> Path:
     return _save(figure, plt, path, atomic_write)
 
 
+# Above this many classes the picture shows the classes most involved in confusions, not all of them: at
+# 1,000 classes a cell would be under a pixel and the names unreadable.
+CONFUSION_CLASSES = 30
+
+
+def most_confused_classes(matrix: Sequence[Sequence[int]], n: int = CONFUSION_CLASSES) -> list[int]:
+    """The `n` classes with the most mistakes, as the true class or as the prediction, ordered so that classes
+    confused with each other sit together (each after the one it is most confused with)."""
+    size = len(matrix)
+    mistakes = [sum(matrix[i]) - matrix[i][i] + sum(matrix[j][i] for j in range(size)) - matrix[i][i]
+                for i in range(size)]
+    chosen = sorted(range(size), key=lambda i: (-mistakes[i], i))[:n]
+    ordered: list[int] = []
+    remaining = set(chosen)
+    for start in chosen:  # greedy: from the worst, follow each class to its strongest partner still left
+        current = start
+        while current in remaining:
+            ordered.append(current)
+            remaining.discard(current)
+            partners = [(matrix[current][j] + matrix[j][current], -j) for j in remaining]
+            current = -max(partners)[1] if partners and max(partners)[0] > 0 else -1
+    return ordered
+
+
 def write_confusion(path: Path, class_names: Sequence[str], matrix: Sequence[Sequence[int]],
                     title: str = "validation") -> Path:
-    """Counts and row-normalised rates (recall on the diagonal), with the class names on both axes."""
+    """Counts and row-normalised rates (recall on the diagonal), with the class names on both axes. Over
+    CONFUSION_CLASSES classes, the most-confused of them (most_confused_classes), said in the title."""
     from alexnet_cli.checkpoint import atomic_write
 
     plt = _pyplot()
+    if len(class_names) > CONFUSION_CLASSES:
+        keep = most_confused_classes(matrix)
+        # Rates stay those of the whole class: a row's share counts every image of the class.
+        totals = [sum(matrix[i]) for i in keep]
+        title = f"{title}, the {len(keep)} most-confused of {len(class_names):,} classes"
+        class_names = [class_names[i] for i in keep]
+        matrix = [[matrix[i][j] for j in keep] for i in keep]
+    else:
+        totals = [sum(row) for row in matrix]
     n = len(class_names)
     counts = [[int(v) for v in row] for row in matrix]
-    rates = [[v / max(1, sum(row)) for v in row] for row in counts]
+    rates = [[v / max(1, total) for v in row] for row, total in zip(counts, totals)]
     side = min(18.0, 3.0 + 0.45 * n)
     figure, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side), dpi=100, layout="constrained")
     for ax, values, name, fmt in ((axes[0], counts, "counts", "{:d}"), (axes[1], rates, "row-normalised", "{:.2f}")):

@@ -21,7 +21,8 @@ TIMEOUT = 240
 
 
 def _torchrun(nproc: int) -> list[str]:
-    launcher = shutil.which("torchrun")
+    # This interpreter's torchrun: the first on PATH may belong to another Python (a pyenv shim, say).
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     base = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
     return [*base, "--standalone", f"--nproc_per_node={nproc}"]
 
@@ -93,10 +94,17 @@ def _alexnet_script() -> list[str]:
 
 
 @pytest.mark.whole_machine
-def test_torchrun_two_processes_write_one_run_that_loads_in_plain_evaluate(runner, tiny, tmp_path):
+def test_torchrun_two_processes_index_the_data_once_and_write_one_run_that_loads_in_plain_evaluate(
+        runner, tiny, tmp_path):
     # torchrun runs the installed script, as users start it; the other launches here use -m alexnet_cli.
-    result = _launch([*_torchrun(2), *_alexnet_script(), *TRAIN, "--epochs", "2", "--batch-size", "4"], tmp_path)
+    checks = tmp_path / "checks.log"  # one "pid path" line per file the index opens (tests/support/sitecustomize)
+    result = _launch([*_torchrun(2), *_alexnet_script(), *TRAIN, "--epochs", "2", "--batch-size", "4"], tmp_path,
+                     env={"ALEXNET_TEST_CHECKS_LOG": str(checks)})
     assert result.returncode == 0, result.stderr[-3000:]
+    # The tree is read once: local rank 0 checked each of the 21 files, and rank 1 read its index.
+    opened = [line.split(" ", 1) for line in checks.read_text().splitlines()]
+    assert sorted(path for _, path in opened) == sorted(str(p.relative_to(tmp_path)) for p in tiny.rglob("*.png"))
+    assert len({pid for pid, _ in opened}) == 1
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["train-1"]  # one folder, by rank 0
     run = tmp_path / "runs" / "train-1"
     assert {"best.pt", "last.pt", "metrics.csv", "config.json"} <= {p.name for p in run.iterdir()}

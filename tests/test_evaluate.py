@@ -48,7 +48,7 @@ def test_evaluate_table_and_top_k(runner, tmp_path):
     invoke(runner, ["train", "d/train", "--epochs", "1", "--output", "run", *FAST_TRAIN])
     result = invoke(runner, ["evaluate", "d/val", "--weights", "run/best.pt", "--top-k", "3", "--workers", "0"])
     assert result.exit_code == 0, result.output
-    assert "top3" in result.stderr
+    assert "top-3 " in result.stderr and "(top-3 error " in result.stderr and "(top-1 error " in result.stderr
     assert "confusion matrix" in result.stderr and "precision" in result.stderr
     report = json.loads(invoke(runner, ["evaluate", "d/val", "--weights", "run/best.pt", "--top-k", "3", "--json",
                                         "--workers", "0"]).stdout)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -129,15 +130,19 @@ def check_file(path: str) -> tuple[int, int]:
     """
     from PIL import Image
 
+    limit = Image.MAX_IMAGE_PIXELS
     with open(path, "rb") as handle:
         try:
             image = Image.open(handle)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            # Pillow's own check, as it reads the header: over the limit warns (an error here), over twice
+            # the limit raises.
+            raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({exc})") from None
         except Exception:  # noqa: BLE001 - Pillow says why in many ways; the decode below names it
             open_image_in_scope(path, DECODE_DRAFT_SIZE)
             raise UnreadableImage(f"{path}: not an image (no image format recognised)") from None
         with image:
             width, height = image.size
-            limit = Image.MAX_IMAGE_PIXELS
             if limit and width * height > limit:
                 raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({width}x{height} "
                                       f"pixels is over the limit of {limit})")
@@ -237,7 +242,9 @@ def read_index(root: str) -> FolderIndex | None:
 
     path = index_file(root)
     try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # a damaged file is built again: torch's notes on it are not news
+            warnings.simplefilter("ignore")
+            data = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         return None
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):

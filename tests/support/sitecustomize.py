@@ -1,6 +1,8 @@
 """Runs at the start of every Python process a subprocess test starts (conftest.env_without_debug puts this
-folder on PYTHONPATH): registers the suite's architecture (alexnet_test_arch.py), and with
-ALEXNET_TEST_STEP_SECONDS set, makes each training step take at least that long.
+folder on PYTHONPATH): registers the suite's architecture (alexnet_test_arch.py); with
+ALEXNET_TEST_STEP_SECONDS set, makes each training step take at least that long; and with
+ALEXNET_TEST_CHECKS_LOG set, appends one line per file the index checks to that file ("pid path"), so a test
+can see which process opened which file.
 
 The small architecture steps in milliseconds, so a test that signals a run when it reads a given log line would
 otherwise land its signal several steps (or an epoch) later than the line it read; a slow step keeps the
@@ -26,3 +28,15 @@ if os.environ.get("ALEXNET_TEST_STEP_SECONDS"):
         return result
 
     loop.train_step = _slow_step
+
+if os.environ.get("ALEXNET_TEST_CHECKS_LOG"):
+    import alexnet_cli.data.index as index
+
+    _log, _check = os.environ["ALEXNET_TEST_CHECKS_LOG"], index.check_file
+
+    def _logged_check(path):
+        with open(_log, "a") as handle:  # one short write per line: lines from several processes stay whole
+            handle.write(f"{os.getpid()} {path}\n")
+        return _check(path)
+
+    index.check_file = _logged_check
