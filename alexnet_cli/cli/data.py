@@ -1,4 +1,5 @@
-"""`alexnet data ...`: real data sets laid out as ImageFolder trees (Oxford-IIIT Pet, Fashion-MNIST, CIFAR-10)."""
+"""`alexnet data ...`: real data sets laid out as ImageFolder trees (Oxford-IIIT Pet, Fashion-MNIST, CIFAR-10,
+ImageNet)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,22 @@ def data_cifar10(
 ) -> None:
     """CIFAR-10 (10 classes of 32x32 colour photos) as PNGs in FOLDER/{train,val,test}/<class>."""
     _benchmark_set("cifar10", folder, per_class, val_per_class, source)
+
+
+@data_app.command("imagenet")
+def data_imagenet(
+    folder: Annotated[Path, typer.Argument(help="Where to put train/<wnid>, val/<wnid> and class_names.json.")],
+    source: Annotated[Path, typer.Option("--from", help="The folder with ILSVRC2012_img_train.tar, "
+                                         "ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz.")],
+) -> None:
+    """ILSVRC-2012 (1,000 classes, 1.28M training images) from its archives, as FOLDER/{train,val}/<wnid>."""
+    from alexnet_cli.data.imagenet import prepare_imagenet
+
+    with _boundary():
+        report = prepare_imagenet(folder, source, report_line=console.info)
+        for split, (classes, images) in report.counts.items():
+            done = "unpacked now" if split in report.unpacked else "there already"
+            console.info(f"{folder / split}: {images:,} images in {classes:,} classes ({done})")
+        console.info(f"class names: {folder / 'class_names.json'}")
+        console.info(f"next: torchrun --nproc_per_node=GPUS $(which alexnet) train {folder / 'train'} --val "
+                     f"{folder / 'val'} --recipe paper --epochs 90   (docs/scale.md)")
