@@ -51,7 +51,7 @@ def _describe(images: datamod.ImageSet) -> tuple[list[dict[str, Any]], dict[str,
     for path, label in zip(images.paths, images.labels.tolist()):
         row = rows[label]
         row["images"] += 1
-        with Image.open(path) as image:  # the header only: the scan has already decoded every file
+        with Image.open(path) as image:  # the header only: load_image_folder has decoded every file
             width, height = image.size
             mode = image.mode
         row["modes"][mode] = row["modes"].get(mode, 0) + 1

@@ -163,6 +163,10 @@ FULL_TABLES_UP_TO = 20
 NAME_WIDTH = 28  # a long class name is cut with an ellipsis rather than wrapped onto more lines
 
 
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def evaluation(report: dict[str, Any], source: str) -> None:
     k_key = next((key for key in report if key.startswith("top") and key.endswith("_accuracy")), None)
     line = (f"{source}: {report['images']:,} images, loss {report['loss']:.4f}, accuracy {report['accuracy']:.2%} "
@@ -182,21 +186,25 @@ def evaluation(report: dict[str, Any], source: str) -> None:
         console.print(per_class)
         confusion(report["class_names"], report["confusion_matrix"])
         return
-    name = dict(no_wrap=True, overflow="ellipsis", max_width=NAME_WIDTH)
+    # Two name columns share what the numbers leave of the terminal's width (borders and padding: 16 or 13).
+    fit = max(8, min(NAME_WIDTH, (console.width - 37) // 2))
     number = dict(no_wrap=True, justify="right")
     worst = Table(title=f"the {len(report['worst_classes'])} classes recognised least (lowest recall)",
                   title_justify="left")
     for column in ("class", "recall", "precision", "images", "most often taken for"):
-        worst.add_column(column, **(name if column in ("class", "most often taken for") else number))
+        worst.add_column(column, **(dict(no_wrap=True) if column in ("class", "most often taken for") else
+                                    dict(number, min_width=len(column))))
     for row in report["worst_classes"]:
-        worst.add_row(escape(row["class"]), f"{row['recall']:.3f}", f"{row['precision']:.3f}", _count(row["support"]),
-                      escape(row["mistaken_for"] or "-"))
+        worst.add_row(escape(_cut(row["class"], fit)), f"{row['recall']:.3f}", f"{row['precision']:.3f}",
+                      _count(row["support"]), escape(_cut(row["mistaken_for"] or "-", fit)))
     console.print(worst)
     pairs = Table(title=f"the {len(report['most_confused'])} most-confused pairs", title_justify="left")
     for column in ("true class", "predicted as", "images", "of the class"):
-        pairs.add_column(column, **(name if column in ("true class", "predicted as") else number))
+        pairs.add_column(column, **(dict(no_wrap=True) if column in ("true class", "predicted as") else
+                                    dict(number, min_width=len(column))))
     for pair in report["most_confused"]:
-        pairs.add_row(escape(pair["true"]), escape(pair["predicted"]), _count(pair["count"]), f"{pair['share']:.1%}")
+        pairs.add_row(escape(_cut(pair["true"], fit)), escape(_cut(pair["predicted"], fit)), _count(pair["count"]),
+                      f"{pair['share']:.1%}")
     console.print(pairs)
     console.print(f"{classes:,} classes: every class's precision, recall and F1, and the whole confusion matrix, "
                   "are in --json", soft_wrap=True)

@@ -112,7 +112,7 @@ def process_group(dist: Dist, device: torch.device) -> Iterator[None]:
         td.destroy_process_group()
 
 
-# How long the other ranks wait for local rank 0 to index a folder: a first scan of ImageNet from a slow disk
+# How long the other ranks wait for local rank 0 to index a folder: a first index of ImageNet on a slow disk
 # can take longer than the 10 minutes a training collective is allowed.
 INDEX_WAIT = 4 * 3600
 

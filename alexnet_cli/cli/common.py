@@ -26,8 +26,8 @@ app = typer.Typer(
 )
 
 ARCH_HELP = "Architecture: alexnet (the write-up's), alexnet-paper (2012, LRN + groups) or alexnet-torchvision."
-CACHE_HELP = ("Keep the decoded images in memory after the first read: auto (when they fit in half the free "
-              "memory), ram (insist) or off.")
+CACHE_HELP = ("Decode the images once before the first step and keep them in memory: auto (when they fit in "
+              "half the free memory), ram (insist) or off.")
 STRICT_HELP = "Stop at the first unreadable or skipped file instead of warning and going on."
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU."
 TENSORBOARD_HELP = "Log to RUN_DIR/tensorboard (pip install 'alexnet-cli\\[tensorboard]')."

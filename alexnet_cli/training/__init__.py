@@ -1,6 +1,6 @@
 """Training: `fit` reads as the run it makes, phase by phase; each phase lives in a module of this package.
 
-  setup.py  the resumed run's settings, the scanned data sets, the loaders
+  setup.py  the resumed run's settings, the data sets (listed from their index, cached), the loaders
   state.py  the model's parts, the run's bookkeeping and random streams, saved and restored
   loop.py   one step, one epoch, and stopping between two steps on a signal
   run.py    what each epoch does once the run is set up
