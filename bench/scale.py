@@ -3,7 +3,7 @@ processes, for `alexnet train` (a first run, which builds the folder index, and 
 against torchvision's ImageFolder + DataLoader with the same model, batch and workers.
 
     python bench/scale.py [--files 10000 100000] [--classes 1000] [--workers 2] [--damaged 5] [--root DIR]
-                          [--million]
+                          [--million] [--page-cache warm|cold]
     python bench/scale.py --samples 1281167
 
 With --samples, it measures instead what a loader process costs per sample list: N synthetic ImageNet paths
@@ -17,6 +17,10 @@ Each tree is N JPEGs of 500x375 (about 44 kB each, like an ImageNet photo) in C 
 that stop a decode (truncated, empty, not an image, a decompression-bomb header, cut mid-stream), and the
 script checks that `alexnet train` names every one before its first step. With --million, a tree of
 1,000,000 smaller JPEGs (160x120: the listing and the checks cost per file, not per byte) is measured too.
+
+--page-cache warm (the default) reads every file of a tree once before its runs, so the files are in the
+page cache (a second run on a machine with the memory for it); cold drops the page cache before each run
+(`echo 3 > /proc/sys/vm/drop_caches`, as root): a fresh machine, or a data set larger than its memory.
 
 Both sides are whole processes, started the same way and timed from their start to their first optimizer
 step (a line they print), then stopped; memory is sampled every 100 ms over the process and all its
@@ -221,7 +225,27 @@ def to_first_step(command: list[str], env: dict[str, str]) -> dict:
 # ------------------------------------------------------------------------------------------------ the runs
 
 
-def measure(tree: Path, workers: int, broken: list[Path], cache_dir: Path) -> dict[str, dict]:
+def warm(tree: Path) -> None:
+    """Every file of the tree read once, so that it is in the page cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [entry.path for folder in os.scandir(tree) if folder.is_dir() for entry in os.scandir(folder.path)]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda path: Path(path).read_bytes(), paths))
+
+
+def drop_page_cache() -> None:
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"--page-cache cold needs root on Linux: {exc}") from None
+
+
+def measure(tree: Path, workers: int, broken: list[Path], cache_dir: Path, cold: bool) -> dict[str, dict]:
+    if not cold:
+        warm(tree)
+    before = drop_page_cache if cold else (lambda: None)
     env = {**os.environ, "ALEXNET_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(REPO)}
     env.pop("ALEXNET_DEBUG", None)
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -229,13 +253,17 @@ def measure(tree: Path, workers: int, broken: list[Path], cache_dir: Path) -> di
              "--batch-size", "64", "--precision", "fp32", "--device", "cpu", "--log-interval", "1",
              "--output", str(cache_dir / "run")]
     baseline = [sys.executable, "-c", TORCHVISION, str(tree), str(workers), "64"]
+    before()
     results = {"torchvision": to_first_step(baseline, env)}
     # --cache off: the start-up itself; the default (auto) also decodes every image first where they fit in
     # memory (at 10,000 of these files, 2.6 GB), which the epochs then do not.
+    before()
     results["alexnet, first run"] = to_first_step([*train, "--cache", "off"], env)
     shutil.rmtree(cache_dir / "run", ignore_errors=True)
+    before()
     results["alexnet, second run"] = to_first_step([*train, "--cache", "off"], env)
     shutil.rmtree(cache_dir / "run", ignore_errors=True)
+    before()
     results["alexnet, second, auto"] = to_first_step(train, env)
     for name in ("alexnet, first run", "alexnet, second run"):
         named = [path for path in broken if f"skipped {path}:" in results[name]["output"]]
@@ -344,18 +372,20 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "alexnet-scale")
     parser.add_argument("--million", action="store_true", help="also 1,000,000 files of 160x120")
     parser.add_argument("--samples", type=int, help="measure loader processes' memory per sample list instead")
+    parser.add_argument("--page-cache", choices=("warm", "cold"), default="warm")
     args = parser.parse_args()
     if args.samples:
         print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}")
         sample_memory(args.samples)
         return
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}; trees under {args.root}")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}; trees under {args.root}; "
+          f"page cache {args.page_cache}")
     trees = [(files, (500, 375)) for files in args.files] + ([(1_000_000, (160, 120))] if args.million else [])
     measured = {}
     for files, size in trees:
         tree = args.root / f"{files}-{size[0]}x{size[1]}"
         broken = build_tree(tree, files, args.classes, size, args.damaged)
-        measured[files] = measure(tree, args.workers, broken, args.root / f"cache-{files}")
+        measured[files] = measure(tree, args.workers, broken, args.root / f"cache-{files}", args.page_cache == "cold")
         report(files, measured[files])
     if len(measured) > 1:
         print("\nper-file growth between the two largest trees (ms per 1,000 more files):")

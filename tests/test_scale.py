@@ -276,3 +276,45 @@ def test_the_confusion_picture_at_1000_classes_shows_the_most_confused_ones(tmp_
     path = write_confusion(tmp_path / "confusion.png", result.class_names, result.confusion)
     with PILImage.open(path) as picture:
         assert picture.width <= 4000 and picture.height <= 2000
+
+
+def test_the_header_parser_reads_what_pillow_reads(tmp_path):
+    """header_size against Image.open on JPEGs of every kind Pillow writes (baseline, progressive, grey,
+    CMYK, a large EXIF block, restart markers) and PNGs; anything else goes to Pillow."""
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 30_000  # ImageDescription: a long APP1 segment before the frame header
+    exif[0x0112] = 6  # rotated: the header's size is the stored one, as Pillow's .size
+    cases = {
+        "baseline.jpg": dict(mode="RGB", format="JPEG"),
+        "progressive.jpg": dict(mode="RGB", format="JPEG", progressive=True),
+        "grey.jpg": dict(mode="L", format="JPEG"),
+        "cmyk.jpg": dict(mode="CMYK", format="JPEG"),
+        "exif.jpg": dict(mode="RGB", format="JPEG", exif=exif.tobytes()),
+        "restart.jpg": dict(mode="RGB", format="JPEG", restart_marker_blocks=1),
+        "rgba.png": dict(mode="RGBA", format="PNG"),
+        "palette.png": dict(mode="P", format="PNG"),
+    }
+    for name, options in cases.items():
+        mode = options.pop("mode")
+        Image.new(mode, (123, 45)).save(tmp_path / name, **options)
+        head = (tmp_path / name).read_bytes()[:indexmod.HEAD_BYTES]
+        with Image.open(tmp_path / name) as image:
+            assert indexmod.header_size(head) == (image.format, *image.size), name
+        assert indexmod.check_file(str(tmp_path / name)) == (123, 45)
+    Image.new("RGB", (20, 10)).save(tmp_path / "photo.webp")
+    assert indexmod.header_size((tmp_path / "photo.webp").read_bytes()) is None
+    assert indexmod.check_file(str(tmp_path / "photo.webp")) == (20, 10)  # Pillow's path
+
+
+def test_files_read_slowly_are_checked_on_threads_with_the_same_verdicts(shapes, monkeypatch):
+    """A first probe that comes slower than FROM_MEMORY (a cold disk) sends the rest to CHECK_THREADS
+    threads: the verdicts, sizes and order are those of one thread."""
+    (shapes / "train" / "circle" / "circle_0001.png").write_bytes(b"broken")
+    serial = load_image_folder(shapes / "train")
+    indexmod.index_file(os.path.realpath(shapes / "train")).unlink()
+    monkeypatch.setattr(indexmod, "PROBE", 1)
+    monkeypatch.setattr(indexmod, "FROM_MEMORY", float("inf"))
+    monkeypatch.setattr(indexmod, "CHUNK", 3)
+    threaded = load_image_folder(shapes / "train")
+    assert list(threaded.paths) == list(serial.paths) and threaded.skipped == serial.skipped
+    assert torch.equal(threaded.sizes, serial.sizes) and torch.equal(threaded.labels, serial.labels)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import collections
 import io
+import itertools
 import math
 import multiprocessing
 import pickle
@@ -110,7 +111,8 @@ class EpochSampler:
         self.order, self.augment_seed = list(order), augment_seed
 
     def __iter__(self):
-        return iter([(index, self.augment_seed) for index in self.order])
+        # Pairs made as the loader asks for them: at ImageNet's size a list of them would be 1.28M tuples.
+        return zip(self.order, itertools.repeat(self.augment_seed))
 
     def __len__(self) -> int:
         return len(self.order)
