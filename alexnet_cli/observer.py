@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ContextManager, Protocol
 
+# Observer.progress as a value: (description, total) -> a context manager that yields advance(n).
+Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
+
 
 class Observer(Protocol):
     def info(self, message: str) -> None: ...
@@ -21,12 +24,16 @@ class Observer(Protocol):
     def epoch_end(self, row: dict[str, Any], epochs: int, improved: bool) -> None: ...
 
 
+@contextmanager
+def no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Observer.progress that shows nothing: the default of the core functions that report progress."""
+    yield lambda n: None
+
+
 class SilentObserver:
     """An observer that shows nothing: every torchrun rank but 0, and callers that only want the results."""
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
 
-    @contextmanager
-    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        yield lambda n: None
+    progress = staticmethod(no_progress)

@@ -173,8 +173,13 @@ def product(tree: Path, args) -> float:
                "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device,
                "--output", str(run), "--log-interval", "50", "--cache", "off"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.seconds * 6)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=max(150, args.seconds * 6))
+    except subprocess.TimeoutExpired:
+        print("  alexnet train did not finish its epoch in time", flush=True)
+        return float("nan")
     if result.returncode != 0:
+        print(f"  alexnet train failed: {result.stderr.strip().splitlines()[-1:]}", flush=True)
         return float("nan")
     with open(run / "metrics.csv") as handle:
         return float(next(csv.DictReader(handle))["images_per_second"])

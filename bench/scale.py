@@ -231,7 +231,8 @@ def warm(tree: Path) -> None:
 
     paths = [entry.path for folder in os.scandir(tree) if folder.is_dir() for entry in os.scandir(folder.path)]
     with ThreadPoolExecutor(32) as pool:
-        list(pool.map(lambda path: Path(path).read_bytes(), paths))
+        for _ in pool.map(lambda path: len(Path(path).read_bytes()), paths):
+            pass
 
 
 def drop_page_cache() -> None:
@@ -340,7 +341,7 @@ def sample_memory(n: int) -> None:
     names = [f"n{c:08d}/n{c:08d}_{i}.JPEG" for i in range(-(-n // 1000)) for c in range(1000)][:n]
     labels = [i % 1000 for i in range(n)]
     root = "/datasets/imagenet/train"
-    print(f"  {'':<34} {'pickle MB':>9} {'USS MB / worker':>15} {'RSS MB / worker':>15}")
+    print(f"  {'':<34} {'pickle kB':>10} {'USS MB / worker':>15} {'RSS MB / worker':>15}")
     for name in ("list of (path, label) tuples", "flat tensors (alexnet-cli)"):
         if name.startswith("list"):
             dataset = TupleSamples([(f"{root}/{p}", label) for p, label in zip(names, labels)])
@@ -356,7 +357,7 @@ def sample_memory(n: int) -> None:
                 pass
             measured = [_private_and_rss(worker.pid) for worker in iterator._workers]
             iterator._shutdown_workers()
-            print(f"  {name + ', ' + method:<34} {pickled / 1e6:9.2f} "
+            print(f"  {name + ', ' + method:<34} {pickled / 1e3:10,.1f} "
                   f"{sum(m[0] for m in measured) / len(measured) / 2**20:15.0f} "
                   f"{sum(m[1] for m in measured) / len(measured) / 2**20:15.0f}", flush=True)
         del dataset

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from alexnet_cli.data.images import UnreadableImage, open_image_in_scope, pillow_warnings, scan_threads
 from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import ConfigError, DataError
+from alexnet_cli.observer import no_progress
 
 if TYPE_CHECKING:
     import torch
@@ -185,11 +186,9 @@ class ImageCache:
         long = sizes.max(dim=1).values.long()
         return int(torch.sum(3 * self.draft_size * (self.draft_size * long // short)))
 
-    def fill(self, sets: list[ImageSet], strict: bool, progress=None) -> tuple[list[ImageSet], list[str]]:
+    def fill(self, sets: list[ImageSet], strict: bool, progress=no_progress) -> tuple[list[ImageSet], list[str]]:
         """Decode every image of `sets` into the cache if they fit (else decode nothing, and stop accepting).
         Returns the sets without the images that failed to decode, and why each failed."""
-        from contextlib import nullcontext
-
         total = sum(len(images) for images in sets)
         needed = sum(self.decoded_bytes(images.sizes) for images in sets if images.sizes is not None)
         if self.limit is not None and needed > self.limit:
@@ -201,7 +200,6 @@ class ImageCache:
             self.needed, self.images = needed, total
             return sets, []
         kept, failures = [], []
-        progress = progress or (lambda description, n: nullcontext(lambda k: None))
         with pillow_warnings(), ThreadPoolExecutor(scan_threads()) as pool, \
                 progress("decoding into the cache", total) as advance:
             try:

@@ -21,6 +21,7 @@ from alexnet_cli.data.images import (IMAGE_EXTENSIONS, UnreadableImage, is_image
                                      pillow_warnings, scan_threads, visible_folders)
 from alexnet_cli.data.samples import Paths, Strings
 from alexnet_cli.errors import DataError
+from alexnet_cli.observer import Progress, no_progress
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +78,7 @@ def find_classes(root: Path) -> list[str]:
 
 
 def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, strict: bool = False,
-                      check: str = "index", progress: indexmod.Progress | None = None, dist: Dist | None = None,
+                      check: str = "index", progress: Progress = no_progress, dist: Dist | None = None,
                       report=lambda line: None) -> ImageSet:
     """Read an ImageFolder tree (root/<class>/**/<image>). With `classes`, labels follow that order and every
     folder must be one of them (evaluation against a checkpoint's classes).
@@ -157,7 +158,7 @@ def _decode_all(images: ImageSet, strict: bool, progress) -> ImageSet:
     paths = images.paths
     keep, skipped = [], list(images.skipped)
     with pillow_warnings(), ThreadPoolExecutor(scan_threads()) as pool, \
-            indexmod._progress(progress, f"decoding {images.root}", len(images)) as advance:
+            progress(f"decoding {images.root}", len(images)) as advance:
         try:
             for position, reason in enumerate(pool.map(_decodes, paths)):
                 advance(1)

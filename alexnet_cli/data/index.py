@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from alexnet_cli.data.images import (IMAGE_EXTENSIONS, UnreadableImage, is_image_file, is_os_metadata,
                                      open_image_in_scope, pillow_warnings, visible_folders)
 from alexnet_cli.data.samples import Strings, StringsBuilder
+from alexnet_cli.observer import Progress, no_progress
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +54,6 @@ FROM_MEMORY = 5_000
 CHECK_THREADS = 64
 CHUNK = 64
 NO_FINGERPRINT = [0, 0, 0]  # what ranks that wait for the index send in its place
-Progress = Callable[[str, int], Any]  # (description, total) -> a context manager yielding advance(n)
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,7 @@ class IndexReport:
         return f"{line}; {where}"
 
 
-def build_index(root: Path, folders: Sequence[str], progress: Progress | None = None) -> IndexReport:
+def build_index(root: Path, folders: Sequence[str], progress: Progress = no_progress) -> IndexReport:
     """The index of `root`: the saved one where files are unchanged, with new and changed files checked now,
     and saved again when anything changed."""
     import torch
@@ -390,7 +390,7 @@ def build_index(root: Path, folders: Sequence[str], progress: Progress | None = 
     pending = (~known).nonzero().flatten().tolist()
     if pending:
         paths = [os.path.join(str(root), listing.names[i]) for i in pending]
-        with pillow_warnings(), _progress(progress, f"indexing {root}", len(pending)) as advance:
+        with pillow_warnings(), progress(f"indexing {root}", len(pending)) as advance:
             for position, result in zip(pending, _verdicts(paths, advance)):
                 if isinstance(result, str):
                     note(position, result)
@@ -455,8 +455,3 @@ def _unchanged(saved: FolderIndex, listing: Listing) -> tuple[torch.Tensor, torc
         (saved.listing.mtime_ns[where[found]] == listing.mtime_ns[found])
     return same, where
 
-
-def _progress(progress: Progress | None, description: str, total: int):
-    from contextlib import nullcontext
-
-    return progress(description, total) if progress is not None else nullcontext(lambda n: None)
