@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import FAST_TRAIN, invoke
 
+from alexnet_cli.data import headers
 from alexnet_cli.data import index as indexmod
 from alexnet_cli.data import loading
 from alexnet_cli.data.folders import load_image_folder
@@ -128,7 +129,7 @@ def test_the_cheap_check_catches_what_breaks_training(tmp_path, checked):
     assert reasons["huge-bomb.png"].startswith("refused as a possible decompression bomb (")
     assert "truncated" in reasons["truncated.jpg"].lower()
     with pytest.raises(UnreadableImage, match="truncated.png"):
-        indexmod.check_file(str(tmp_path / "data" / "a" / "truncated.png"))
+        headers.check_file(str(tmp_path / "data" / "a" / "truncated.png"))
     assert Image.MAX_IMAGE_PIXELS == 89_478_485  # the limit was read, never changed
 
 
@@ -297,13 +298,13 @@ def test_the_header_parser_reads_what_pillow_reads(tmp_path):
     for name, options in cases.items():
         mode = options.pop("mode")
         Image.new(mode, (123, 45)).save(tmp_path / name, **options)
-        head = (tmp_path / name).read_bytes()[:indexmod.HEAD_BYTES]
+        head = (tmp_path / name).read_bytes()[:headers.HEAD_BYTES]
         with Image.open(tmp_path / name) as image:
-            assert indexmod.header_size(head) == (image.format, *image.size), name
-        assert indexmod.check_file(str(tmp_path / name)) == (123, 45)
+            assert headers.header_size(head) == (image.format, *image.size), name
+        assert headers.check_file(str(tmp_path / name)) == (123, 45)
     Image.new("RGB", (20, 10)).save(tmp_path / "photo.webp")
-    assert indexmod.header_size((tmp_path / "photo.webp").read_bytes()) is None
-    assert indexmod.check_file(str(tmp_path / "photo.webp")) == (20, 10)  # Pillow's path
+    assert headers.header_size((tmp_path / "photo.webp").read_bytes()) is None
+    assert headers.check_file(str(tmp_path / "photo.webp")) == (20, 10)  # Pillow's path
 
 
 def test_files_read_slowly_are_checked_on_threads_with_the_same_verdicts(shapes, monkeypatch):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alexnet_cli.data import index as indexmod
+from alexnet_cli.data.headers import DECODE_DRAFT_SIZE
 from alexnet_cli.data.images import (IMAGE_EXTENSIONS, UnreadableImage, is_image_file, open_image_in_scope,
                                      pillow_warnings, scan_threads, visible_folders)
 from alexnet_cli.data.samples import Paths, Strings
@@ -176,7 +177,7 @@ def _decode_all(images: ImageSet, strict: bool, progress) -> ImageSet:
 
 def _decodes(path: str) -> str | None:
     try:
-        open_image_in_scope(path, indexmod.DECODE_DRAFT_SIZE)
+        open_image_in_scope(path, DECODE_DRAFT_SIZE)
     except UnreadableImage as exc:
         return str(exc)
     return None
