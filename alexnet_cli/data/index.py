@@ -272,9 +272,9 @@ def build_index(root: Path, folders: Sequence[str], progress: Progress = no_prog
         positions = known.nonzero().flatten()
         old = where[positions]
         width[positions], height[positions] = saved.width[old], saved.height[old]
-        for position, old_position in zip(positions.tolist(), old.tolist()):
-            if int(saved.problem[old_position]) >= 0:
-                note(position, saved.problems[int(saved.problem[old_position])])
+        bad = saved.problem[old] >= 0  # the few unusable files: their reasons carried over one by one
+        for position, old_problem in zip(positions[bad].tolist(), saved.problem[old][bad].tolist()):
+            note(position, saved.problems[old_problem])
     for position, reason in listing.excluded.items():
         known[position] = True
         note(position, reason)
@@ -282,11 +282,15 @@ def build_index(root: Path, folders: Sequence[str], progress: Progress = no_prog
     if pending:
         paths = [os.path.join(str(root), listing.names[i]) for i in pending]
         with pillow_warnings(), progress(f"indexing {root}", len(pending)) as advance:
-            for position, result in zip(pending, _verdicts(paths, advance)):
-                if isinstance(result, str):
-                    note(position, result)
-                else:
-                    width[position], height[position] = result
+            verdicts = _verdicts(paths, advance)
+        sizes = [(position, result) for position, result in zip(pending, verdicts) if not isinstance(result, str)]
+        if sizes:
+            where = torch.tensor([position for position, _ in sizes], dtype=torch.long)
+            width[where] = torch.tensor([result[0] for _, result in sizes], dtype=torch.int32)
+            height[where] = torch.tensor([result[1] for _, result in sizes], dtype=torch.int32)
+        for position, result in zip(pending, verdicts):
+            if isinstance(result, str):
+                note(position, result)
     index = FolderIndex(resolved, tuple(folders), listing, width, height, problem, tuple(problems))
     changed = bool(pending) or saved is None or not saved.listing.names.equal(listing.names) \
         or saved.folders != index.folders or not torch.equal(saved.problem >= 0, problem >= 0)
