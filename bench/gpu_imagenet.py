@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import random
 import subprocess
@@ -27,31 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from scale import build_tree
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def build_tree(root: Path, files: int, classes: int) -> None:
-    from PIL import Image, ImageFilter
-
-    if (root / ".complete").is_file():
-        return
-    rng = random.Random(0)
-    encoded = []
-    for _ in range(64):
-        base = Image.linear_gradient("L").resize((500, 375)).convert("RGB")
-        noise = Image.effect_noise((500, 375), rng.uniform(20, 80)).convert("RGB")
-        buffer = io.BytesIO()
-        Image.blend(base, noise, 0.5).filter(ImageFilter.GaussianBlur(1)).save(buffer, format="JPEG", quality=90)
-        encoded.append(buffer.getvalue())
-    for c in range(classes):
-        folder = root / f"c{c:04d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(c, files, classes):
-            (folder / f"c{c:04d}_{i:07d}.JPEG").write_bytes(encoded[i % len(encoded)])
-    (root / ".complete").touch()
 
 
 class FileBytes:
@@ -201,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     started = time.perf_counter()
-    build_tree(args.root, args.files, args.classes)
+    build_tree(args.root, args.files, args.classes, (500, 375), damaged=0)  # scale.py's trees, none damaged
     print(f"tree: {args.files:,} JPEGs of 500x375 in {args.classes:,} classes ({time.perf_counter() - started:.0f} s);"
           f" batch {args.batch_size}, {args.workers} loader processes, {os.cpu_count()} CPUs", flush=True)
     samples = ImageFolder(str(args.root)).samples

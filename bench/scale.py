@@ -129,8 +129,8 @@ def build_tree(root: Path, files: int, classes: int, size: tuple[int, int], dama
     """root/<class>/<class>_<i>.JPEG, written once (a marker file says it is whole); the damaged files' paths."""
     marker = root / ".complete"
     # the first file of every (classes / damaged)-th class
-    broken = [root / f"c{c:04d}" / f"c{c:04d}_{c:07d}.JPEG" for c in range(0, classes, max(1, classes // damaged))]
-    broken = broken[:damaged] if damaged else []
+    step = max(1, classes // max(1, damaged))
+    broken = [root / f"c{c:04d}" / f"c{c:04d}_{c:07d}.JPEG" for c in range(0, classes, step)][:damaged]
     if marker.is_file():
         return broken
     shutil.rmtree(root, ignore_errors=True)
