@@ -366,7 +366,7 @@ def sample_memory(n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--files", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--damaged", type=int, default=5)

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alexnet_cli.data.headers import check_file
-from alexnet_cli.data.images import (IMAGE_EXTENSIONS, UnreadableImage, is_image_file, is_os_metadata,
-                                     pillow_warnings, visible_folders)
+from alexnet_cli.data.images import IMAGE_EXTENSIONS, UnreadableImage, is_os_metadata, pillow_warnings, visible_folders
 from alexnet_cli.data.samples import Strings, StringsBuilder
 from alexnet_cli.observer import Progress, no_progress
 
@@ -78,25 +77,28 @@ def walk(root: Path, folders: Sequence[str], stat: bool = True) -> Listing:
         except OSError:
             return  # as os.walk: a folder that cannot be listed is passed over
         subfolders = []
+        prefix = relative + os.sep
         for entry in entries:
             try:
                 is_folder = entry.is_dir()  # follows links, as os.walk(followlinks=True)
             except OSError:
                 is_folder = False
+            base = entry.name
             if is_folder:
-                subfolders.append(entry.name)
+                subfolders.append(base)
                 continue
-            if is_os_metadata(entry.name):
+            # The common case first, in as few steps as a million files allow: a visible file with an image
+            # extension (no OS metadata file has one; `._photo.jpg` starts with a dot).
+            usable = base[0] != "." and base.lower().endswith(IMAGE_EXTENSIONS)
+            if not usable and is_os_metadata(base):
                 continue
-            name = os.path.join(relative, entry.name)
             position = len(names)
-            names.append(name)
+            names.append(prefix + base)
             folder.append(label)
             file_size = file_mtime = 0
-            if entry.name.startswith("."):
-                excluded[position] = "hidden file"
-            elif not is_image_file(entry.name):
-                excluded[position] = f"not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
+            if not usable:
+                excluded[position] = "hidden file" if base.startswith(".") else \
+                    f"not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
             elif stat:
                 try:
                     status = entry.stat()
