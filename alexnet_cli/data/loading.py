@@ -40,9 +40,9 @@ class ImageDataset:
     """(image, label) pairs that never stop a run: a file that fails to open yields its error instead.
 
     It holds only paths and labels as flat tensors (samples.py), picklable transforms and the cache: torch
-    hands tensors to spawned processes as shared memory, so its pickle stays small at any size. With `augment_seed`, each sample's random augmentation is seeded by
-    (augment_seed, index) alone, so it is the same whichever worker loads it, and the same after a resume in
-    the middle of an epoch.
+    hands tensors to spawned processes as shared memory, so its pickle stays small at any size. With
+    `augment_seed`, each sample's random augmentation is seeded by (augment_seed, index) alone, so it is the
+    same whichever worker loads it, and the same after a resume in the middle of an epoch.
     """
 
     def __init__(self, paths: Paths | Sequence[str], labels: torch.Tensor | Sequence[int] | None,

@@ -232,7 +232,8 @@ def make_loaders(cfg: TrainConfig, data: TrainingData, runtime: Runtime, dist: d
     sampler = loading.EpochSampler()
     crop = augmentation.train_crop(data.preprocess)
     train = loading.make_loader(
-        data.train.paths, data.train.labels, Chain(data.preprocess.decode_transforms(), crop), from_cache=crop, order=sampler, **common)
+        data.train.paths, data.train.labels, Chain(data.preprocess.decode_transforms(), crop), from_cache=crop,
+        order=sampler, **common)
     return Loaders(train, val, sampler)
 
 
