@@ -256,3 +256,48 @@ class PredictConfig:
         _positive("--top-k", self.top_k)
         _positive("--batch-size", self.batch_size)
         _check_runtime(self.device, self.no_cuda, self.workers, self.precision)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`alexnet serve`: one model behind HTTP (docs/serve.md)."""
+
+    weights: Path | None = None  # None: the newest runs/*/best.pt, unless pretrained
+    pretrained: bool = False
+    name: str = "alexnet"  # the model's name in the Open Inference Protocol's paths: /v2/models/{name}
+    host: str = "127.0.0.1"  # only this machine; exposing it takes an explicit --host 0.0.0.0
+    port: int = 8000  # 0: any free port, said at start
+    # Dynamic batching: a forward pass takes up to max_batch images, and waits at most max_wait_ms after the
+    # first for more, and only while more are already on their way (being read or decoded).
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    # Images admitted and not yet answered; past it a request is refused at once with 503 and Retry-After. Two
+    # batches: one in the forward pass, the next one gathering.
+    max_queue: int = 64
+    max_upload_mb: float = 20.0
+    top_k: int = 5  # what /predict lists when the request gives no ?top_k=
+    device: str = "auto"
+    no_cuda: bool = False
+    precision: str = "auto"
+    drain_seconds: float = 30.0  # after SIGTERM, how long requests in flight get to be answered
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and self.pretrained:
+            raise ConfigError("give --weights or --pretrained, not both")
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ConfigError(f"--name is letters, digits, '-', '_' and '.', got {self.name!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port is 0 to 65535, got {self.port}")
+        for option, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue),
+                              ("--max-upload-mb", self.max_upload_mb), ("--top-k", self.top_k)):
+            _positive(option, value)
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        if self.max_queue < self.max_batch:
+            raise ConfigError(f"--max-queue ({self.max_queue}) must hold at least one batch (--max-batch "
+                              f"{self.max_batch})")
+        _check_runtime(self.device, self.no_cuda, None, self.precision)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

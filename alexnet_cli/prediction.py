@@ -30,6 +30,13 @@ class Predictor:
     source: str
 
 
+def ranked(values: list[float], classes: list[int], class_names: tuple[str, ...]) -> dict[str, Any]:
+    """One image's record, best first: label, confidence and the top-k labels with their probabilities (what
+    `predict --json` prints per image, less its path, and what `alexnet serve` answers)."""
+    top_k = [{"label": class_names[c], "probability": p} for p, c in zip(values, classes)]
+    return {"label": top_k[0]["label"], "confidence": top_k[0]["probability"], "top_k": top_k}
+
+
 def load_predictor(weights: Path | None, pretrained: bool, observer: Observer) -> Predictor:
     """A trained checkpoint (the newest run's best.pt by default), or torchvision's ImageNet weights."""
     if pretrained:
@@ -102,9 +109,7 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
             probabilities = logits.float().softmax(dim=1)
             top = probabilities.topk(k, dim=1)
             for row, (index, values, classes) in enumerate(zip(indices, top.values.tolist(), top.indices.tolist())):
-                ranked = [{"label": predictor.class_names[c], "probability": p} for p, c in zip(values, classes)]
-                result = {"path": paths[index], "label": ranked[0]["label"], "confidence": ranked[0]["probability"],
-                          "top_k": ranked}
+                result = {"path": paths[index], **ranked(values, classes, predictor.class_names)}
                 if explain_dir is not None:
                     result["explanation"] = str(_write_explanation(
                         explain, paths[index], cams[row], predictor.preprocess, explain_dir, result, taken))

@@ -6,12 +6,13 @@ file is named the same way wherever it is met.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from alexnet_cli.errors import DataError
 
@@ -76,8 +77,11 @@ def pillow_warnings():
         yield
 
 
-def open_image_in_scope(path: str | Path, draft_size: int | None) -> Image.Image:
+def open_image_in_scope(path: str | Path | BinaryIO, draft_size: int | None, name: str | None = None) -> Image.Image:
+    """open_image, inside pillow_warnings(). `name` is what a message calls the image (its path by default)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = name or str(path)
 
     try:
         with Image.open(path) as image:
@@ -91,16 +95,16 @@ def open_image_in_scope(path: str | Path, draft_size: int | None) -> Image.Image
             image.load()  # decode now: a truncated file fails here, not later in a transform
             return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombWarning as exc:
-        raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({exc})") from None
+        raise UnreadableImage(f"{name}: refused as a possible decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, EOFError,
             ZeroDivisionError, Image.DecompressionBombError) as exc:
         # Pillow's decoders report damaged files through many exception types; none of them is our bug.
         reason = str(exc) or exc.__class__.__name__
         if isinstance(exc, UnidentifiedImageError):
             reason = "not an image (no image format recognised)"
-        if os.path.exists(path) and os.path.getsize(path) == 0:
+        if isinstance(path, (str, os.PathLike)) and os.path.exists(path) and os.path.getsize(path) == 0:
             reason = "empty file"
-        raise UnreadableImage(f"{path}: {reason}") from None
+        raise UnreadableImage(f"{name}: {reason}") from None
 
 
 def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
@@ -112,6 +116,14 @@ def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
     """
     with pillow_warnings():
         return open_image_in_scope(path, draft_size)
+
+
+def open_upload(data: bytes, draft_size: int | None = None) -> Image.Image:
+    """Bytes sent over the network, opened as open_image opens a file (inside pillow_warnings()); a message
+    calls them "the upload". Nothing about them is ever used as a path."""
+    if not data:
+        raise UnreadableImage("the upload: empty file")
+    return open_image_in_scope(io.BytesIO(data), draft_size, name="the upload")
 
 
 def scan_threads() -> int:

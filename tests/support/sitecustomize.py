@@ -2,7 +2,8 @@
 folder on PYTHONPATH): registers the suite's architecture (alexnet_test_arch.py); with
 ALEXNET_TEST_STEP_SECONDS set, makes each training step take at least that long; and with
 ALEXNET_TEST_CHECKS_LOG set, appends one line per file the index checks to that file ("pid path"), so a test
-can see which process opened which file.
+can see which process opened which file; with ALEXNET_TEST_FORWARD_SECONDS set, makes each forward pass of
+`alexnet serve` take at least that long, so that a signal finds requests in flight.
 
 The small architecture steps in milliseconds, so a test that signals a run when it reads a given log line would
 otherwise land its signal several steps (or an epoch) later than the line it read; a slow step keeps the
@@ -40,3 +41,18 @@ if os.environ.get("ALEXNET_TEST_CHECKS_LOG"):
         return _check(path)
 
     index.check_file = _logged_check
+
+if os.environ.get("ALEXNET_TEST_FORWARD_SECONDS"):
+    import time
+
+    import alexnet_cli.serving.model as served
+
+    _forward_seconds, _run = float(os.environ["ALEXNET_TEST_FORWARD_SECONDS"]), served.ServedModel.run
+
+    def _slow_run(self, samples):  # alexnet serve's forward pass, as long as the real model's at a full batch
+        started = time.monotonic()
+        result = _run(self, samples)
+        time.sleep(max(0.0, _forward_seconds - (time.monotonic() - started)))
+        return result
+
+    served.ServedModel.run = _slow_run

@@ -1,0 +1,67 @@
+"""Prometheus metrics at GET /metrics: requests by route and status, their latency, the batch sizes the
+forward pass ran at, and the queue's depth. Each app has its own registry: nothing process-wide.
+
+Routes are labelled by their template (/v2/models/{name}/infer), never by the path a client sent, so a client
+cannot grow the number of series; a path that matches no route counts as "unmatched".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, queue_depth: Callable[[], int], max_queue: int) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("alexnet_requests", "HTTP requests answered, by route, method and status.",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("alexnet_request_duration_seconds", "Time from a request's arrival to its "
+                                 "answer, by route.", ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("alexnet_batch_size", "Images per forward pass.", buckets=BATCH_BUCKETS,
+                                    registry=self.registry)
+        self.batch_seconds = Histogram("alexnet_batch_duration_seconds", "Time of one forward pass.",
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        Gauge("alexnet_queue_depth", "Images admitted and not yet answered (being read, decoded, waiting or in "
+              "the forward pass).", registry=self.registry).set_function(queue_depth)
+        Gauge("alexnet_queue_limit", "--max-queue: past it, requests are refused with 503.",
+              registry=self.registry).set(max_queue)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class CountRequests:
+    """ASGI middleware (app.add_middleware(CountRequests, metrics=...)) that counts and times every request."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500  # 500 unless a response starts
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)

@@ -1,0 +1,141 @@
+"""The served model: an upload's bytes to the model's input, a batch of inputs to their answers, and the
+records the endpoints send. No web framework here: the app calls these on its threads.
+
+The model is loaded once as `predict` loads it (a checkpoint, memory-mapped, or torchvision's ImageNet weights)
+with predict's runtime choices (device, precision, channels_last), and warmed up before the server listens.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from alexnet_cli import __version__
+from alexnet_cli.data.images import open_upload
+from alexnet_cli.data.preprocess import Pixels, PixelBatch
+from alexnet_cli.prediction import load_predictor, ranked
+from alexnet_cli.runtime import prepare_for_inference, resolve_runtime, to_device
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from alexnet_cli.config import ServeConfig
+    from alexnet_cli.observer import Observer
+    from alexnet_cli.prediction import Predictor
+    from alexnet_cli.runtime import Runtime
+
+# The Grad-CAM overlay is drawn on the image scaled to at most this many pixels a side: enough for a page,
+# and a PNG of a phone photo at full size would be megabytes of base64.
+OVERLAY_SIDE = 448
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One decoded upload: the model's input, and the picture to draw Grad-CAM on when it was asked for."""
+
+    pixels: Pixels
+    picture: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    probabilities: torch.Tensor  # (classes,), float32, on the CPU
+    cam: torch.Tensor | None = None  # Grad-CAM at the last convolution's resolution, when asked for
+
+
+class ServedModel:
+    def __init__(self, predictor: Predictor, runtime: Runtime) -> None:
+        self.predictor, self.runtime = predictor, runtime
+        self.class_names = predictor.class_names
+        self.preprocess = predictor.preprocess
+        self.model = prepare_for_inference(predictor.model, runtime.device, runtime.precision)
+        self.transform = self.preprocess.eval_transforms()  # resize, centre crop: uint8 Pixels
+
+    @classmethod
+    def load(cls, cfg: ServeConfig, observer: Observer) -> ServedModel:
+        runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, 0)
+        predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
+        runtime.report(observer)
+        return cls(predictor, runtime)
+
+    @property
+    def source(self) -> str:
+        return self.predictor.source
+
+    # -- on the decoding threads ----------------------------------------------------------------------------
+
+    def decode(self, data: bytes, explain: bool = False) -> Sample:
+        """An upload's bytes as the model's input, or UnreadableImage saying why not (empty, not an image,
+        damaged, a decompression bomb)."""
+        image = open_upload(data, draft_size=self.preprocess.resize_size)  # as predict decodes it
+        picture = None
+        if explain:  # decoded again, larger: the model's draft may be smaller than the picture to draw on
+            picture = open_upload(data, draft_size=OVERLAY_SIDE)
+            picture.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
+        return Sample(self.transform(image), picture)
+
+    def explanation(self, sample: Sample, output: Output, caption: str) -> str:
+        """The Grad-CAM overlay as a PNG data URL, ready for an <img src>."""
+        from alexnet_cli import explain
+
+        picture = sample.picture
+        heat = explain.full_size_cam(output.cam, picture.width, picture.height, self.preprocess)
+        buffer = io.BytesIO()
+        explain.overlay(picture, heat, caption).save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    # -- on the forward thread ------------------------------------------------------------------------------
+
+    def run(self, samples: list[Sample]) -> list[Output]:
+        """One forward pass for the samples without Grad-CAM, and one with gradients for those with it."""
+        import torch
+
+        outputs: list[Output | None] = [None] * len(samples)
+        plain = [i for i, sample in enumerate(samples) if sample.picture is None]
+        explained = [i for i, sample in enumerate(samples) if sample.picture is not None]
+        if plain:
+            batch = self._batch([samples[i] for i in plain])
+            with torch.inference_mode():
+                probabilities = self.model(batch).float().softmax(1).cpu()
+            for row, i in enumerate(plain):
+                outputs[i] = Output(probabilities[row])
+        if explained:
+            from alexnet_cli import explain
+
+            cams, logits = explain.grad_cam(self.model, self._batch([samples[i] for i in explained]))
+            probabilities = logits.float().softmax(1).cpu()
+            for row, i in enumerate(explained):
+                outputs[i] = Output(probabilities[row], cams[row].cpu())
+        return outputs
+
+    def _batch(self, samples: list[Sample]) -> torch.Tensor:
+        return to_device(PixelBatch.stack([s.pixels for s in samples]), self.runtime.device,
+                         self.runtime.precision.dtype)
+
+    def warm_up(self, max_batch: int) -> float:
+        """A forward pass at batch 1 and at max_batch, so that the first callers do not pay for the kernels'
+        first call (oneDNN's and cuDNN's choices are made per shape). Returns the seconds it took."""
+        from PIL import Image
+
+        started = time.perf_counter()
+        sample = Sample(self.transform(Image.new("RGB", (self.preprocess.resize_size,) * 2, (128, 128, 128))))
+        for size in sorted({1, max_batch}):
+            self.run([sample] * size)
+        return time.perf_counter() - started
+
+    # -- records --------------------------------------------------------------------------------------------
+
+    def record(self, output: Output, top_k: int) -> dict[str, Any]:
+        """predict --json's record for one image (less its path): label, confidence, top-k."""
+        top = output.probabilities.topk(min(top_k, len(self.class_names)))
+        return ranked(top.values.tolist(), top.indices.tolist(), self.class_names)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a client needs to know: the classes in output order, and the preprocessing."""
+        return {"classes": list(self.class_names), **self.preprocess.to_dict(),
+                "device": str(self.runtime.device), "precision": self.runtime.precision.name,
+                "tool_version": __version__}

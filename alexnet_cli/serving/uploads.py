@@ -1,0 +1,115 @@
+"""A request's body to the bytes of one image, refused at its own boundary when it cannot be one.
+
+Each refusal is a RequestError: a status and one line for {"error": ...}. The body is read within
+--max-upload-mb: a declared Content-Length over it is refused before a byte is read, and a body without one
+(chunked) is counted as it arrives. Nothing a client sends (a file name, a field, a header) is used as a path:
+the image's bytes stay in memory, and the file name of a multipart part is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+# The multipart field that carries the image: curl -F image=@cat.jpg
+IMAGE_FIELD = "image"
+RAW_TYPES = ("application/octet-stream",)  # besides image/*
+# A body refused for its size is still read, up to this many times the limit, and thrown away: a client that
+# sends its whole body before it reads the answer (most do) then sees the 413 instead of a reset connection.
+DRAIN_FACTOR = 2
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1024 / 1024:.3g} MB"
+
+
+def declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise RequestError(400, f"Content-Length is not a number: {value[:40]!r}")
+    return int(value)
+
+
+async def discard_body(request: Request, limit: int) -> None:
+    """Read and drop what is left of the body, up to `limit` bytes, so that the answer reaches a client that is
+    still sending. Past the limit the connection is closed after the answer."""
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        return
+    read = 0
+    try:
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > limit:
+                return
+    except Exception:  # the client went away, or the body was already read: nothing left to drop
+        return
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or 413 past `limit` bytes."""
+    declared = declared_length(request)
+    too_large = RequestError(413, f"the upload is over the limit of {_megabytes(limit)} (--max-upload-mb)")
+    if declared is not None and declared > limit:
+        too_large.message = (f"the upload is {_megabytes(declared)}, over the limit of {_megabytes(limit)} "
+                             f"(--max-upload-mb)")
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def image_bytes(request: Request, limit: int) -> bytes:
+    """The image of a POST /predict: a multipart form with an `image` file (curl -F image=@cat.jpg), or the
+    image's own bytes as the body (Content-Type image/* or application/octet-stream)."""
+    content_type = request.headers.get("content-type", "")
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        return await _multipart_image(request, await read_body(request, limit))
+    if kind.startswith("image/") or kind in RAW_TYPES:
+        return await read_body(request, limit)
+    shown = f"Content-Type {kind!r}" if kind else "no Content-Type"
+    raise RequestError(415, f"{shown}: send multipart/form-data with an '{IMAGE_FIELD}' file (curl -F "
+                            f"{IMAGE_FIELD}=@cat.jpg), or the image's bytes as image/* or application/octet-stream")
+
+
+async def _multipart_image(request: Request, body: bytes) -> bytes:
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    # One file, a few other fields at most: a form of thousands of parts is refused while it is parsed.
+    parser = MultiPartParser(request.headers, _one_chunk(body), max_files=1, max_fields=8)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise RequestError(400, f"the multipart form is malformed: {exc.message}") from None
+    try:
+        part = form.get(IMAGE_FIELD)
+        if part is None:
+            fields = ", ".join(repr(name[:40]) for name in form.keys()) or "none"
+            raise RequestError(400, f"no '{IMAGE_FIELD}' field in the form (fields: {fields}): send the file as "
+                                    f"-F {IMAGE_FIELD}=@cat.jpg")
+        if isinstance(part, str):
+            raise RequestError(400, f"the '{IMAGE_FIELD}' field holds text, not a file: send it as "
+                                    f"-F {IMAGE_FIELD}=@cat.jpg")
+        return await part.read()
+    finally:
+        await form.close()
