@@ -236,6 +236,17 @@ def test_64_concurrent_distinct_images_each_get_their_own_answer(server):
     assert images_run == 64 and count < 64, "the 64 requests were not batched together"
 
 
+def test_the_batched_forward_answers_as_the_model_itself_does(server):
+    """The classifier held in oneDNN's layout (serving/model.py) is a speed-up, never a different answer."""
+    import torch
+
+    if torch.backends.mkldnn.is_available():
+        assert server.model.forward is not server.model.model  # CPU, fp32: the packed classifier serves
+    images = torch.randn(8, 3, 67, 67).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(server.model.forward(images), server.model.model(images), rtol=1e-4, atol=1e-4)
+
+
 def _batches(url: str) -> tuple[float, float]:
     """(forward passes, images in them) so far, from /metrics."""
     from prometheus_client.parser import text_string_to_metric_families

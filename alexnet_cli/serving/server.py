@@ -35,7 +35,9 @@ def bind(host: str, port: int) -> socket.socket:
     says where the server listens names the real one."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
+        # response written in two parts waits for the client's delayed ACK (about 40 ms a request).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)  # from now on connections wait in the backlog until uvicorn accepts them

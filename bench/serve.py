@@ -1,0 +1,453 @@
+"""alexnet serve against the plain handler a user writes by hand, under the same load, in one run.
+
+    python bench/serve.py                    # the default alexnet at 227 and at 67 pixels, 1/8/32/64 clients
+    python bench/serve.py --image-size 227 --seconds 10 --overload-seconds 30
+
+The plain handler is FastAPI's documented shape: a `def` endpoint taking an UploadFile, the model loaded once,
+torchvision's transforms, one forward pass at batch 1 per request (FastAPI runs it on its thread pool, so
+requests run side by side). Both servers load the same checkpoint (the default alexnet, random weights: speed
+does not depend on them), in fp32 unless --precision says otherwise, and run one at a time on this machine.
+
+Load: N closed-loop clients (aiohttp, in this process), each posting its own JPEG (500x375, like an ImageNet photo)
+as `-F image=@...` again and again, for --seconds after a warm-up. Reported: requests/s, p50 and p99 latency,
+and the mean batch (from alexnet serve's /metrics; 1 for the plain handler). Then the overload: requests sent
+at 4x alexnet serve's measured rate at 32 clients, open loop, for --overload-seconds: every request must be
+answered (200 or 503 with Retry-After), and the server's RSS is sampled against its level at the start.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the plain handler's UploadFile annotation at runtime.
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+CLIENTS = (1, 8, 32, 64)
+IMAGES = 64
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_checkpoint(path: Path, image_size: int, classes: int = 10) -> None:
+    import torch
+
+    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.data.preprocess import Preprocess
+    from alexnet_cli.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("alexnet", num_classes=classes)
+    Checkpoint(arch="alexnet", class_names=tuple(f"class-{i}" for i in range(classes)),
+               preprocess=Preprocess.for_arch(image_size, 227), dropout=0.5, state_dict=model.state_dict()).save(path)
+
+
+def make_images(count: int = IMAGES) -> list[bytes]:
+    """Distinct 500x375 JPEGs of smooth gradients and shapes (about 20-30 kB each, as photos of that size)."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    images = []
+    for seed in range(count):
+        rng = random.Random(seed)
+        image = Image.linear_gradient("L").resize((500, 375)).convert("RGB")
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x, y = rng.randrange(500), rng.randrange(375)
+            draw.ellipse((x, y, x + rng.randrange(30, 200), y + rng.randrange(30, 200)),
+                         fill=tuple(rng.randrange(256) for _ in range(3)))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        images.append(buffer.getvalue())
+    return images
+
+
+# -- the plain handler: what a user writes by hand -------------------------------------------------------------
+
+def plain_app(checkpoint: Path):
+    import torch
+    from fastapi import FastAPI, UploadFile
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from alexnet_cli.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    model, names, p = loaded.build().eval(), loaded.class_names, loaded.preprocess
+    transform = v2.Compose([v2.ToImage(), v2.Resize(p.resize_size, antialias=True), v2.CenterCrop(p.image_size),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)])
+    app = FastAPI()
+
+    @app.post("/predict")
+    def predict(image: UploadFile):
+        picture = Image.open(image.file).convert("RGB")
+        with torch.inference_mode():
+            probabilities = model(transform(picture).unsqueeze(0)).softmax(1)[0]
+        top = probabilities.topk(5)
+        ranked = [{"label": names[c], "probability": float(v)} for v, c in zip(top.values, top.indices)]
+        return {"label": ranked[0]["label"], "confidence": ranked[0]["probability"], "top_k": ranked}
+
+    return app
+
+
+def run_plain_server(checkpoint: Path) -> None:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY, as uvicorn's own
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    app = plain_app(checkpoint)
+    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+try:  # LitServe, for the comparison the issue asked for; no dependency of this project
+    import litserve as ls
+except ImportError:
+    ls = None
+
+if ls is not None:
+    class LitAlexNet(ls.LitAPI):
+        """The same model behind LitServe. At module level: LitServe pickles it into its worker process."""
+
+        def __init__(self, checkpoint: str, **knobs) -> None:
+            super().__init__(**knobs)
+            self.checkpoint = checkpoint
+
+        def setup(self, device):
+            import torch
+            from torchvision.transforms import v2
+
+            from alexnet_cli.checkpoint import load_checkpoint
+
+            loaded = load_checkpoint(self.checkpoint)
+            self.model, self.names, p = loaded.build().eval(), loaded.class_names, loaded.preprocess
+            self.transform = v2.Compose([v2.ToImage(), v2.Resize(p.resize_size, antialias=True),
+                                         v2.CenterCrop(p.image_size), v2.ToDtype(torch.float32, scale=True),
+                                         v2.Normalize(p.mean, p.std)])
+
+        def decode_request(self, request):
+            from PIL import Image
+
+            return self.transform(Image.open(request["image"].file).convert("RGB"))
+
+        def batch(self, inputs):
+            import torch
+
+            return torch.stack(inputs)
+
+        def predict(self, x):
+            import torch
+
+            with torch.inference_mode():
+                return self.model(x).softmax(1)
+
+        def unbatch(self, output):
+            return list(output)
+
+        def encode_response(self, probabilities):
+            top = probabilities.topk(5)
+            ranked = [{"label": self.names[c], "probability": float(v)} for v, c in zip(top.values, top.indices)]
+            return {"label": ranked[0]["label"], "confidence": ranked[0]["probability"], "top_k": ranked}
+
+
+def run_litserve_server(checkpoint: Path, port: int) -> None:
+    """LitServe batching with the same two knobs as alexnet serve's defaults: 32 images, 5 ms."""
+    server = ls.LitServer(LitAlexNet(str(checkpoint), max_batch_size=32, batch_timeout=0.005), accelerator="cpu",
+                          workers_per_device=1, timeout=120)
+    server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
+
+
+def start_litserve(checkpoint: Path) -> tuple[subprocess.Popen, str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    process = subprocess.Popen([sys.executable, __file__, "--litserve-server", str(checkpoint), "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("LitServe did not start")
+
+
+def start(command: list[str]) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while True:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            raise SystemExit(f"the server did not start: {' '.join(command)}")
+        if "listening on http://" in line:
+            return process, line.split("listening on ")[1].split()[0]
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def batches(url: str) -> tuple[float, float]:
+    """(forward passes, images) so far, from alexnet serve's /metrics; (0, 0) for the plain handler."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0, 0.0
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith(("alexnet_batch_size_count", "alexnet_batch_size_sum"))}
+    return values.get("alexnet_batch_size_count", 0.0), values.get("alexnet_batch_size_sum", 0.0)
+
+
+# -- load ------------------------------------------------------------------------------------------------------
+
+def session(connections: int):
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
+                                 timeout=aiohttp.ClientTimeout(total=120))
+
+
+async def post(http, url: str, image: bytes) -> tuple[int, dict]:
+    """One `curl -F image=@photo.jpg URL/predict`: (status, headers)."""
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("image", image, filename="photo.jpg", content_type="image/jpeg")
+    async with http.post(f"{url}/predict", data=form) as response:
+        await response.read()
+        return response.status, dict(response.headers)
+
+
+async def closed_loop(url: str, images: list[bytes], clients: int, warm_up: float, seconds: float) -> dict:
+    import aiohttp
+
+    latencies, statuses, errors = [], {}, {}
+    begin = time.monotonic()
+    measure_from, end = begin + warm_up, begin + warm_up + seconds
+    async with session(clients) as http:
+        async def client(index: int):
+            image = images[index % len(images)]
+            while time.monotonic() < end:
+                started = time.monotonic()
+                try:
+                    status, _ = await post(http, url, image)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
+                if started >= measure_from:
+                    latencies.append(time.monotonic() - started)
+                    statuses[status] = statuses.get(status, 0) + 1
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+    count = len(latencies)
+    ordered = sorted(latencies)
+    return {"clients": clients, "requests": count, "per_second": count / seconds,
+            "p50_ms": 1000 * statistics.median(ordered) if ordered else None,
+            "p99_ms": 1000 * ordered[min(count - 1, int(0.99 * count))] if ordered else None,
+            "statuses": statuses, "errors": errors}
+
+
+async def open_loop(url: str, images: list[bytes], rate: float, seconds: float, pid: int) -> dict:
+    """Requests sent at `rate` per second whatever the answers, for `seconds`; RSS sampled meanwhile."""
+    import aiohttp
+
+    statuses, unanswered, retry_after_missing = {}, {}, 0
+    rss = [rss_mb(pid)]
+    sampling = True
+
+    async def sample():
+        while sampling:
+            rss.append(rss_mb(pid))
+            await asyncio.sleep(0.25)
+
+    async with session(4096) as http:
+        async def one(index: int):
+            nonlocal retry_after_missing
+            try:
+                status, headers = await post(http, url, images[index % len(images)])
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                unanswered[type(exc).__name__] = unanswered.get(type(exc).__name__, 0) + 1
+                return
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 503 and "Retry-After" not in headers:
+                retry_after_missing += 1
+
+        sampler = asyncio.ensure_future(sample())
+        begin, tasks, sent = time.monotonic(), [], 0
+        while time.monotonic() - begin < seconds:
+            due = int((time.monotonic() - begin) * rate) + 1
+            while sent < due:
+                tasks.append(asyncio.ensure_future(one(sent)))
+                sent += 1
+            await asyncio.sleep(0.002)
+        offered_seconds = time.monotonic() - begin
+        await asyncio.gather(*tasks)
+        sampling = False
+        await sampler
+    rss.append(rss_mb(pid))
+    return {"rate": rate, "sent": sent, "offered_per_second": sent / offered_seconds, "statuses": statuses,
+            "unanswered": unanswered, "retry_after_missing": retry_after_missing, "rss_start_mb": rss[0],
+            "rss_peak_mb": max(rss), "rss_end_mb": rss[-1]}
+
+
+def forward_ceiling(checkpoint: Path, max_batch: int, seconds: float = 3.0) -> dict:
+    """The model alone, in this process: images/s at batch 1 and at max_batch. Their ratio bounds what batching
+    can gain on this machine, whatever the server around it does."""
+    import torch
+
+    from alexnet_cli.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    model = loaded.build().eval().to(memory_format=torch.channels_last)
+    size = loaded.preprocess.image_size
+    rates = {}
+    with torch.inference_mode():
+        for batch in (1, max_batch):
+            x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+            model(x)
+            started, images = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds:
+                model(x)
+                images += batch
+            rates[batch] = images / (time.perf_counter() - started)
+    return {"batch_1": rates[1], f"batch_{max_batch}": rates[max_batch], "ratio": rates[max_batch] / rates[1]}
+
+
+def measure(url: str, images: list[bytes], levels, warm_up: float, seconds: float) -> list[dict]:
+    rows = []
+    for clients in levels:
+        count_before, sum_before = batches(url)
+        row = asyncio.run(closed_loop(url, images, clients, warm_up, seconds))
+        count_after, sum_after = batches(url)
+        row["mean_batch"] = (sum_after - sum_before) / (count_after - count_before) if count_after > count_before \
+            else 1.0
+        rows.append(row)
+        print(f"  {clients:>3} clients: {row['per_second']:6.1f} req/s, p50 {row['p50_ms']:7.1f} ms, p99 "
+              f"{row['p99_ms']:7.1f} ms, mean batch {row['mean_batch']:.1f}, statuses {row['statuses']}, "
+              f"client errors {row['errors']}", flush=True)
+    return rows
+
+
+def one_size(image_size: int, args, images: list[bytes], folder: Path) -> dict:
+    checkpoint = folder / f"alexnet-{image_size}.pt"
+    make_checkpoint(checkpoint, image_size)
+    print(f"\n== alexnet at {image_size} px, {args.precision}", flush=True)
+    ceiling = forward_ceiling(checkpoint, 32)
+    print(f"the model alone: {ceiling['batch_1']:.1f} images/s at batch 1, {ceiling['batch_32']:.1f} at batch 32 "
+          f"({ceiling['ratio']:.2f}x: what batching can gain here)", flush=True)
+    print("plain FastAPI handler, batch 1 per request:", flush=True)
+    plain, url = start([sys.executable, __file__, "--plain-server", str(checkpoint)])
+    try:
+        plain_rows = measure(url, images, args.clients, args.warm_up, args.seconds)
+    finally:
+        stop(plain)
+    litserve_rows = None
+    if args.litserve:
+        print("LitServe, max_batch_size 32, batch_timeout 5 ms:", flush=True)
+        process, url = start_litserve(checkpoint)
+        try:
+            litserve_rows = measure(url, images, args.clients, args.warm_up, args.seconds)
+        finally:
+            stop(process)
+    print("alexnet serve:", flush=True)
+    served, url = start([sys.executable, "-m", "alexnet_cli", "serve", str(checkpoint), "--port", "0",
+                         "--device", "cpu", "--precision", args.precision])
+    overload = None
+    try:
+        served_rows = measure(url, images, args.clients, args.warm_up, args.seconds)
+        if args.overload_seconds > 0:
+            at_32 = next((r for r in served_rows if r["clients"] == 32), served_rows[-1])
+            rate = 4 * at_32["per_second"]
+            print(f"overload: {rate:.0f} requests/s (4x) for {args.overload_seconds:g} s", flush=True)
+            overload = asyncio.run(open_loop(url, images, rate, args.overload_seconds, served.pid))
+            print(f"  sent {overload['sent']} ({overload['offered_per_second']:.0f}/s), statuses {overload['statuses']}, unanswered "
+                  f"{overload['unanswered']}, RSS {overload['rss_start_mb']:.0f} MB at the start, peak "
+                  f"{overload['rss_peak_mb']:.0f} MB ({overload['rss_peak_mb'] / overload['rss_start_mb']:.3f}x), "
+                  f"end {overload['rss_end_mb']:.0f} MB", flush=True)
+    finally:
+        stop(served)
+        exit_code = served.wait()
+    return {"image_size": image_size, "forward": ceiling, "plain": plain_rows, "litserve": litserve_rows, "serve": served_rows, "overload": overload,
+            "serve_exit_code_after_sigterm": exit_code}
+
+
+def report(result: dict) -> None:
+    print(f"\n| alexnet at {result['image_size']} px | plain req/s | serve req/s | ratio | plain p50 / p99 ms | "
+          f"serve p50 / p99 ms | mean batch |")
+    print("|---|---|---|---|---|---|---|")
+    for plain, served in zip(result["plain"], result["serve"]):
+        print(f"| {plain['clients']} clients | {plain['per_second']:.1f} | {served['per_second']:.1f} | "
+              f"**{served['per_second'] / plain['per_second']:.2f}x** | {plain['p50_ms']:.0f} / {plain['p99_ms']:.0f} "
+              f"| {served['p50_ms']:.0f} / {served['p99_ms']:.0f} | {served['mean_batch']:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--image-size", type=int, nargs="+", default=[227, 67])
+    parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level")
+    parser.add_argument("--warm-up", type=float, default=2.0, help="seconds of load before measuring")
+    parser.add_argument("--overload-seconds", type=float, default=30.0)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--litserve", action="store_true", help="LitServe too (pip install litserve)")
+    parser.add_argument("--plain-server", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--litserve-server", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_server:
+        return run_plain_server(args.plain_server)
+    if args.litserve_server:
+        return run_litserve_server(args.litserve_server, args.port)
+    import torch
+
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}")
+    images = make_images()
+    print(f"{len(images)} JPEGs of 500x375, {statistics.mean(map(len, images)) / 1024:.0f} kB on average")
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for image_size in args.image_size:
+            results.append(one_size(image_size, args, images, Path(folder)))
+    for result in results:
+        report(result)
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
