@@ -22,6 +22,7 @@ import io
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -181,8 +182,9 @@ def start_litserve(checkpoint: Path) -> tuple[subprocess.Popen, str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
+    # A session of its own: LitServe's worker processes are stopped with it (stop() signals the group)
     process = subprocess.Popen([sys.executable, __file__, "--litserve-server", str(checkpoint), "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -207,11 +209,19 @@ def start(command: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 def stop(process: subprocess.Popen) -> None:
-    process.terminate()
+    """SIGTERM, to the process's whole group where it leads one (LitServe's workers), then SIGKILL after 60 s."""
+    group = os.getpgid(process.pid) == process.pid
     try:
+        os.killpg(process.pid, signal.SIGTERM) if group else process.terminate()
         process.wait(60)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL) if group else process.kill()
+        process.wait()
+    if group:  # workers that outlived their parent
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def rss_mb(pid: int) -> float:
@@ -326,39 +336,48 @@ async def open_loop(url: str, images: list[bytes], rate: float, seconds: float, 
 
 
 def forward_ceiling(checkpoint: Path, max_batch: int, seconds: float = 3.0) -> dict:
-    """The model alone, in this process: images/s at batch 1 and at max_batch. Their ratio bounds what batching
-    can gain on this machine, whatever the server around it does."""
+    """The model alone, in this process: images/s at batch 1 and at max_batch, eager, and at max_batch as
+    alexnet serve runs it (serving.model.batched_forward). Their ratios bound what batching can gain on this
+    machine, whatever the server around it does."""
     import torch
 
-    from alexnet_cli.checkpoint import load_checkpoint
+    from alexnet_cli.config import ServeConfig
+    from alexnet_cli.observer import SilentObserver
+    from alexnet_cli.serving.model import ServedModel
 
-    loaded = load_checkpoint(checkpoint)
-    model = loaded.build().eval().to(memory_format=torch.channels_last)
-    size = loaded.preprocess.image_size
+    served = ServedModel.load(ServeConfig(weights=checkpoint, device="cpu", precision="fp32"), SilentObserver())
+    size = served.preprocess.image_size
     rates = {}
     with torch.inference_mode():
-        for batch in (1, max_batch):
+        for name, forward, batch in (("batch_1", served.model, 1), ("eager_max", served.model, max_batch),
+                                     ("served_max", served.forward, max_batch)):
             x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-            model(x)
+            forward(x)
             started, images = time.perf_counter(), 0
             while time.perf_counter() - started < seconds:
-                model(x)
+                forward(x)
                 images += batch
-            rates[batch] = images / (time.perf_counter() - started)
-    return {"batch_1": rates[1], f"batch_{max_batch}": rates[max_batch], "ratio": rates[max_batch] / rates[1]}
+            rates[name] = images / (time.perf_counter() - started)
+    return {**rates, "max_batch": max_batch, "ratio": rates["served_max"] / rates["batch_1"]}
 
 
-def measure(url: str, images: list[bytes], levels, warm_up: float, seconds: float) -> list[dict]:
+def _batch(mean: float | None) -> str:
+    return "n/a" if mean is None else f"{mean:.1f}"
+
+
+def measure(url: str, images: list[bytes], levels, warm_up: float, seconds: float, batch: float | None = None
+            ) -> list[dict]:
     rows = []
     for clients in levels:
         count_before, sum_before = batches(url)
         row = asyncio.run(closed_loop(url, images, clients, warm_up, seconds))
         count_after, sum_after = batches(url)
-        row["mean_batch"] = (sum_after - sum_before) / (count_after - count_before) if count_after > count_before \
-            else 1.0
+        # alexnet serve's from its /metrics; 1 for the plain handler by construction; unknown for LitServe
+        row["mean_batch"] = ((sum_after - sum_before) / (count_after - count_before) if count_after > count_before
+                             else batch)
         rows.append(row)
         print(f"  {clients:>3} clients: {row['per_second']:6.1f} req/s, p50 {row['p50_ms']:7.1f} ms, p99 "
-              f"{row['p99_ms']:7.1f} ms, mean batch {row['mean_batch']:.1f}, statuses {row['statuses']}, "
+              f"{row['p99_ms']:7.1f} ms, mean batch {_batch(row['mean_batch'])}, statuses {row['statuses']}, "
               f"client errors {row['errors']}", flush=True)
     return rows
 
@@ -368,12 +387,13 @@ def one_size(image_size: int, args, images: list[bytes], folder: Path) -> dict:
     make_checkpoint(checkpoint, image_size)
     print(f"\n== alexnet at {image_size} px, {args.precision}", flush=True)
     ceiling = forward_ceiling(checkpoint, 32)
-    print(f"the model alone: {ceiling['batch_1']:.1f} images/s at batch 1, {ceiling['batch_32']:.1f} at batch 32 "
-          f"({ceiling['ratio']:.2f}x: what batching can gain here)", flush=True)
+    print(f"the model alone: {ceiling['batch_1']:.1f} images/s at batch 1, {ceiling['eager_max']:.1f} at batch 32, "
+          f"{ceiling['served_max']:.1f} at batch 32 as alexnet serve runs it ({ceiling['ratio']:.2f}x batch 1: what "
+          f"batching can gain here)", flush=True)
     print("plain FastAPI handler, batch 1 per request:", flush=True)
     plain, url = start([sys.executable, __file__, "--plain-server", str(checkpoint)])
     try:
-        plain_rows = measure(url, images, args.clients, args.warm_up, args.seconds)
+        plain_rows = measure(url, images, args.clients, args.warm_up, args.seconds, batch=1.0)
     finally:
         stop(plain)
     litserve_rows = None
@@ -407,13 +427,18 @@ def one_size(image_size: int, args, images: list[bytes], folder: Path) -> dict:
 
 
 def report(result: dict) -> None:
-    print(f"\n| alexnet at {result['image_size']} px | plain req/s | serve req/s | ratio | plain p50 / p99 ms | "
-          f"serve p50 / p99 ms | mean batch |")
-    print("|---|---|---|---|---|---|---|")
-    for plain, served in zip(result["plain"], result["serve"]):
-        print(f"| {plain['clients']} clients | {plain['per_second']:.1f} | {served['per_second']:.1f} | "
-              f"**{served['per_second'] / plain['per_second']:.2f}x** | {plain['p50_ms']:.0f} / {plain['p99_ms']:.0f} "
-              f"| {served['p50_ms']:.0f} / {served['p99_ms']:.0f} | {served['mean_batch']:.1f} |")
+    """One markdown table per model size: each server's requests/s and latency at each load."""
+    servers = [("plain", result["plain"]), *([("LitServe", result["litserve"])] if result["litserve"] else []),
+               ("alexnet serve", result["serve"])]
+    print(f"\n| alexnet at {result['image_size']} px | " + " | ".join(f"{name} req/s" for name, _ in servers)
+          + " | serve / plain | " + " | ".join(f"{name} p50 / p99 ms" for name, _ in servers) + " | mean batch |")
+    print("|---" * (2 * len(servers) + 3) + "|")
+    for i, plain in enumerate(result["plain"]):
+        served = result["serve"][i]
+        print(f"| {plain['clients']} clients | " + " | ".join(f"{rows[i]['per_second']:.1f}" for _, rows in servers)
+              + f" | **{served['per_second'] / plain['per_second']:.2f}x** | "
+              + " | ".join(f"{rows[i]['p50_ms']:.0f} / {rows[i]['p99_ms']:.0f}" for _, rows in servers)
+              + f" | {_batch(served['mean_batch'])} |")
 
 
 def main() -> None:

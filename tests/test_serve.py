@@ -32,16 +32,17 @@ from alexnet_cli.config import ServeConfig  # noqa: E402
 UPLOAD_MB = 1  # the servers under test refuse uploads over 1 MB, so that the 413s stay cheap
 
 
-def png_bytes(seed: int, size: int = 90) -> bytes:
+def png_bytes(seed: int, size: int | tuple[int, int] = 90) -> bytes:
     """A distinct image per seed: a random colour field with a random rectangle."""
     import torch
     from PIL import Image
 
+    width, height = (size, size) if isinstance(size, int) else size
     generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8)
-    top, left = (int(v) for v in torch.randint(0, size // 2, (2,), generator=generator))
-    pixels[top:top + size // 3, left:left + size // 3] = torch.randint(0, 256, (3,), generator=generator,
-                                                                        dtype=torch.uint8)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    top, left = (int(v) for v in torch.randint(0, max(1, min(width, height) // 2), (2,), generator=generator))
+    side = max(1, min(width, height) // 3)
+    pixels[top:top + side, left:left + side] = torch.randint(0, 256, (3,), generator=generator, dtype=torch.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels.numpy()).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -181,6 +182,11 @@ def _bad_uploads() -> dict:
                                "Content-Type"),
         "no content type": (415, {"content": image}, "Content-Type"),
         "url-encoded form": (415, {"data": {"image": "x"}}, "Content-Type"),
+        "PostScript (Pillow would hand it to Ghostscript)": (
+            400, {"files": {"image": ("a.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")}},
+            "not an image"),
+        "one side 60 times the other": (400, {"files": {"image": ("a.png", png_bytes(7, size=(1, 60)))}},
+                                        "60 pixels, one side over 50 times the other"),
         "top_k not a number": (422, {"params": {"top_k": "many"}, "files": {"image": ("a.png", image)}}, "top_k"),
         "top_k zero": (422, {"params": {"top_k": "0"}, "files": {"image": ("a.png", image)}}, "top_k"),
     }
@@ -194,6 +200,26 @@ def test_a_bad_upload_gets_its_status_and_one_line_and_the_next_good_request_is_
     assert says in one_line_error(response)
     good = client.post("/predict", files={"image": ("a.png", png_bytes(4))})
     assert good.status_code == 200, good.text
+
+
+def test_a_body_that_arrives_too_slowly_is_refused_with_408(server, client, monkeypatch):
+    """A request holds its place in the queue while its body arrives: a slow sender gets 408, not the slot."""
+    from alexnet_cli.serving import uploads
+
+    monkeypatch.setattr(uploads, "BODY_SECONDS", 0.3)
+
+    async def slowly():
+        yield png_bytes(8)[:100]
+        await asyncio.sleep(1.0)
+        yield b"rest"
+
+    async def send():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            return await http.post("/predict", content=slowly(), headers={"content-type": "image/png"})
+
+    response = asyncio.run(send())
+    assert response.status_code == 408 and "longer than 0.3 s" in one_line_error(response)
+    assert client.post("/predict", files={"image": ("a.png", png_bytes(9))}).status_code == 200
 
 
 def test_a_client_file_name_is_never_used_as_a_path(client, tmp_path):
@@ -354,11 +380,20 @@ def test_oip_infer_with_the_binary_tensor_extension_both_ways(client):
     ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["eA=="]}],
       "outputs": [{"name": "logits"}]}, "unknown output"),
     ({"inputs": []}, "one input"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["eA=="], "parameters": [1]}]},
+     "'parameters' is an object"),
+    (json.loads("[" * 50 + "]" * 50), "no 'inputs'"),
     ([1, 2], "no 'inputs'"),
 ])
 def test_oip_infer_refuses_a_malformed_request_with_400_and_one_line(client, request_body, says):
     response = client.post("/v2/models/alexnet/infer", json=request_body)
     assert response.status_code == 400 and says in one_line_error(response)
+
+
+def test_oip_infer_refuses_json_nested_past_the_parser_with_400(client):
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    response = client.post("/v2/models/alexnet/infer", content=deep, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not JSON" in one_line_error(response)
 
 
 def test_tritons_own_http_client_reads_the_metadata_and_infers(server, client):

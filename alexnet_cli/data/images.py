@@ -77,14 +77,15 @@ def pillow_warnings():
         yield
 
 
-def open_image_in_scope(path: str | Path | BinaryIO, draft_size: int | None, name: str | None = None) -> Image.Image:
-    """open_image, inside pillow_warnings(). `name` is what a message calls the image (its path by default)."""
+def open_image_in_scope(path: str | Path | BinaryIO, draft_size: int | None, name: str | None = None,
+                        formats: tuple[str, ...] | None = None) -> Image.Image:
+    """open_image, inside pillow_warnings(). `name` is what a message calls the image (its path by default);
+    `formats` limits the formats Pillow tries (every format it knows by default)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = name or str(path)
-
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=formats) as image:
             # Refuse at Pillow's limit itself, and without relying on the warning filters, which another
             # thread could be changing.
             if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
@@ -118,12 +119,24 @@ def open_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
         return open_image_in_scope(path, draft_size)
 
 
+# What a server takes from strangers: the raster formats of IMAGE_EXTENSIONS (a phone's MPO opens as JPEG).
+# Not every format Pillow knows: EPS, for one, would hand the bytes to Ghostscript where it is installed.
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+# An image far longer than it is wide is resized on its short side to the model's input: 1 x 80,000,000
+# pixels (under Pillow's bomb limit) would become gigabytes. Past this ratio an upload is refused.
+MAX_ASPECT_RATIO = 50
+
+
 def open_upload(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Bytes sent over the network, opened as open_image opens a file (inside pillow_warnings()); a message
-    calls them "the upload". Nothing about them is ever used as a path."""
+    """Bytes sent over the network, opened as open_image opens a file (inside pillow_warnings()), in the
+    UPLOAD_FORMATS alone; a message calls them "the upload". Nothing about them is ever used as a path."""
     if not data:
         raise UnreadableImage("the upload: empty file")
-    return open_image_in_scope(io.BytesIO(data), draft_size, name="the upload")
+    image = open_image_in_scope(io.BytesIO(data), draft_size, name="the upload", formats=UPLOAD_FORMATS)
+    if max(image.size) > MAX_ASPECT_RATIO * min(image.size):
+        raise UnreadableImage(f"the upload: {image.width}x{image.height} pixels, one side over {MAX_ASPECT_RATIO} "
+                              f"times the other")
+    return image
 
 
 def scan_threads() -> int:

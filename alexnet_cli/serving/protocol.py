@@ -79,7 +79,7 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
         body, binary = body[:int(header_length)], body[int(header_length):]
     try:
         request = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, f"the inference request is not JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise RequestError(400, "the inference request has no 'inputs' list")
@@ -101,7 +101,7 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
     count = shape[0]
     if count > max_images:
         raise RequestError(413, f"{count} images in one request; at most {max_images} (--max-queue)")
-    parameters = tensor.get("parameters") or {}
+    parameters = _parameters(tensor)
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
         if type(size) is not int or size != len(binary):
@@ -109,7 +109,10 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
                                     f"{len(binary)} bytes follow the JSON")
         images = _bytes_elements(binary, count)
     else:
-        data = _flat(tensor.get("data"))
+        try:
+            data = _flat(tensor.get("data"))
+        except RecursionError:
+            raise RequestError(400, f"input '{INPUT}': 'data' is nested too deep") from None
         if len(data) != count or not all(isinstance(item, str) for item in data):
             raise RequestError(400, f"input '{INPUT}': 'data' holds {count} base64 strings for shape "
                                     f"{shape}")
@@ -122,13 +125,22 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
     return InferRequest(_request_id(request), images, _requested_outputs(request))
 
 
+def _parameters(value: dict) -> dict:
+    parameters = value.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise RequestError(400, "'parameters' is an object: {\"name\": value, ...}")
+    return parameters
+
+
 def _request_id(request: dict) -> str | None:
     value = request.get("id")
     return value if isinstance(value, str) else None
 
 
 def _requested_outputs(request: dict) -> list[tuple[str, bool]]:
-    all_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    all_binary = bool(_parameters(request).get("binary_data_output", False))
     asked = request.get("outputs")
     if asked is None:
         return [(name, all_binary) for name in OUTPUTS]
@@ -139,7 +151,7 @@ def _requested_outputs(request: dict) -> list[tuple[str, bool]]:
         name = output.get("name") if isinstance(output, dict) else None
         if name not in OUTPUTS:
             raise RequestError(400, f"unknown output {str(name)[:40]!r}: this model's are {', '.join(OUTPUTS)}")
-        parameters = output.get("parameters") or {}
+        parameters = _parameters(output)
         if "classification" in parameters:
             raise RequestError(400, "the classification extension is not supported: ask for 'label' and "
                                     "'confidence', or 'probabilities'")

@@ -8,6 +8,7 @@ the image's bytes stay in memory, and the file name of a multipart part is ignor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ RAW_TYPES = ("application/octet-stream",)  # besides image/*
 # A body refused for its size is still read, up to this many times the limit, and thrown away: a client that
 # sends its whole body before it reads the answer (most do) then sees the 413 instead of a reset connection.
 DRAIN_FACTOR = 2
+BODY_SECONDS = 30.0  # the longest a body may take to arrive
 
 
 class RequestError(Exception):
@@ -57,8 +59,9 @@ async def discard_body(request: Request, limit: int) -> None:
         return
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 past `limit` bytes."""
+async def read_body(request: Request, limit: int, seconds: float | None = None) -> bytes:
+    """The whole body, or 413 past `limit` bytes, or 408 when it takes longer than `seconds` to arrive (a
+    request holds its place in the queue while its body arrives: a slow sender must not hold it for ever)."""
     declared = declared_length(request)
     too_large = RequestError(413, f"the upload is over the limit of {_megabytes(limit)} (--max-upload-mb)")
     if declared is not None and declared > limit:
@@ -66,12 +69,20 @@ async def read_body(request: Request, limit: int) -> bytes:
                              f"(--max-upload-mb)")
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
+    seconds = BODY_SECONDS if seconds is None else seconds
+    deadline = asyncio.get_running_loop().time() + seconds
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - asyncio.get_running_loop().time()))
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the upload took longer than {seconds:g} s to arrive") from None
         size += len(chunk)
         if size > limit:
             raise too_large
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:

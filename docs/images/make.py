@@ -1,4 +1,5 @@
-"""Regenerate the pictures in docs/visualise.md from a demo run (needs the plots extra).
+"""Regenerate the pictures in docs/visualise.md and docs/serve.md from a demo run (needs the plots and serve
+extras; the page's screenshot needs Playwright and Debian's chromium).
 
     alexnet demo                                   # writes runs/train-N
     python docs/images/make.py runs/train-N [alexnet-demo]
@@ -7,6 +8,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +37,36 @@ def main() -> None:
             strip.paste(tile, (x, 0))
             x += tile.width + 8
         strip.save(here / "gradcam.png", optimize=True)
+    serve_page(run / "best.pt", samples[2], here / "serve-page.png")
     print("wrote", ", ".join(p.name for p in sorted(here.glob("*.png"))))
+
+
+def serve_page(weights: Path, image: str, target: Path) -> None:
+    """The page of `alexnet serve` after an upload, in headless Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    server = subprocess.Popen([sys.executable, "-m", "alexnet_cli", "serve", str(weights), "--port", "0"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "listening on " not in line:
+            line = server.stderr.readline()
+            if not line and server.poll() is not None:
+                raise SystemExit("alexnet serve did not start")
+        url = line.split("listening on ")[1].split()[0]
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 900, "height": 560})
+            page.goto(url)
+            page.set_input_files("#file", image)
+            page.wait_for_function("document.getElementById('label').textContent.length > 0")
+            page.wait_for_function("document.getElementById('overlay').complete")
+            page.screenshot(path=str(target))
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait()
 
 
 if __name__ == "__main__":
