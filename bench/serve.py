@@ -415,15 +415,16 @@ def one_size(image_size: int, args, images: list[bytes], folder: Path) -> dict:
             rate = 4 * at_32["per_second"]
             print(f"overload: {rate:.0f} requests/s (4x) for {args.overload_seconds:g} s", flush=True)
             overload = asyncio.run(open_loop(url, images, rate, args.overload_seconds, served.pid))
-            print(f"  sent {overload['sent']} ({overload['offered_per_second']:.0f}/s), statuses {overload['statuses']}, unanswered "
-                  f"{overload['unanswered']}, RSS {overload['rss_start_mb']:.0f} MB at the start, peak "
+            print(f"  sent {overload['sent']} ({overload['offered_per_second']:.0f}/s), statuses "
+                  f"{overload['statuses']}, unanswered {overload['unanswered']}, RSS "
+                  f"{overload['rss_start_mb']:.0f} MB at the start, peak "
                   f"{overload['rss_peak_mb']:.0f} MB ({overload['rss_peak_mb'] / overload['rss_start_mb']:.3f}x), "
                   f"end {overload['rss_end_mb']:.0f} MB", flush=True)
     finally:
         stop(served)
         exit_code = served.wait()
-    return {"image_size": image_size, "forward": ceiling, "plain": plain_rows, "litserve": litserve_rows, "serve": served_rows, "overload": overload,
-            "serve_exit_code_after_sigterm": exit_code}
+    return {"image_size": image_size, "forward": ceiling, "plain": plain_rows, "litserve": litserve_rows,
+            "serve": served_rows, "overload": overload, "serve_exit_code_after_sigterm": exit_code}
 
 
 def report(result: dict) -> None:

@@ -273,6 +273,49 @@ def test_the_batched_forward_answers_as_the_model_itself_does(server):
         torch.testing.assert_close(server.model.forward(images), server.model.model(images), rtol=1e-4, atol=1e-4)
 
 
+def test_the_batcher_sends_a_lone_image_at_once_and_waits_only_for_images_on_their_way():
+    """The two knobs and the rule beside them (serving/batching.py), on a batcher alone."""
+    from alexnet_cli.serving.batching import Batcher
+
+    batches = []
+
+    def run(items):
+        batches.append(list(items))
+        return [item * 10 for item in items]
+
+    async def scenario():
+        batcher = Batcher(run, max_batch=4, max_wait_s=5.0, max_queue=8)
+        await batcher.start()
+        started = time.monotonic()
+        alone = batcher.admit()
+        assert await alone.submit(1) == 10
+        alone.close()
+        lone_seconds = time.monotonic() - started
+
+        async def arrive(ticket, item, delay):
+            await asyncio.sleep(delay)
+            return await ticket.submit(item)
+
+        together = [batcher.admit() for _ in range(3)]  # admitted at once, decoded one after another
+        answers = await asyncio.gather(*(arrive(t, i + 2, 0.05 * i) for i, t in enumerate(together)))
+        for ticket in together:
+            ticket.close()
+        batcher.max_wait_s = 0.2
+        late, never = batcher.admit(), batcher.admit()  # one image whose sender never sends it
+        started = time.monotonic()
+        assert await late.submit(5) == 50
+        waited = time.monotonic() - started
+        late.close()
+        never.close()
+        await batcher.stop()
+        return lone_seconds, answers, waited
+
+    lone_seconds, answers, waited = asyncio.run(scenario())
+    assert lone_seconds < 1.0, "a lone image waited for --max-wait-ms"
+    assert answers == [20, 30, 40] and batches[:2] == [[1], [2, 3, 4]]
+    assert 0.2 <= waited < 1.0, "a batch waits for an image on its way, at most --max-wait-ms"
+
+
 def _batches(url: str) -> tuple[float, float]:
     """(forward passes, images in them) so far, from /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -551,7 +594,8 @@ def test_serve_says_what_is_missing_without_its_extra(runner, monkeypatch, check
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "uvicorn" else find_spec(name, *args))
     result = invoke(runner, ["serve", str(checkpoint)])
     assert result.exit_code == 2 and "pip install 'alexnet-cli[serve]'" in result.output
 

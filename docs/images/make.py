@@ -62,7 +62,7 @@ def serve_page(weights: Path, image: str, target: Path) -> None:
             page.set_input_files("#file", image)
             page.wait_for_function("document.getElementById('label').textContent.length > 0")
             page.wait_for_function("document.getElementById('overlay').complete")
-            page.screenshot(path=str(target))
+            page.screenshot(path=str(target), full_page=True)
             browser.close()
     finally:
         server.terminate()

@@ -1,0 +1,49 @@
+"""`alexnet serve`: a trained model behind HTTP (docs/serve.md). The server itself is alexnet_cli.serving,
+imported inside the command with the serve extra's packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alexnet_cli import console
+from alexnet_cli.cli.common import DEVICE_HELP, NEWEST_BEST_DEFAULT, PRECISION_HELP, _boundary, app
+from alexnet_cli.config import ServeConfig
+
+
+@app.command()
+def serve(
+    weights: Annotated[Optional[Path], typer.Argument(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Serve torchvision's ImageNet weights (1000 classes).")] = False,
+    name: Annotated[str, typer.Option(help="The model's name in the protocol's paths: /v2/models/NAME.")
+                    ] = ServeConfig.name,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it to the network.")
+                    ] = ServeConfig.host,
+    port: Annotated[int, typer.Option(help="Port; 0 takes any free one.")] = ServeConfig.port,
+    max_batch: Annotated[int, typer.Option(help="Images per forward pass, at most.")] = ServeConfig.max_batch,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits for more images after its first, while more are coming.")
+    ] = ServeConfig.max_wait_ms,
+    max_queue: Annotated[
+        int, typer.Option(help="Images admitted and not yet answered; past it, 503 with Retry-After.")
+    ] = ServeConfig.max_queue,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload; past it, 413.")] = ServeConfig.max_upload_mb,
+    top_k: Annotated[int, typer.Option(help="Classes /predict lists when ?top_k= is not given.")
+                     ] = ServeConfig.top_k,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = ServeConfig.device,
+    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = ServeConfig.precision,
+) -> None:
+    """Serve a model over HTTP: a page to try it, /predict, the Open Inference Protocol, metrics (pip install
+    'alexnet-cli\\[serve]')."""
+    from alexnet_cli.serving.server import serve as run_server
+
+    with _boundary():
+        cfg = ServeConfig(weights=weights, pretrained=pretrained, name=name, host=host, port=port,
+                          max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                          max_upload_mb=max_upload_mb, top_k=top_k, device=device, no_cuda=no_cuda,
+                          precision=precision)
+        run_server(cfg, console.RichObserver())
