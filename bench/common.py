@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,17 @@ def row(name: str, values: list[float], unit: str = "", digits: int = 1) -> str:
     fmt = f"{{:.{digits}f}}"
     return (f"{name:<34} min {fmt.format(min(values))}{unit}  median {fmt.format(statistics.median(values))}{unit}  "
             f"max {fmt.format(max(values))}{unit}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name, to print beside every figure."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def alexnet(*args: str) -> subprocess.CompletedProcess:

@@ -17,23 +17,12 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from common import alexnet
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from common import alexnet, cpu_name
 
 
 def run_recipe(name: str, data: Path, test: Path | None, out: Path, extra: list[str], tta: str) -> dict:

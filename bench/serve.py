@@ -32,19 +32,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import cpu_name
 
 CLIENTS = (1, 8, 32, 64)
 IMAGES = 64
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_checkpoint(path: Path, image_size: int, classes: int = 10) -> None:

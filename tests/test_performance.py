@@ -77,8 +77,12 @@ def test_the_user_cache_folder_per_platform(monkeypatch, tmp_path):
 
 
 def test_the_cpu_measurement_is_a_real_ratio():
+    """A finite, positive ratio of two timings. Not a range of CPUs: bf16 ran 0.036 times as fast as fp32 on a
+    2-core AMD EPYC of family 23 (no native bf16), and about 6 times on a Xeon with AMX."""
+    import math
+
     ratio = devmod.measure_cpu_bf16_speedup(rounds=1)
-    assert 0.05 < ratio < 20
+    assert math.isfinite(ratio) and 0 < ratio < 100
 
 
 @pytest.mark.parametrize("capability, auto", [((7, 5), "fp16"), ((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
