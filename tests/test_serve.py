@@ -368,8 +368,12 @@ def test_oip_health_and_metadata_have_the_protocol_shapes(server, client):
     assert metadata["parameters"]["image_size"] == server.model.preprocess.image_size
     assert {o["name"]: o["shape"] for o in metadata["outputs"]}["probabilities"] == [-1, len(classes)]
     assert client.get("/v2/models/alexnet/ready").json() == {"name": "alexnet", "ready": True}
+    assert client.get("/v2/models/alexnet/versions/1/ready").json() == {"name": "alexnet", "ready": True}
+    assert client.get("/v2/models/alexnet/versions/1").json() == metadata
     missing = client.get("/v2/models/resnet")
     assert missing.status_code == 404 and "resnet" in one_line_error(missing)
+    missing = client.get("/v2/models/alexnet/versions/2")
+    assert missing.status_code == 404 and "version '2'" in one_line_error(missing)
 
 
 def test_oip_infer_in_json_answers_each_image_as_predict_does(client):
@@ -409,6 +413,9 @@ def test_oip_infer_with_the_binary_tensor_extension_both_ways(client):
     confidence, label = body["outputs"]
     assert confidence["name"] == "confidence" and "data" not in confidence
     values = struct.unpack("<2f", response.content[length:length + confidence["parameters"]["binary_data_size"]])
+    versioned = client.post("/v2/models/alexnet/versions/1/infer", content=header + blob,
+                            headers={"Inference-Header-Content-Length": str(len(header))})
+    assert versioned.content == response.content
     for image, value, name in zip(images, values, label["data"]):
         record = client.post("/predict", files={"image": ("a.png", image)}).json()
         assert (name, value) == (record["label"], pytest.approx(record["confidence"], abs=1e-5))

@@ -108,9 +108,11 @@ def create_app(service: "Service") -> FastAPI:
 
     # -- the Open Inference Protocol (KServe v2) ------------------------------------------------------------
 
-    def known(name: str) -> None:
+    def known(name: str, version: str = "1") -> None:
         if name != cfg.name:
             raise RequestError(404, f"unknown model {name[:60]!r}: this server serves {cfg.name!r}")
+        if version != "1":
+            raise RequestError(404, f"unknown version {version[:20]!r} of {cfg.name!r}: it has version '1'")
 
     @app.get("/v2")
     async def server_metadata():
@@ -124,20 +126,24 @@ def create_app(service: "Service") -> FastAPI:
     async def ready():
         return {"ready": True}
 
+    # Each model route also answers under /versions/1, the protocol's path for a model's one version.
     @app.get("/v2/models/{name}")
-    async def model_metadata(name: str):
-        known(name)
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str = "1"):
+        known(name, version)
         return protocol.model_metadata(cfg.name, len(model.class_names), model.metadata())
 
     @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str):
-        known(name)
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str = "1"):
+        known(name, version)
         return {"name": cfg.name, "ready": True}
 
     @app.post("/v2/models/{name}/infer")
-    async def infer(request: Request, name: str):
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(request: Request, name: str, version: str = "1"):
         """Images as the BYTES input `image`: base64 in JSON, or raw with the binary tensor data extension."""
-        known(name)
+        known(name, version)
         if request.headers.get("content-encoding", "identity").lower() != "identity":
             raise RequestError(415, "compressed requests are not supported: send them without Content-Encoding")
         ticket = service.admit()
