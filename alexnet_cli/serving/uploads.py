@@ -22,6 +22,7 @@ RAW_TYPES = ("application/octet-stream",)  # besides image/*
 # sends its whole body before it reads the answer (most do) then sees the 413 instead of a reset connection.
 DRAIN_FACTOR = 2
 BODY_SECONDS = 30.0  # the longest a body may take to arrive
+DISCARD_SECONDS = 5.0  # the longest a refused body is read for, to be thrown away
 
 
 class RequestError(Exception):
@@ -44,18 +45,25 @@ def declared_length(request: Request) -> int | None:
 
 
 async def discard_body(request: Request, limit: int) -> None:
-    """Read and drop what is left of the body, up to `limit` bytes, so that the answer reaches a client that is
-    still sending. Past the limit the connection is closed after the answer."""
-    declared = declared_length(request)
+    """Read and drop what is left of the body, up to `limit` bytes and DISCARD_SECONDS, so that the answer
+    reaches a client that is still sending. Past either, the connection is closed after the answer."""
+    try:
+        declared = declared_length(request)
+    except RequestError:
+        return
     if declared is not None and declared > limit:
         return
-    read = 0
-    try:
+
+    async def drop() -> None:
+        read = 0
         async for chunk in request.stream():
             read += len(chunk)
             if read > limit:
                 return
-    except Exception:  # the client went away, or the body was already read: nothing left to drop
+
+    try:
+        await asyncio.wait_for(drop(), DISCARD_SECONDS)
+    except Exception:  # too slow, the client went away, or the body was already read: nothing more to drop
         return
 
 
