@@ -24,8 +24,11 @@ MISSING_EXTRA = "alexnet serve needs its extra: pip install 'alexnet-cli[serve]'
 def check_installed() -> None:
     import importlib.util
 
-    missing = [name for name in ("fastapi", "uvicorn", "multipart", "prometheus_client")
-               if importlib.util.find_spec(name) is None]
+    # Distribution names, and the module each installs (python-multipart's is python_multipart: `multipart`
+    # is its deprecated alias, and the name of an unrelated package too).
+    modules = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python-multipart": "python_multipart",
+               "prometheus-client": "prometheus_client"}
+    missing = [name for name, module in modules.items() if importlib.util.find_spec(module) is None]
     if missing:
         raise ConfigError(f"{MISSING_EXTRA} ({', '.join(missing)} not installed)")
 
