@@ -40,3 +40,27 @@ class NonFiniteLossError(AlexNetError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
     exit_code = 6
+
+
+class MissingExtra(ConfigError):
+    """A feature whose packages come with an optional extra that is not installed. The message names the
+    install line: `pip install 'alexnet-cli[EXTRA]'`."""
+
+    def __init__(self, needs: str, extra: str, missing: str | None = None, then: str = "") -> None:
+        detail = f" ({missing} is not installed)" if missing else ""
+        super().__init__(f"{needs}{detail}: pip install 'alexnet-cli[{extra}]'{then}")
+        self.extra = extra
+
+
+def require_extra(needs: str, extra: str, modules: tuple[str, ...], then: str = "") -> None:
+    """MissingExtra naming the first of `modules` that cannot be imported; nothing when all of them can."""
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra(needs, extra, module, then)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a library's errors run to pages), or its class's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

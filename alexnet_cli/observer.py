@@ -4,16 +4,16 @@ stay silent. The core never draws: it tells an Observer."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, ContextManager, Protocol
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
 
 # Observer.progress as a value: (description, total) -> a context manager that yields advance(n).
-Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
 class Observer(Protocol):
     def info(self, message: str) -> None: ...
-    def progress(self, description: str, total: int) -> ContextManager[Callable[[int], None]]:
+    def progress(self, description: str, total: int) -> AbstractContextManager[Callable[[int], None]]:
         """Work on `total` items (files indexed, images decoded): yields advance(n)."""
     def warn(self, message: str) -> None: ...
     def data_summary(self, classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int] | None,

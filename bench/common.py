@@ -66,7 +66,7 @@ def training_flops_per_image(arch: str, num_classes: int, image_size: int) -> fl
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
 
     model = build_model(arch, num_classes=num_classes)
     x = torch.randn(2, 3, image_size, image_size)

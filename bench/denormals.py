@@ -32,7 +32,7 @@ def main() -> None:
 
     import torch
 
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
     from alexnet_cli.training import make_optimizer
 
     torch.manual_seed(0)

@@ -36,7 +36,7 @@ def plain_run(folder: Path, batch_size: int, epochs: int, device) -> tuple[float
     import torch
     from torchvision import datasets, transforms
 
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
 
     begin = time.perf_counter()
     dataset = datasets.ImageFolder(folder, transform=transforms.Compose(
@@ -59,7 +59,7 @@ END_WAITS: dict[str, list[float]] = {}  # folder -> per alexnet run: the wait fo
 
 def tool_run(folder: Path, batch_size: int, epochs: int, out: Path, cache: str, device) -> tuple[float, float]:
     """(img/s inside the epochs, from metrics.csv; img/s of the whole train() call) for `alexnet train`."""
-    from alexnet_cli.config import TrainConfig
+    from alexnet_cli.config.settings import TrainConfig
     from alexnet_cli.observer import SilentObserver
     from alexnet_cli.training import train
 
@@ -79,10 +79,10 @@ def tool_run(folder: Path, batch_size: int, epochs: int, out: Path, cache: str, 
 def tool_random_input(batch_size: int, device, steps: int = 6) -> float:
     import torch
 
-    from alexnet_cli.device import resolve_precision
-    from alexnet_cli.runtime import to_device
+    from alexnet_cli.models.alexnet import build_model
+    from alexnet_cli.runtime.context import to_device
+    from alexnet_cli.runtime.precision import resolve_precision
     from alexnet_cli.training import make_optimizer, train_step
-    from alexnet_cli.models import build_model
 
     precision = resolve_precision("auto", device)
     model = build_model("alexnet", num_classes=2).to(device, memory_format=torch.channels_last).train()
@@ -114,7 +114,7 @@ def main() -> None:
 
     import torch
 
-    from alexnet_cli.device import resolve_device
+    from alexnet_cli.runtime.device import resolve_device
 
     device = resolve_device(args.device).device
     folders = {

@@ -44,9 +44,9 @@ def main() -> None:
     import torch
 
     from alexnet_cli.data.augment import Augmentation
-    from alexnet_cli.data.loading import make_loader
+    from alexnet_cli.data.loading import ImageDataset, LoaderSettings, make_loader
     from alexnet_cli.data.preprocess import Preprocess
-    from alexnet_cli.runtime import to_device
+    from alexnet_cli.runtime.context import to_device
 
     preprocess = Preprocess.for_arch(args.image_size, 227)
     side = preprocess.resize_size
@@ -61,8 +61,8 @@ def main() -> None:
 
     def images_per_second(on_device: bool) -> float:
         crop = augmentation.train_crop(preprocess, on_device=on_device)
-        loader = make_loader(paths, [0] * len(paths), crop, batch_size=args.batch_size, workers=0,
-                             pin_memory=False, augment_seed=1, cache=InMemory(images), from_cache=crop)
+        dataset = ImageDataset(paths, [0] * len(paths), crop, augment_seed=1, cache=InMemory(images), from_cache=crop)
+        loader = make_loader(dataset, LoaderSettings(batch_size=args.batch_size))
         start = time.perf_counter()
         for batch in loader:
             to_device(batch[0], cpu, torch.bfloat16)

@@ -14,7 +14,7 @@ echo "== 2. torchrun, 1 GPU, NCCL"
 WORK=$(mktemp -d)
 python3 - "$WORK" <<'PY'
 import sys
-from alexnet_cli.synthetic import make_shapes_folder
+from alexnet_cli.data.sources.synthetic import make_shapes_folder
 make_shapes_folder(f"{sys.argv[1]}/data/train", ("circle", "square", "triangle"), 40, 96, seed=1)
 make_shapes_folder(f"{sys.argv[1]}/data/val", ("circle", "square", "triangle"), 11, 96, seed=2)
 PY

@@ -104,7 +104,7 @@ class Trainer:
     def __init__(self, device, classes: int):
         import torch
 
-        from alexnet_cli.models import build_model
+        from alexnet_cli.models.alexnet import build_model
 
         self.device = device
         self.model = build_model("alexnet", num_classes=classes).to(device).to(memory_format=torch.channels_last)

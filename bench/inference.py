@@ -32,14 +32,14 @@ def main() -> None:
     from PIL import Image
     from torchvision import transforms
 
-    from alexnet_cli.checkpoint import Checkpoint
-    from alexnet_cli.config import PredictConfig
+    from alexnet_cli.artifacts.checkpoint import Checkpoint
+    from alexnet_cli.config.settings import PredictConfig
     from alexnet_cli.data.preprocess import Preprocess
-    from alexnet_cli.device import resolve_precision
-    from alexnet_cli.models import build_model
+    from alexnet_cli.inference.predict import predict
+    from alexnet_cli.models.alexnet import build_model
     from alexnet_cli.observer import SilentObserver
-    from alexnet_cli.prediction import predict
-    from alexnet_cli.runtime import prepare_for_inference, to_device
+    from alexnet_cli.runtime.context import prepare_for_inference, to_device
+    from alexnet_cli.runtime.precision import resolve_precision
 
     device = torch.device("cpu")
     precision = resolve_precision("auto", device)

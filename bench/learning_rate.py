@@ -15,9 +15,9 @@ import math
 import tempfile
 from pathlib import Path
 
-from alexnet_cli.config import TrainConfig
+from alexnet_cli.config.settings import TrainConfig
+from alexnet_cli.data.sources.synthetic import SHAPES, make_shapes_folder
 from alexnet_cli.training import train
-from alexnet_cli.synthetic import SHAPES, make_shapes_folder
 
 
 class Quiet:

@@ -20,10 +20,10 @@ import json, resource, sys
 sys.path.insert(0, {bench!r})
 import torch
 from common import OriginalLoop
-from alexnet_cli.device import resolve_precision
-from alexnet_cli.runtime import to_device
+from alexnet_cli.runtime.precision import resolve_precision
+from alexnet_cli.runtime.context import to_device
 from alexnet_cli.training import make_optimizer, train_step
-from alexnet_cli.models import build_model
+from alexnet_cli.models.alexnet import build_model
 which, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 device = torch.device("cpu")
 images, labels = torch.randn(batch, 3, 227, 227), torch.randint(0, 2, (batch,))

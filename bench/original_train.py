@@ -18,7 +18,7 @@ import torchvision.datasets as datasets
 import torchvision.transforms as transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from alexnet_cli.models import build_model  # noqa: E402
+from alexnet_cli.models.alexnet import build_model
 
 parser = argparse.ArgumentParser()
 parser.add_argument("data")  # CHANGED: was ./data/train/

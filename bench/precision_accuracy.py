@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=8)
@@ -25,8 +24,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "alexnet-bench")
     args = parser.parse_args()
 
-    from alexnet_cli import demo
-    from alexnet_cli.config import TrainConfig
+    from alexnet_cli.config.settings import DemoConfig, TrainConfig
+    from alexnet_cli.data.sources import demo
     from alexnet_cli.observer import SilentObserver
     from alexnet_cli.training import train
 
@@ -36,7 +35,7 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                train(TrainConfig(data=data.train, val=data.val, image_size=demo.IMAGE_SIZE, epochs=args.epochs,
+                train(TrainConfig(data=data.train, val=data.val, image_size=DemoConfig.image_size, epochs=args.epochs,
                                   precision=precision, seed=seed, output=Path(tmp) / "run"), SilentObserver())
                 with open(Path(tmp) / "run" / "metrics.csv") as handle:
                     accs = [float(row["val_acc"]) for row in csv.DictReader(handle)]

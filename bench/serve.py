@@ -41,9 +41,9 @@ IMAGES = 64
 def make_checkpoint(path: Path, image_size: int, classes: int = 10) -> None:
     import torch
 
-    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.artifacts.checkpoint import Checkpoint
     from alexnet_cli.data.preprocess import Preprocess
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
 
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=classes)
@@ -80,7 +80,7 @@ def plain_app(checkpoint: Path):
     from PIL import Image
     from torchvision.transforms import v2
 
-    from alexnet_cli.checkpoint import load_checkpoint
+    from alexnet_cli.artifacts.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     model, names, p = loaded.build().eval(), loaded.class_names, loaded.preprocess
@@ -128,7 +128,7 @@ if ls is not None:
             import torch
             from torchvision.transforms import v2
 
-            from alexnet_cli.checkpoint import load_checkpoint
+            from alexnet_cli.artifacts.checkpoint import load_checkpoint
 
             loaded = load_checkpoint(self.checkpoint)
             self.model, self.names, p = loaded.build().eval(), loaded.class_names, loaded.preprocess
@@ -332,7 +332,7 @@ def forward_ceiling(checkpoint: Path, max_batch: int, seconds: float = 3.0) -> d
     machine, whatever the server around it does."""
     import torch
 
-    from alexnet_cli.config import ServeConfig
+    from alexnet_cli.config.settings import ServeConfig
     from alexnet_cli.observer import SilentObserver
     from alexnet_cli.serving.model import ServedModel
 

@@ -29,10 +29,12 @@ def main() -> None:
 
     import torch
 
-    from alexnet_cli.device import resolve_device, resolve_precision
-    from alexnet_cli.runtime import configure_backends, to_device
+    from alexnet_cli.models.alexnet import build_model
+    from alexnet_cli.models.registry import arch_info
+    from alexnet_cli.runtime.context import configure_backends, to_device
+    from alexnet_cli.runtime.device import resolve_device
+    from alexnet_cli.runtime.precision import resolve_precision
     from alexnet_cli.training import make_optimizer, train_step
-    from alexnet_cli.models import arch_info, build_model
 
     device = resolve_device(args.device).device
     configure_backends(device)

@@ -37,7 +37,7 @@ from PIL import Image
 from torchvision import transforms
 
 sys.path.insert(0, sys.argv[3])
-from alexnet_cli.models import build_model
+from alexnet_cli.models.alexnet import build_model
 
 folder, weights = Path(sys.argv[1]), sys.argv[2]
 saved = torch.load(weights, map_location="cpu", weights_only=True)
@@ -126,9 +126,9 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.artifacts.checkpoint import Checkpoint
     from alexnet_cli.data.preprocess import Preprocess
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
 
     print(f"whole processes on {os.cpu_count()} cores, torch {torch.__version__}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")

@@ -16,7 +16,7 @@ SUPPORT = Path(__file__).resolve().parent / "support"
 sys.path.insert(0, str(SUPPORT))
 from alexnet_test_arch import TEST_ARCH  # noqa: E402
 
-from alexnet_cli.synthetic import make_shapes_folder  # noqa: E402
+from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
 # The smallest input the default alexnet accepts (see models.ARCHITECTURES): keeps every test fast.
 TINY = 67

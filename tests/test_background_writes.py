@@ -14,9 +14,10 @@ import pytest
 import torch
 from conftest import FAST_TRAIN, SMALL, built_once, env_without_debug, invoke, one_error_line
 
-from alexnet_cli import checkpoint as checkpoint_mod
-from alexnet_cli import runs
-from alexnet_cli.writer import CheckpointWriter, copy_containers
+from alexnet_cli.artifacts import checkpoint as checkpoint_mod
+from alexnet_cli.artifacts import run_folder as runs
+from alexnet_cli.artifacts.background import CheckpointWriter, copy_containers
+from alexnet_cli.runtime import files
 
 
 def test_the_optimizer_step_waits_until_the_write_has_read_the_weights():
@@ -88,7 +89,7 @@ def test_a_full_disk_during_a_background_write_stops_the_run_with_exit_4(runner,
     def second_fails(path, payload, serialised=None):
         calls.append(path)
         if len(calls) == 2:
-            monkeypatch.setattr(checkpoint_mod.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+            monkeypatch.setattr(files.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
         real_save(path, payload, serialised)
 
     monkeypatch.setattr(runs, "save_checkpoint", second_fails)
@@ -104,7 +105,7 @@ def test_a_full_disk_during_a_background_write_stops_the_run_with_exit_4(runner,
 # support/sitecustomize.py, so that the signal lands inside epoch 3 and not after it).
 SLOW_SECOND_WRITE = r"""
 import sys, time
-import alexnet_cli.runs as runs
+import alexnet_cli.artifacts.run_folder as runs
 real, calls = runs.save_checkpoint, []
 def save(path, payload, serialised=None):
     calls.append(path)
@@ -130,7 +131,7 @@ def _train(data, output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The same 3 epochs never stopped, to compare with."""
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     def build(root) -> None:
         make_shapes_folder(root / "train", classes=("circle", "square"), per_class=6, size=80, seed=1)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST_TRAIN, invoke, one_error_line
 
-from alexnet_cli.data import images, loading
 from alexnet_cli.data import cache as cachemod
+from alexnet_cli.data import images, loading
 from alexnet_cli.data.cache import ImageCache
 from alexnet_cli.data.images import UnreadableImage
 from alexnet_cli.data.preprocess import Preprocess

@@ -6,11 +6,12 @@ import sys
 
 import pytest
 import torch
-
-from alexnet_cli.checkpoint import atomic_write, load_checkpoint, publish_copy, save_checkpoint
-from alexnet_cli.errors import CheckpointError
-from alexnet_cli.models import build_model
 from conftest import TEST_ARCH
+
+from alexnet_cli.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from alexnet_cli.errors import CheckpointError
+from alexnet_cli.models.alexnet import build_model
+from alexnet_cli.runtime.files import atomic_write, publish_copy
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -33,7 +34,7 @@ def test_kill_during_write_keeps_the_previous_file(tmp_path):
     save_checkpoint(target, {"format_version": 1, "epoch": 1})
     code = (
         "import sys, time\n"
-        "from alexnet_cli.checkpoint import atomic_write\n"
+        "from alexnet_cli.runtime.files import atomic_write\n"
         "def slow(file):\n"
         "    file.write(b'x' * 1000); file.flush(); print('writing', flush=True); time.sleep(60)\n"
         f"atomic_write({str(target)!r}, slow)\n"
@@ -182,7 +183,7 @@ def test_the_format_document_and_the_schema_agree():
     import re
     from pathlib import Path
 
-    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.artifacts.checkpoint import Checkpoint
 
     document = (Path(__file__).resolve().parent.parent / "docs" / "checkpoint-format.md").read_text()
     assert tuple(re.findall(r"^\| `(\w+)` \|", document, flags=re.M)) == Checkpoint.payload_keys()

@@ -2,9 +2,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import invoke
 
 from alexnet_cli import __version__
-from conftest import invoke
 
 
 def test_help_lists_the_commands(runner):
@@ -40,12 +40,12 @@ def test_help_and_version_do_not_import_torch(args):
 
 
 def test_unexpected_errors_are_one_line(runner, monkeypatch):
-    import alexnet_cli.summary
+    import alexnet_cli.inference.describe
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("deep inside")
 
-    monkeypatch.setattr(alexnet_cli.summary, "summarize", boom)
+    monkeypatch.setattr(alexnet_cli.inference.describe, "summarize", boom)
     result = runner.invoke(__import__("alexnet_cli.cli").cli.app, ["summary"])
     assert result.exit_code == 1
     assert "unexpected ZeroDivisionError: deep inside" in result.stderr

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import invoke, one_error_line
 
-from alexnet_cli import demo as demomod
+from alexnet_cli.data.sources import demo as demomod
 
 
 def _digest(root):

@@ -1,9 +1,9 @@
 import pytest
 import torch
-
-from alexnet_cli.device import resolve_device
-from alexnet_cli.errors import ConfigError, DeviceError
 from conftest import invoke
+
+from alexnet_cli.errors import ConfigError, DeviceError
+from alexnet_cli.runtime.device import resolve_device
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SMALL, env_without_debug, invoke
 
-from alexnet_cli.distributed import Dist, eval_shard, from_env, train_shard
-from alexnet_cli.synthetic import make_shapes_folder
+from alexnet_cli.data.sources.synthetic import make_shapes_folder
+from alexnet_cli.runtime.distributed import Dist, eval_shard, from_env, train_shard
 
 TIMEOUT = 240
 
@@ -206,7 +205,7 @@ def test_nccl_only_where_torch_has_it(monkeypatch, nccl):
     import torch
     import torch.distributed as td
 
-    from alexnet_cli import distributed as distmod
+    from alexnet_cli.runtime import distributed as distmod
 
     monkeypatch.setattr(td, "is_nccl_available", lambda: nccl)
     started = []

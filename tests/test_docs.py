@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import invoke
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,10 +1,9 @@
 import json
 
 import torch
-
 from conftest import FAST_TRAIN, invoke
 
-from alexnet_cli.checkpoint import load_checkpoint
+from alexnet_cli.artifacts.checkpoint import load_checkpoint
 from alexnet_cli.data.folders import load_image_folder
 from alexnet_cli.data.images import open_image
 
@@ -41,7 +40,7 @@ def test_evaluate_json_agrees_with_a_hand_count(runner, shapes, trained_run):
 
 
 def test_evaluate_table_and_top_k(runner, tmp_path):
-    from alexnet_cli.synthetic import SHAPES, make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import SHAPES, make_shapes_folder
 
     make_shapes_folder(tmp_path / "d" / "train", classes=SHAPES, per_class=3, size=72)
     make_shapes_folder(tmp_path / "d" / "val", classes=SHAPES, per_class=2, size=72, seed=5)
@@ -62,7 +61,7 @@ def test_evaluate_without_any_run(runner, shapes):
 
 
 def test_evaluate_rejects_unknown_classes(runner, trained_run, tmp_path):
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     make_shapes_folder(tmp_path / "other", classes=("circle", "star"), per_class=2, size=72)
     result = invoke(runner, ["evaluate", "other", "--weights", "run/best.pt"])

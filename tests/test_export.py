@@ -3,12 +3,11 @@ import sys
 
 import pytest
 import torch
-
 from conftest import TEST_ARCH, invoke
 
-from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
+from alexnet_cli.artifacts.checkpoint import Checkpoint, load_checkpoint
 from alexnet_cli.data.preprocess import Preprocess
-from alexnet_cli.models import build_model
+from alexnet_cli.models.alexnet import build_model
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ import json
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import FAST_TRAIN, TEST_ARCH, TINY, invoke
+from PIL import Image
 
 from alexnet_cli.data.augment import Augmentation
 from alexnet_cli.data.preprocess import Preprocess
-from alexnet_cli.synthetic import make_shapes_folder
+from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
 
 def _bordered(size: int = 28) -> Image.Image:
@@ -67,7 +66,7 @@ def test_ten_crop_on_the_whole_frame_cuts_the_padded_frame(tmp_path):
     from torchvision.transforms import v2
 
     from alexnet_cli.data.images import open_image
-    from alexnet_cli.tta import eval_transforms
+    from alexnet_cli.inference.tta import eval_transforms
 
     preprocess = Preprocess.for_arch(TINY, 227, "full")
     _bordered(40).save(tmp_path / "a.png")
@@ -117,8 +116,8 @@ def test_a_bad_frame_is_a_one_line_error(runner, shapes):
 
 @pytest.mark.parametrize("pad", [-1, TINY, "wide"])
 def test_a_checkpoint_with_an_impossible_pad_is_refused(runner, shapes, tmp_path, pad):
-    from alexnet_cli.checkpoint import Checkpoint
-    from alexnet_cli.models import build_model
+    from alexnet_cli.artifacts.checkpoint import Checkpoint
+    from alexnet_cli.models.alexnet import build_model
 
     Checkpoint(arch=TEST_ARCH, class_names=("circle", "square"), preprocess=Preprocess.for_arch(TINY, 227, "full"),
                dropout=0.5, state_dict=build_model(TEST_ARCH, num_classes=2).state_dict()).save(tmp_path / "bad.pt")
@@ -133,7 +132,7 @@ def test_a_checkpoint_with_an_impossible_pad_is_refused(runner, shapes, tmp_path
 def test_resume_keeps_the_runs_frame(runner, tmp_path):
     """Small images with --frame crop: a resumed run crops as it did (auto would pick the whole frame), and a
     run from before --frame (no "frame" in its config) resumes with the crop it had."""
-    from alexnet_cli.config import TrainConfig
+    from alexnet_cli.config.settings import TrainConfig
     from alexnet_cli.training.setup import resume
 
     small = _small(tmp_path / "small")

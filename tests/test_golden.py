@@ -13,7 +13,6 @@ import hashlib
 
 import pytest
 import torch
-
 from conftest import TINY, invoke
 
 RECORDED_ON = ("AVX512", "GenuineIntel")  # cpu_kind() where GOLDEN was taken
@@ -64,7 +63,7 @@ def golden_run(runner, shapes) -> tuple[list[list[str]], str]:
 def test_the_golden_run_is_unchanged(runner, shapes):
     metrics, digest = golden_run(runner, shapes)
     # And the file is the schema, key for key (docs/checkpoint-format.md is held to the same keys).
-    from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
+    from alexnet_cli.artifacts.checkpoint import Checkpoint, load_checkpoint
 
     assert tuple(torch.load("golden/last.pt", weights_only=True)) == Checkpoint.payload_keys()
     assert load_checkpoint("golden/best.pt").training.epoch in (1, 2)

@@ -10,9 +10,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import invoke, one_error_line
+from PIL import Image
 
 from alexnet_cli.data.folders import load_image_folder
 

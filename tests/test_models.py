@@ -3,7 +3,8 @@ import torch
 import torchvision
 
 from alexnet_cli.errors import CheckpointError, ConfigError
-from alexnet_cli.models import ARCHITECTURES, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, build_model, check_image_size
+from alexnet_cli.models.alexnet import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, build_model
+from alexnet_cli.models.registry import ARCHITECTURES, check_image_size
 
 
 def n_params(model) -> int:

@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
-
 from conftest import SMALL, TEST_ARCH, TINY, env_without_debug, invoke, one_error_line
 
-from alexnet_cli import device as devmod
-from alexnet_cli.device import Precision, resolve_precision
 from alexnet_cli.errors import ConfigError, DeviceError
-from alexnet_cli.models import build_model
-from alexnet_cli.runtime import prepare_for_inference, to_device
+from alexnet_cli.models.alexnet import build_model
+from alexnet_cli.runtime import precision as devmod
+from alexnet_cli.runtime import system
+from alexnet_cli.runtime.context import prepare_for_inference, to_device
+from alexnet_cli.runtime.precision import Precision, resolve_precision
 from alexnet_cli.training import make_optimizer, train_step
 
 CPU = torch.device("cpu")
@@ -66,14 +66,14 @@ def test_the_cpu_measurement_is_remembered_per_machine_and_torch_version(tmp_pat
 
 def test_the_user_cache_folder_per_platform(monkeypatch, tmp_path):
     monkeypatch.delenv("ALEXNET_CACHE_DIR")
-    monkeypatch.setattr(devmod.Path, "home", lambda: tmp_path)
+    monkeypatch.setattr(system.Path, "home", lambda: tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert devmod.user_cache_dir() == tmp_path / "xdg" / "alexnet-cli"
-    monkeypatch.setattr(devmod.sys, "platform", "darwin")
-    assert devmod.user_cache_dir() == tmp_path / "Library" / "Caches" / "alexnet-cli"
-    monkeypatch.setattr(devmod.sys, "platform", "win32")
+    assert system.user_cache_dir() == tmp_path / "xdg" / "alexnet-cli"
+    monkeypatch.setattr(system.sys, "platform", "darwin")
+    assert system.user_cache_dir() == tmp_path / "Library" / "Caches" / "alexnet-cli"
+    monkeypatch.setattr(system.sys, "platform", "win32")
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
-    assert devmod.user_cache_dir() == tmp_path / "local" / "alexnet-cli"
+    assert system.user_cache_dir() == tmp_path / "local" / "alexnet-cli"
 
 
 def test_the_cpu_measurement_is_a_real_ratio():
@@ -135,7 +135,7 @@ def test_training_uses_fused_optimizers_and_keeps_fp32_master_weights_under_bf16
 def test_cpu_runs_flush_subnormals_so_decayed_adam_moments_stay_fast():
     """A dead unit's Adam moment decays into subnormals, on which an x86 CPU is many times slower
     (bench/denormals.py); every command's runtime on a CPU flushes them to zero."""
-    from alexnet_cli.runtime import resolve_runtime
+    from alexnet_cli.runtime.context import resolve_runtime
 
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush subnormals")
@@ -184,9 +184,9 @@ def test_bf16_training_reaches_fp32_accuracy_on_the_demo_data(tmp_path):
     2 points.
     bench/precision_accuracy.py is the full-size check (the whole demo data set, 8 epochs).
     """
-    from alexnet_cli.config import TrainConfig
+    from alexnet_cli.config.settings import TrainConfig
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
     from alexnet_cli.observer import SilentObserver
-    from alexnet_cli.synthetic import make_shapes_folder
     from alexnet_cli.training import train
 
     make_shapes_folder(tmp_path / "train", ("stripes", "rings"), 160, TINY, seed=0)
@@ -228,8 +228,8 @@ def test_the_uint8_path_gives_the_float_paths_batches(shapes, cached, frame):
             make = Chain(preprocess.decode_transforms(), crop)
             sampler = loading.EpochSampler()
             sampler.set_epoch(list(reversed(range(len(paths)))), augment_seed=7 if train else None)
-            loader = loading.make_loader(paths, labels, make, batch_size=5, workers=0, pin_memory=False,
-                                         order=sampler, cache=cache, from_cache=crop if cached else None)
+            dataset = loading.ImageDataset(paths, labels, make, cache=cache, from_cache=crop if cached else None)
+            loader = loading.make_loader(dataset, loading.LoaderSettings(batch_size=5), sampler)
             batches[on_device] = [(to_device(b, torch.device("cpu")), b) for b, *_ in loader]
         for (floats, _), (pixels, raw) in zip(batches[False], batches[True]):
             assert isinstance(raw, PixelBatch) and raw.pixels.dtype == torch.uint8
@@ -264,16 +264,16 @@ def test_decoding_threads_give_the_batches_of_one_thread_in_order(shapes):
     transform = Preprocess.for_arch(TINY, 227).eval_transforms()
     runs = {}
     for threads in (0, 2):
-        loader = loading.make_loader(paths, None, transform, batch_size=3, workers=0, pin_memory=False,
-                                     threads=threads)
+        loader = loading.make_loader(loading.ImageDataset(paths, None, transform),
+                                     loading.LoaderSettings(batch_size=3, threads=threads))
         assert isinstance(loader, loading.ThreadLoader) == (threads > 0) and len(loader) == 6
         with loader:
             runs[threads] = [(b.pixels if b is not None else None, idx, failed) for b, _, idx, failed in loader]
     for (a, ia, fa), (b, ib, fb) in zip(runs[0], runs[2], strict=True):
         assert ia == ib and fa == fb and (a is None and b is None or torch.equal(a, b))
     assert [f for *_, failed in runs[2] for f in failed][0][0] == paths.index(str(broken))
-    seeded = loading.make_loader(paths, None, transform, batch_size=3, workers=0, pin_memory=False, threads=2,
-                                 augment_seed=1)
+    seeded = loading.make_loader(loading.ImageDataset(paths, None, transform, augment_seed=1),
+                                 loading.LoaderSettings(batch_size=3, threads=2))
     assert not isinstance(seeded, loading.ThreadLoader)
 
 

@@ -3,9 +3,8 @@
 import os
 from pathlib import Path
 
-from PIL import Image
-
 from conftest import invoke
+from PIL import Image
 
 # image_id class_id species(1 cat, 2 dog) breed_id, as in the data set's annotations/*.txt
 TRAINVAL = ["Abyssinian_1 1 1 1", "Abyssinian_2 1 1 1", "beagle_1 2 2 1", "beagle_2 2 2 1", "beagle_3 2 2 1"]

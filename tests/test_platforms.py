@@ -18,10 +18,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import SMALL, TEST_ARCH, TINY, built_once, env_without_debug, invoke, make_shapes
 
-from alexnet_cli.checkpoint import Checkpoint, save_checkpoint
+from alexnet_cli.artifacts.checkpoint import Checkpoint, save_checkpoint
 from alexnet_cli.data import cache as cachemod
 from alexnet_cli.data import folders as datamod
 from alexnet_cli.data import loading
@@ -132,8 +131,8 @@ def test_a_dataset_that_cannot_be_sent_loads_in_this_process(shapes, monkeypatch
     warnings: list[str] = []
     paths = [str(p) for p in sorted((shapes / "val").rglob("*.png"))]
     unpicklable = lambda image: Preprocess.for_arch(TINY, 227).eval_transforms()(image)  # noqa: E731
-    loader = loading.make_loader(paths, [0] * len(paths), unpicklable, batch_size=4, workers=2, pin_memory=False,
-                                 warn=warnings.append)
+    loader = loading.make_loader(loading.ImageDataset(paths, [0] * len(paths), unpicklable),
+                                 loading.LoaderSettings(batch_size=4, workers=2, warn=warnings.append))
     assert loader.num_workers == 0
     assert len(warnings) == 1 and "cannot start under the 'spawn' start method" in warnings[0]
     assert "lambda" in warnings[0] and "loading in this process instead" in warnings[0]
@@ -145,8 +144,8 @@ def test_a_closed_loader_leaves_no_process_and_an_open_one_does_not_hang_the_exi
     exit with a loader still open must not wait for them forever."""
     paths = [str(p) for p in sorted((shapes / "val").rglob("*.png"))]
     before = set(multiprocessing.active_children())
-    loader = loading.make_loader(paths, None, Preprocess.for_arch(TINY, 227).eval_transforms(), batch_size=2,
-                                 workers=2, pin_memory=False)
+    loader = loading.make_loader(loading.ImageDataset(paths, None, Preprocess.for_arch(TINY, 227).eval_transforms()),
+                                 loading.LoaderSettings(batch_size=2, workers=2))
     with loader:
         assert sum(len(indices) for _, _, indices, _ in loader) == len(paths)
         workers = set(multiprocessing.active_children()) - before
@@ -156,8 +155,8 @@ def test_a_closed_loader_leaves_no_process_and_an_open_one_does_not_hang_the_exi
     left_open = textwrap.dedent(f"""
         from alexnet_cli.data import loading
         from alexnet_cli.data.preprocess import Preprocess
-        loader = loading.make_loader({paths!r}, None, Preprocess.for_arch({TINY}, 227).eval_transforms(),
-                                     batch_size=2, workers=2, pin_memory=False)
+        dataset = loading.ImageDataset({paths!r}, None, Preprocess.for_arch({TINY}, 227).eval_transforms())
+        loader = loading.make_loader(dataset, loading.LoaderSettings(batch_size=2, workers=2))
         next(iter(loader))
         print("exiting")
     """)
@@ -185,8 +184,8 @@ def test_loader_processes_start_where_there_are_no_signal_masks(shapes, monkeypa
     """Windows has no signal.pthread_sigmask: worker_init alone makes the loader processes ignore signals."""
     monkeypatch.delattr(signal, "pthread_sigmask")
     paths = [str(p) for p in sorted((shapes / "val").rglob("*.png"))]
-    with loading.make_loader(paths, None, Preprocess.for_arch(TINY, 227).eval_transforms(), batch_size=3,
-                             workers=1, pin_memory=False) as loader:
+    with loading.make_loader(loading.ImageDataset(paths, None, Preprocess.for_arch(TINY, 227).eval_transforms()),
+                             loading.LoaderSettings(batch_size=3, workers=1)) as loader:
         assert sum(len(indices) for _, _, indices, _ in loader) == len(paths)
 
 
@@ -268,7 +267,7 @@ def test_training_and_evaluation_make_no_float64_tensor_where_the_device_has_non
                     raise AssertionError(f"a float64 tensor in {func}")
             return out
 
-    from alexnet_cli import device as devmod
+    from alexnet_cli.runtime import device as devmod
 
     monkeypatch.setattr(devmod, "device_has_float64", lambda device: False)
     with NoFloat64():
@@ -302,7 +301,7 @@ def test_atomic_write_without_os_fchmod_or_a_folder_to_fsync(tmp_path, monkeypat
 
 
 def _checkpoint_with_classes(path: Path, class_names: tuple[str, ...]) -> None:
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
 
     torch.manual_seed(0)
     model = build_model(TEST_ARCH, num_classes=len(class_names))
@@ -330,7 +329,7 @@ def test_machine_output_is_utf8_on_a_cp1252_stdout(tmp_path):
 
 def test_a_best_pt_held_open_is_retried_then_only_warned_about(runner, shapes, monkeypatch):
     """Windows refuses to replace a file another program has open (alexnet predict reading best.pt)."""
-    from alexnet_cli import checkpoint as ckmod
+    from alexnet_cli.runtime import files as ckmod
 
     monkeypatch.setattr(ckmod, "PUBLISH_WAIT", 0)
     real_replace, refused = os.replace, []

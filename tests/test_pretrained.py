@@ -7,10 +7,9 @@ import urllib.error
 import pytest
 import torch
 import torchvision
+from conftest import invoke
 from PIL import Image
 from torchvision.models import AlexNet_Weights
-
-from conftest import invoke
 
 WEIGHTS = AlexNet_Weights.IMAGENET1K_V1
 

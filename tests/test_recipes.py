@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SMALL, TEST_ARCH, invoke
 
-from alexnet_cli.data.augment import POLICIES, Augmentation, batch_mix, class_weights, imbalance_warning, rgb_pca
+from alexnet_cli.config.vocabulary import AUGMENT_POLICIES as POLICIES
+from alexnet_cli.data.augment import Augmentation, batch_mix, class_weights, imbalance_warning, rgb_pca
 from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.observer import SilentObserver
 
@@ -57,7 +57,7 @@ AUGMENTATIONS = [Augmentation(policy) for policy in POLICIES] + [
 
 @pytest.mark.parametrize("augmentation", AUGMENTATIONS, ids=lambda a: a.describe())
 def test_each_augmentation_is_deterministic_per_seed_epoch_and_index(augmentation):
-    from alexnet_cli.seeds import epoch_augment_seed
+    from alexnet_cli.runtime.seeds import epoch_augment_seed
 
     crop = augmentation.train_crop(Preprocess.for_arch(32, 227))
     image = _image(0)
@@ -195,7 +195,7 @@ class _StopAfterEpoch(SilentObserver):
 def test_resume_mid_epoch_is_exact_with_every_recipe_feature(shapes, tmp_path):
     """EMA, warm-up + cosine stepped per iteration, the balanced sampler, mixup/cutmix, TrivialAugment,
     random erasing and PCA lighting: a run stopped inside epoch 2 and resumed ends bit for bit as a straight one."""
-    from alexnet_cli.config import TrainConfig
+    from alexnet_cli.config.settings import TrainConfig
     from alexnet_cli.observer import SilentObserver
     from alexnet_cli.training import TrainingInterrupted, fit
 
@@ -223,8 +223,8 @@ def test_resume_mid_epoch_is_exact_with_every_recipe_feature(shapes, tmp_path):
 
 
 def test_the_balanced_sampler_draws_each_class_equally_and_the_same_on_resume():
-    from alexnet_cli.config import TrainConfig
-    from alexnet_cli.distributed import Dist
+    from alexnet_cli.config.settings import TrainConfig
+    from alexnet_cli.runtime.distributed import Dist
     from alexnet_cli.training.setup import epoch_order
 
     labels = [0] * 90 + [1] * 10
@@ -249,10 +249,10 @@ def test_lr_find_leaves_the_model_alone_and_suggests_a_rate_in_its_range(runner,
 
 
 def test_find_lr_restores_model_optimizer_and_random_streams(shapes):
-    from alexnet_cli.config import TrainConfig
-    from alexnet_cli.distributed import SINGLE
+    from alexnet_cli.config.settings import TrainConfig
     from alexnet_cli.observer import SilentObserver
-    from alexnet_cli.runtime import resolve_runtime
+    from alexnet_cli.runtime.context import resolve_runtime
+    from alexnet_cli.runtime.distributed import SINGLE
     from alexnet_cli.training import steps_per_epoch
     from alexnet_cli.training.lrfind import find_lr
     from alexnet_cli.training.setup import list_folders, prepare_data
@@ -261,7 +261,7 @@ def test_find_lr_restores_model_optimizer_and_random_streams(shapes):
     cfg = TrainConfig(data=shapes / "train", arch=TEST_ARCH, image_size=67, batch_size=4, workers=0, scheduler="cosine", ema=0.9)
     runtime = resolve_runtime("cpu", False, "fp32", 0)
     data = prepare_data(cfg, list_folders(cfg, None, SINGLE, SilentObserver()), None, SINGLE, SilentObserver())
-    parts = TrainingParts.build(cfg, 2, runtime.device, runtime.precision, 2, SINGLE,
+    parts = TrainingParts.build(cfg, 2, runtime, 2, SINGLE,
                                 steps_per_epoch(len(data.train), 4, SINGLE))
     before = {k: v.clone() for k, v in parts.model.state_dict().items()}
     optimizer_before = parts.optimizer.state_dict()
@@ -279,8 +279,8 @@ def test_ten_crop_tta_equals_the_average_of_the_ten_crops(tmp_path):
     from PIL import Image
     from torchvision.transforms import v2
 
-    from alexnet_cli.models import build_model
-    from alexnet_cli.tta import TenCrops, eval_transforms, forward
+    from alexnet_cli.inference.tta import TenCrops, eval_transforms, forward
+    from alexnet_cli.models.alexnet import build_model
 
     preprocess = Preprocess.for_arch(67, 227)
     Image.fromarray(_image(4, 90).permute(1, 2, 0).numpy()).save(tmp_path / "a.png")
@@ -324,7 +324,7 @@ def test_evaluate_and_predict_take_tta(runner, shapes, trained_run):
 
 
 def test_each_recipe_expands_as_documented_and_flags_override(runner, shapes):
-    from alexnet_cli.recipes import RECIPES
+    from alexnet_cli.config.recipes import RECIPES
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
     for name, settings in RECIPES.items():

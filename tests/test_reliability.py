@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST_TRAIN, TEST_ARCH, invoke, one_error_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -223,9 +222,9 @@ def test_missing_and_empty_folders(runner, tmp_path, make, code, message):
 
 
 def test_checkpoint_of_another_class_count_or_architecture(runner, shapes, tmp_path):
-    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.artifacts.checkpoint import Checkpoint
     from alexnet_cli.data.preprocess import Preprocess
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
 
     # a checkpoint claiming alexnet, holding the weights of another layout (the suite's small one)
     state = build_model(TEST_ARCH, num_classes=2).state_dict()
@@ -234,7 +233,7 @@ def test_checkpoint_of_another_class_count_or_architecture(runner, shapes, tmp_p
     result = invoke(runner, ["evaluate", str(shapes / "val"), "--weights", str(tmp_path / "liar.pt")])
     assert result.exit_code == 4 and "do not fit alexnet with 2 classes" in result.stderr
     # a three-class folder against a two-class model
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     Checkpoint(arch=TEST_ARCH, class_names=("circle", "square"), preprocess=Preprocess(67, 76), dropout=0.5,
                state_dict=state).save(tmp_path / "two.pt")
@@ -314,7 +313,7 @@ def test_signal_handlers_are_restored(runner, shapes):
 
 
 def test_check_reports_counts_skips_and_leaks(runner, tmp_path):
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     make_shapes_folder(tmp_path / "d" / "train", classes=("circle", "square"), per_class=4, size=80)
     make_shapes_folder(tmp_path / "d" / "val", classes=("circle", "square"), per_class=2, size=80, seed=9)
@@ -344,7 +343,7 @@ def test_check_reports_counts_skips_and_leaks(runner, tmp_path):
 def test_os_metadata_is_ignored_without_a_word(runner, tmp_path):
     """Finder and Explorer leave .DS_Store, ._* resource forks, Thumbs.db and desktop.ini in every folder they
     open, and zip tools a __MACOSX/ tree: none of them is the user's, so --strict must not refuse the set."""
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     root = tmp_path / "d"
     make_shapes_folder(root / "train", classes=("circle", "square"), per_class=3, size=80)
@@ -380,7 +379,7 @@ def test_a_split_written_on_windows_is_read_back_here(shapes, tmp_path):
 
 
 def test_grad_cam_names_differ_where_the_file_system_ignores_case(tmp_path):
-    from alexnet_cli.explain import output_name
+    from alexnet_cli.inference.gradcam import output_name
 
     taken: set[str] = set()
     first = output_name(tmp_path, "a/IMG_1.jpg", "cat", 0.9, taken)

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_TRAIN, invoke
 from PIL import Image
 
-from conftest import FAST_TRAIN, invoke
-
-from alexnet_cli.data import headers
+from alexnet_cli.data import headers, loading
 from alexnet_cli.data import index as indexmod
-from alexnet_cli.data import loading
 from alexnet_cli.data.folders import load_image_folder
 from alexnet_cli.data.images import UnreadableImage
 from alexnet_cli.data.preprocess import Preprocess
@@ -221,7 +219,7 @@ def test_a_spawned_worker_gets_100_000_samples_in_a_pickle_under_1_mb():
 def _thousand_classes():
     """A result over 1,000 classes of 50 images each: class i is right 50 - (i % 40) times and otherwise taken
     for class i + 1; class 999 is also taken for class 3 seven times."""
-    from alexnet_cli.evaluation import EvalResult
+    from alexnet_cli.inference.evaluate import EvalResult
 
     n = 1000
     confusion = [[0] * n for _ in range(n)]
@@ -237,7 +235,7 @@ def _thousand_classes():
 
 @pytest.mark.parametrize("columns", [80, 100])
 def test_evaluate_summarises_1000_classes_in_a_screenful_and_json_keeps_everything(capsys, monkeypatch, columns):
-    from alexnet_cli import console
+    from alexnet_cli.cli import tables as console
 
     monkeypatch.setattr(console.console, "width", columns)
     report = _thousand_classes().to_dict()
@@ -266,7 +264,7 @@ def test_the_confusion_picture_at_1000_classes_shows_the_most_confused_ones(tmp_
     pytest.importorskip("matplotlib")
     from PIL import Image as PILImage
 
-    from alexnet_cli.plots import CONFUSION_CLASSES, most_confused_classes, write_confusion
+    from alexnet_cli.reporting.plots import CONFUSION_CLASSES, most_confused_classes, write_confusion
 
     result = _thousand_classes()
     chosen = most_confused_classes(result.confusion)

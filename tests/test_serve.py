@@ -23,11 +23,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi", reason="alexnet serve's extra is not installed: pip install '.[serve]'")
-import httpx  # noqa: E402
+import httpx
+from conftest import env_without_debug, invoke
 
-from conftest import env_without_debug, invoke  # noqa: E402
-
-from alexnet_cli.config import ServeConfig  # noqa: E402
+from alexnet_cli.config.settings import ServeConfig
 
 UPLOAD_MB = 1  # the servers under test refuse uploads over 1 MB, so that the 413s stay cheap
 
@@ -88,9 +87,9 @@ def checkpoint(tmp_path_factory) -> Path:
     import torch
     from alexnet_test_arch import TEST_ARCH
 
-    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.artifacts.checkpoint import Checkpoint
     from alexnet_cli.data.preprocess import Preprocess
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
 
     torch.manual_seed(0)
     model = build_model(TEST_ARCH, num_classes=64)

@@ -3,10 +3,9 @@ import json
 import pytest
 import torch
 import torchvision
-
 from conftest import invoke
 
-from alexnet_cli.summary import size_arithmetic, summarize
+from alexnet_cli.models.summary import size_arithmetic, summarize
 
 WRITEUP_SHAPES = [
     [96, 55, 55], [96, 27, 27], [256, 27, 27], [256, 13, 13], [384, 13, 13], [384, 13, 13],
@@ -78,9 +77,9 @@ def test_summary_rejects_too_small_input(runner):
 
 
 def test_summary_from_checkpoint(runner, tmp_path):
-    from alexnet_cli.checkpoint import Checkpoint
+    from alexnet_cli.artifacts.checkpoint import Checkpoint
     from alexnet_cli.data.preprocess import Preprocess
-    from alexnet_cli.models import build_model
+    from alexnet_cli.models.alexnet import build_model
 
     model = build_model("alexnet-paper", num_classes=3)
     path = tmp_path / "paper.pt"

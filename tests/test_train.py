@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST_TRAIN, TEST_ARCH, invoke, one_error_line, solid_folder
 
 
@@ -110,7 +109,7 @@ def test_resume_extends_a_finished_run_and_refuses_to_redo_it(runner, shapes):
 
 
 def test_val_split_is_stratified_saved_and_reused(runner, tmp_path):
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     make_shapes_folder(tmp_path / "pics", classes=("circle", "square", "triangle"), per_class=10, size=72)
     result = invoke(runner, ["train", "pics", "--epochs", "1", "--output", "run", "--val-split", "0.2", *FAST_TRAIN])
@@ -125,7 +124,7 @@ def test_val_split_is_stratified_saved_and_reused(runner, tmp_path):
 
 
 def test_default_split_when_there_is_no_val_folder(runner, tmp_path):
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     make_shapes_folder(tmp_path / "pics", classes=("circle", "square"), per_class=10, size=72)
     result = invoke(runner, ["train", "pics", "--epochs", "1", "--output", "run", *FAST_TRAIN])
@@ -177,7 +176,7 @@ def test_bad_training_options(runner, shapes, args, code, message):
 
 
 def test_one_class_and_mismatched_validation(runner, tmp_path):
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     make_shapes_folder(tmp_path / "one", classes=("circle",), per_class=4, size=72)
     result = invoke(runner, ["train", "one", *FAST_TRAIN])
@@ -190,7 +189,7 @@ def test_one_class_and_mismatched_validation(runner, tmp_path):
 
 
 def test_val_split_zero_trains_without_validation(runner, tmp_path):
-    from alexnet_cli.synthetic import make_shapes_folder
+    from alexnet_cli.data.sources.synthetic import make_shapes_folder
 
     make_shapes_folder(tmp_path / "pics", classes=("circle", "square"), per_class=4, size=72)
     result = invoke(runner, ["train", "pics", "--epochs", "1", "--output", "run", "--val-split", "0", *FAST_TRAIN])

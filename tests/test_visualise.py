@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_TRAIN, invoke, one_error_line
 from PIL import Image, ImageDraw
 
-from conftest import FAST_TRAIN, invoke, one_error_line
-
-from alexnet_cli import explain
-from alexnet_cli.models import ARCHITECTURES, arch_info, build_model
-from alexnet_cli.plots import PLOTS_HINT
+from alexnet_cli.inference import gradcam as explain
+from alexnet_cli.models.alexnet import build_model
+from alexnet_cli.models.registry import ARCHITECTURES, arch_info
 
 
 def _train(runner, data: Path, *extra: str, output: str = "run"):
@@ -50,7 +49,7 @@ def test_training_writes_curves_and_confusion_pngs_and_a_sparkline(runner, shape
 def test_without_matplotlib_training_succeeds_and_says_how_to_get_plots(runner, shapes, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     result = _train(runner, shapes / "train")
-    assert PLOTS_HINT in result.output
+    assert "plots need matplotlib: pip install 'alexnet-cli[plots]', then alexnet plot RUN_DIR" in result.output
     assert not (tmp_path / "run" / "curves.png").exists() and (tmp_path / "run" / "best.pt").is_file()
     failed = invoke(runner, ["plot", "run"])
     assert failed.exit_code == 2 and "pip install 'alexnet-cli[plots]'" in one_error_line(failed)
@@ -142,7 +141,7 @@ def test_grad_cam_peaks_inside_the_object_the_model_detects(runner, tmp_path):
     result = invoke(runner, ["train", "blobs/train", "--val", "blobs/val", "--image-size", "128", "--epochs", "2",
                              "--batch-size", "8", "--workers", "0", "--output", "run"])
     assert result.exit_code == 0, result.output
-    from alexnet_cli.checkpoint import load_checkpoint
+    from alexnet_cli.artifacts.checkpoint import load_checkpoint
     from alexnet_cli.data.images import open_image
 
     checkpoint = load_checkpoint(Path("run/best.pt"))

@@ -4,18 +4,23 @@ imported inside the command with the serve extra's packages."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from alexnet_cli import console
-from alexnet_cli.cli.common import DEVICE_HELP, NEWEST_BEST_DEFAULT, PRECISION_HELP, _boundary, app
-from alexnet_cli.config import ServeConfig
+from alexnet_cli.cli.app import boundary
+from alexnet_cli.cli.options import DEVICE_HELP, NEWEST_BEST_DEFAULT, PRECISION_HELP
+from alexnet_cli.cli.progress import RichObserver
+from alexnet_cli.config.settings import ServeConfig
+from alexnet_cli.errors import require_extra
+
+# The modules the serve extra installs (python-multipart's is python_multipart: `multipart` is its deprecated
+# alias, and the name of an unrelated package too).
+SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart", "prometheus_client")
 
 
-@app.command()
 def serve(
-    weights: Annotated[Optional[Path], typer.Argument(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
+    weights: Annotated[Path | None, typer.Argument(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Serve torchvision's ImageNet weights (1000 classes).")] = False,
     name: Annotated[str, typer.Option(help="The model's name in the protocol's paths: /v2/models/NAME.")
@@ -39,11 +44,12 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: a page to try it, /predict, the Open Inference Protocol, metrics (pip install
     'alexnet-cli\\[serve]')."""
-    from alexnet_cli.serving.server import serve as run_server
-
-    with _boundary():
+    with boundary():
         cfg = ServeConfig(weights=weights, pretrained=pretrained, name=name, host=host, port=port,
                           max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           max_upload_mb=max_upload_mb, top_k=top_k, device=device, no_cuda=no_cuda,
                           precision=precision)
-        run_server(cfg, console.RichObserver())
+        require_extra("alexnet serve needs its extra", "serve", SERVE_MODULES)
+        from alexnet_cli.serving.server import serve as run_server
+
+        run_server(cfg, RichObserver())

@@ -7,8 +7,9 @@
   cache.py      the decoded images kept in memory, where they fit
   preprocess.py the model's input pipeline (stored in checkpoints); augment.py, training's random half
   loading.py    datasets, samplers and loaders: what carries images to the model
-  datasets.py, imagenet.py   `alexnet data`: benchmark sets laid out as image folders
+  checks.py     `alexnet check`: counts, unreadable files, odd images, train/val duplicates
+  sources/      the data sets the tool makes or fetches (the demo's, Pet, Fashion-MNIST, CIFAR-10, ImageNet)
 
-Nothing here imports torch or torchvision at import time: a loader process started by spawn imports these
-modules to unpickle its transforms, and the CLI imports them to start.
+torchvision is imported inside the functions that need it: it imports torch._dynamo, about a second that
+training, evaluate and predict with their default options never need.
 """

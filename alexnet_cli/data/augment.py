@@ -12,13 +12,16 @@ by sample: with it, the samples are finished on the CPU as floats (the float pat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alexnet_cli.errors import ConfigError
+import torch
 
-POLICIES = ("flip", "trivial", "randaugment", "autoaugment", "augmix", "none")
+from alexnet_cli.config.settings import TrainConfig
+from alexnet_cli.config.vocabulary import AUGMENT_POLICIES, check_choice
+from alexnet_cli.data.preprocess import Chain, RandomCropPixels, ToPixels
+from alexnet_cli.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,14 @@ class Augmentation:
     pca_eigvec: tuple[tuple[float, ...], ...] = ()  # columns are the eigenvectors
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"unknown --augment {self.policy!r}: choose one of {', '.join(POLICIES)}")
+        check_choice("--augment", self.policy, AUGMENT_POLICIES)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, pca: tuple[Sequence[float], Sequence[Sequence[float]]] | None = None
+                    ) -> Augmentation:
+        """A run's augmentation; `pca` is (eigenvalues, eigenvectors) of the training set's colours."""
+        eigval, eigvec = pca if pca is not None else ((), ())
+        return cls(cfg.augment, cfg.random_erasing, cfg.pca_lighting, tuple(eigval), tuple(tuple(v) for v in eigvec))
 
     @property
     def on_cpu_floats(self) -> bool:
@@ -52,12 +61,9 @@ class Augmentation:
     def train_crop(self, preprocess, on_device: bool = True) -> Callable:
         """The training half after the decode, from a uint8 CHW tensor at the resize. The draws come in the
         same order on both paths (crop, policy, flip), so the uint8 and float paths give the same samples."""
-        from alexnet_cli.data.preprocess import Chain, RandomCropPixels, ToPixels
-
         if on_device and not self.on_cpu_floats and self.policy == "flip":  # the default, torchvision-free
             return Chain(RandomCropPixels(preprocess.image_size, preprocess.pad),
                          ToPixels(preprocess.mean, preprocess.std, 0.5, self.random_erasing))
-        import torch
         from torchvision.transforms import v2
 
         if self.policy == "none":
@@ -104,8 +110,6 @@ class PCALighting:
         self.sigma, self.eigval, self.eigvec = sigma, tuple(eigval), tuple(tuple(row) for row in eigvec)
 
     def __call__(self, image):
-        import torch
-
         alpha = torch.randn(3) * self.sigma
         shift = torch.tensor(self.eigvec, dtype=torch.float32) @ (alpha * torch.tensor(self.eigval))
         return image + shift.view(3, 1, 1).to(image.dtype)
@@ -114,8 +118,6 @@ class PCALighting:
 def rgb_pca(images: Iterable) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
     """(eigenvalues, eigenvectors as columns) of the RGB covariance over every pixel of `images` (uint8 CHW
     tensors, 3 channels), on the [0, 1] scale, largest eigenvalue first. Sums in float64, image by image."""
-    import torch
-
     count = 0
     total = torch.zeros(3, dtype=torch.float64)
     outer = torch.zeros(3, 3, dtype=torch.float64)
@@ -137,10 +139,10 @@ def rgb_pca(images: Iterable) -> tuple[tuple[float, ...], tuple[tuple[float, ...
 def batch_mix(mixup: float, cutmix: float, num_classes: int):
     """v2.MixUp and/or v2.CutMix on (images, labels) -> (mixed images, soft labels); one of the two, drawn
     per batch, when both are given (as torchvision's reference does). None when both are off."""
-    if mixup <= 0 and cutmix <= 0:
-        return None
     from torchvision.transforms import v2
 
+    if mixup <= 0 and cutmix <= 0:
+        return None
     mixes = []
     if mixup > 0:
         mixes.append(v2.MixUp(alpha=mixup, num_classes=num_classes))

@@ -8,23 +8,19 @@ machine's, capped by a container's limit, which the kernel enforces by killing t
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
+
+from alexnet_cli.data.folders import ImageSet
 from alexnet_cli.data.images import UnreadableImage, open_image_in_scope, pillow_warnings, scan_threads
 from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import ConfigError, DataError
 from alexnet_cli.observer import no_progress
-
-if TYPE_CHECKING:
-    import torch
-
-    from alexnet_cli.data.folders import ImageSet
-
-CACHE_MODES = ("auto", "ram", "off")
 
 
 def available_memory() -> int | None:
@@ -53,8 +49,6 @@ def _machine_available() -> int | None:
 
 
 def _windows_available() -> int | None:
-    import ctypes
-
     class MemoryStatus(ctypes.Structure):  # MEMORYSTATUSEX
         _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong)] + [
             (name, ctypes.c_ulonglong) for name in ("ullTotalPhys", "ullAvailPhys", "ullTotalPageFile",
@@ -180,8 +174,6 @@ class ImageCache:
     def decoded_bytes(self, sizes: torch.Tensor) -> int:
         """What images of these (width, height) take once decoded: the short side resized to resize_size
         (ShortSideResize), 3 bytes a pixel."""
-        import torch
-
         short = sizes.min(dim=1).values.long().clamp(min=1)
         long = sizes.max(dim=1).values.long()
         return int(torch.sum(3 * self.draft_size * (self.draft_size * long // short)))
@@ -231,8 +223,6 @@ class ImageCache:
         return self.decode(open_image_in_scope(path, self.draft_size))
 
     def add(self, path: str, pixels: torch.Tensor) -> None:
-        import torch
-
         size = pixels.numel()  # fill() has checked, from the headers, that all of them fit
         if not self.blocks or self.fill_bytes + size > self.blocks[-1].numel():
             self.blocks.append(torch.empty(max(self.BLOCK_BYTES, size), dtype=torch.uint8))

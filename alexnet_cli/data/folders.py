@@ -7,6 +7,7 @@ buffers rather than millions of Python objects.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
@@ -14,20 +15,25 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from alexnet_cli.data import index as indexmod
 from alexnet_cli.data.headers import DECODE_DRAFT_SIZE
-from alexnet_cli.data.images import (IMAGE_EXTENSIONS, UnreadableImage, is_image_file, open_image_in_scope,
-                                     pillow_warnings, scan_threads, visible_folders)
+from alexnet_cli.data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImage,
+    is_image_file,
+    open_image_in_scope,
+    pillow_warnings,
+    scan_threads,
+    visible_folders,
+)
 from alexnet_cli.data.samples import Paths, Strings
 from alexnet_cli.errors import DataError
 from alexnet_cli.observer import Progress, no_progress
-
-if TYPE_CHECKING:
-    import torch
-
-    from alexnet_cli.distributed import Dist
+from alexnet_cli.runtime.distributed import Dist, from_local_rank_zero
 
 CHECKS = ("index", "decode", "none")
 
@@ -51,13 +57,9 @@ class ImageSet:
         return Paths(str(self.root), self.names)
 
     def counts(self) -> list[int]:
-        import torch
-
         return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
 
     def subset(self, positions: Sequence[int] | torch.Tensor, skipped: tuple[str, ...] = ()) -> ImageSet:
-        import torch
-
         positions = torch.as_tensor(positions, dtype=torch.long)
         sizes = self.sizes[positions] if self.sizes is not None else None
         return ImageSet(self.root, self.classes, self.names.take(positions), self.labels[positions], sizes, skipped)
@@ -92,8 +94,6 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
     Files that are not used are listed in `skipped` with the reason; with `strict`, the first is an error.
     `report` is told one line about the index.
     """
-    import torch
-
     if check not in CHECKS:
         raise ValueError(check)
     root = Path(root)
@@ -140,8 +140,6 @@ def _shared_index(root: Path, found: Sequence[str], progress, dist: Dist | None,
         built = indexmod.build_index(root, found, progress)
         report(built.describe())
         return built.index
-    from alexnet_cli.distributed import from_local_rank_zero
-
     if dist.local_rank == 0:
         built = indexmod.build_index(root, found, progress)
         report(built.describe())
@@ -236,8 +234,6 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     A file named explicitly is kept whatever its extension; files found in folders or by globs must look
     like images. Order is stable: inputs in the order given, each folder's files sorted.
     """
-    import glob
-
     found: list[str] = []
     problems: list[str] = []
     for item in inputs:

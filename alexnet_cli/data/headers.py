@@ -4,6 +4,9 @@ does. The folder index (index.py) checks every file with check_file once."""
 from __future__ import annotations
 
 import os
+import zlib
+
+from PIL import Image
 
 from alexnet_cli.data.images import UnreadableImage, open_image_in_scope
 
@@ -28,8 +31,6 @@ def check_file(path: str) -> tuple[int, int]:
     with the files in the page cache, one thread checked 56,000 files/s this way against about 6,500 with
     Image.open. Anything header_size cannot place goes to Pillow.
     """
-    from PIL import Image
-
     limit = Image.MAX_IMAGE_PIXELS
     with open(path, "rb") as handle:
         head = handle.read(HEAD_BYTES)
@@ -61,8 +62,6 @@ JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0
 def header_size(head: bytes) -> tuple[str, int, int] | None:
     """("JPEG" or "PNG", width, height) from a file's first bytes, or None where they do not say (another
     format, a header longer than `head`, or a malformed one: Pillow then decides)."""
-    import zlib
-
     if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR" and len(head) >= 33:
         if zlib.crc32(head[12:29]) != int.from_bytes(head[29:33], "big"):
             return None
@@ -91,8 +90,6 @@ def header_size(head: bytes) -> tuple[str, int, int] | None:
 
 def _check_with_pillow(path: str, handle, limit: int | None) -> tuple[int, int]:
     """check_file for what header_size cannot place: Pillow opens it, and a JPEG's or PNG's end is checked."""
-    from PIL import Image
-
     handle.seek(0)
     try:
         image = Image.open(handle)
@@ -100,7 +97,7 @@ def _check_with_pillow(path: str, handle, limit: int | None) -> tuple[int, int]:
         # Pillow's own check, as it reads the header: over the limit warns (an error here), over twice the
         # limit raises.
         raise UnreadableImage(f"{path}: refused as a possible decompression bomb ({exc})") from None
-    except Exception:  # noqa: BLE001 - Pillow says why in many ways; the decode below names it
+    except Exception:
         open_image_in_scope(path, DECODE_DRAFT_SIZE)
         raise UnreadableImage(f"{path}: not an image (no image format recognised)") from None
     with image:

@@ -12,12 +12,11 @@ import struct
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
+
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from alexnet_cli.errors import DataError
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -48,8 +47,6 @@ def is_image_file(path: str | Path) -> bool:
 
 def _to_rgb(image):
     """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit and float greys scaled, CMYK converted."""
-    from PIL import Image
-
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         # Composite transparency onto a fixed white background rather than dropping the alpha, which would
         # turn transparent pixels into whatever colour they happen to store.
@@ -69,8 +66,6 @@ def pillow_warnings():
     """Pillow's warnings while images open: a decompression bomb is an error, notes on damaged metadata are
     hidden (the file is judged by whether it decodes). Warning filters are process-wide, so a parallel scan
     enters this once around all its threads rather than once per image."""
-    from PIL import Image
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -81,8 +76,6 @@ def open_image_in_scope(path: str | Path | BinaryIO, draft_size: int | None, nam
                         formats: tuple[str, ...] | None = None) -> Image.Image:
     """open_image, inside pillow_warnings(). `name` is what a message calls the image (its path by default);
     `formats` limits the formats Pillow tries (every format it knows by default)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     name = name or str(path)
     try:
         with Image.open(path, formats=formats) as image:

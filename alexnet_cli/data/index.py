@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import time
 import warnings
 from array import array
@@ -25,15 +26,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from PIL import Image
 
 from alexnet_cli.data.headers import check_file
 from alexnet_cli.data.images import IMAGE_EXTENSIONS, UnreadableImage, is_os_metadata, pillow_warnings, visible_folders
 from alexnet_cli.data.samples import Strings, StringsBuilder
 from alexnet_cli.observer import Progress, no_progress
-
-if TYPE_CHECKING:
-    import torch
+from alexnet_cli.runtime.system import user_cache_dir
 
 FORMAT = "alexnet-cli folder index"
 VERSION = 1
@@ -64,8 +66,6 @@ class Listing:
 def walk(root: Path, folders: Sequence[str], stat: bool = True) -> Listing:
     """Every file under `root/<folder>` for each of `folders`, as os.walk with sorted names visits them (each
     folder's files, then its visible subfolders), with one stat per file when `stat`."""
-    import torch
-
     names, folder, size, mtime = StringsBuilder(), array("i"), array("q"), array("q")
     excluded: dict[int, str] = {}
     root_text = str(root)
@@ -156,8 +156,6 @@ class FolderIndex:
     def from_dict(cls, data: dict[str, Any], root: str) -> FolderIndex | None:
         """The index in `data`, or None when it is not one for `root` under today's settings, or is damaged
         (then it is built again: it only ever saves time)."""
-        import torch
-
         try:
             if (data.get("format"), data.get("version"), data.get("settings"), data.get("root")) != (
                     FORMAT, VERSION, settings(), root):
@@ -181,24 +179,17 @@ class FolderIndex:
 
 def settings() -> dict[str, Any]:
     """What a file's verdict depends on besides the file: a change to these checks every file again."""
-    from PIL import Image
-
     return {"max_pixels": Image.MAX_IMAGE_PIXELS, "extensions": list(IMAGE_EXTENSIONS)}
 
 
 def index_file(root: str) -> Path:
     """Where the index of `root` (a resolved path) is kept: the user's cache folder, never the data folder."""
-    from alexnet_cli.device import user_cache_dir
-
     digest = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     label = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(root).name)[:40] or "root"
     return user_cache_dir() / "index" / f"{label}-{digest}.pt"
 
 
 def read_index(root: str) -> FolderIndex | None:
-    import pickle
-
-    import torch
 
     path = index_file(root)
     try:
@@ -214,8 +205,6 @@ def read_index(root: str) -> FolderIndex | None:
 
 def write_index(index: FolderIndex) -> str | None:
     """Save it atomically; None, or why it could not be saved (then the next run builds it again)."""
-    import torch
-
     path = index_file(index.root)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
@@ -250,8 +239,6 @@ class IndexReport:
 def build_index(root: Path, folders: Sequence[str], progress: Progress = no_progress) -> IndexReport:
     """The index of `root`: the saved one where files are unchanged, with new and changed files checked now,
     and saved again when anything changed."""
-    import torch
-
     started = time.perf_counter()
     resolved = os.path.realpath(root)
     listing = walk(root, folders)
@@ -339,8 +326,6 @@ def _verdict(path: str) -> tuple[int, int] | str:
 
 def _unchanged(saved: FolderIndex, listing: Listing) -> tuple[torch.Tensor, torch.Tensor]:
     """Per file of `listing`: whether the saved index has it with the same size and mtime, and where."""
-    import torch
-
     if saved.listing.names.equal(listing.names):  # the usual case, compared without a string per file
         same = (saved.listing.size == listing.size) & (saved.listing.mtime_ns == listing.mtime_ns)
         return same, torch.arange(len(listing.names))

@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -32,8 +33,9 @@ from alexnet_cli.data.cache import ImageCache
 from alexnet_cli.data.images import UnreadableImage, open_image
 from alexnet_cli.data.preprocess import PixelBatch, Pixels
 from alexnet_cli.data.samples import Paths
-from alexnet_cli.errors import DataError
-from alexnet_cli.seeds import sample_seed
+from alexnet_cli.errors import DataError, first_line
+from alexnet_cli.runtime.context import Runtime
+from alexnet_cli.runtime.seeds import sample_seed
 
 
 class ImageDataset:
@@ -55,6 +57,8 @@ class ImageDataset:
         self.draft_size = draft_size
         self.cache = cache
         self.from_cache = from_cache  # the second half of `transform`, for the cached pixels
+        if cache is not None and from_cache is None:
+            raise ValueError("a cache needs the second half of the transform (from_cache)")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -266,45 +270,50 @@ def why_not_picklable(*objects) -> str | None:
     try:
         _TensorsByReference(io.BytesIO()).dump(objects)
     except Exception as exc:  # pickling fails with AttributeError, TypeError or PicklingError, among others
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return first_line(exc)
     return None
 
 
-def make_loader(
-    paths: Paths | Sequence[str],
-    labels: torch.Tensor | Sequence[int] | None,
-    transform: Callable,
-    *,
-    batch_size: int,
-    workers: int,
-    pin_memory: bool,
-    order: Sequence[int] | EpochSampler | None = None,
-    augment_seed: int | None = None,
-    draft_size: int | None = None,
-    cache: ImageCache | None = None,
-    from_cache: Callable | None = None,
-    warn: Callable[[str], None] = lambda message: None,
-    threads: int = 0,
-) -> Loader | ThreadLoader:
-    """Batches in `order` (default: as given), or as an EpochSampler says. Each batch is
-    (images, labels, indices, failed). Images in `cache` skip the file and the first half of `transform`:
-    `from_cache` is the rest (Preprocess.train_crop or eval_crop).
+def _ignore(message: str) -> None:
+    pass
 
-    With no workers, `threads` decode an unaugmented dataset on threads (ThreadLoader).
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a loader carries a dataset: what every command's runtime decides, the same for each of its loaders."""
+
+    batch_size: int
+    workers: int = 0  # loader processes
+    pin_memory: bool = False  # page-locked host memory makes non_blocking copies to CUDA asynchronous
+    threads: int = 0  # with no workers: threads that decode an unaugmented dataset (evaluate, predict)
+    warn: Callable[[str], None] = _ignore  # told, in one line, when loader processes cannot start
+
+
+    @classmethod
+    def for_runtime(cls, runtime: Runtime, batch_size: int, warn: Callable[[str], None] = _ignore,
+                    threads: int = 0) -> LoaderSettings:
+        return cls(batch_size, runtime.workers, runtime.pin_memory, threads, warn)
+
+
+def make_loader(dataset: ImageDataset, settings: LoaderSettings,
+                order: Sequence[int] | EpochSampler | None = None) -> Loader | ThreadLoader:
+    """Batches of `dataset` in `order` (default: as given), or as an EpochSampler says. Each batch is
+    (images, labels, indices, failed).
+
+    With no workers, `settings.threads` decode an unaugmented dataset on threads (ThreadLoader).
     With workers, the loader's processes persist from one pass to the next (a loader iterated once per epoch
     starts them once) until the loader is closed. Where the dataset cannot be sent to a process started by
-    spawn or forkserver, `warn` is told so in one line and the images load in this process instead.
+    spawn or forkserver, `settings.warn` is told so in one line and the images load in this process instead.
     """
-    if cache is not None and from_cache is None:
-        raise ValueError("a cache needs the second half of the transform (from_cache)")
-    dataset = ImageDataset(paths, labels, transform, augment_seed, draft_size, cache, from_cache)
-    if threads > 0 and workers == 0 and augment_seed is None and not isinstance(order, EpochSampler):
+    batch_size, workers, pin_memory, threads = settings.batch_size, settings.workers, settings.pin_memory, \
+        settings.threads
+    if threads > 0 and workers == 0 and dataset.augment_seed is None and not isinstance(order, EpochSampler):
         return ThreadLoader(dataset, batch_size, order, threads, pin_memory)
     method = start_method() if workers > 0 else "fork"
     if method != "fork":  # fork copies the process; spawn and forkserver pickle what the workers receive
         reason = why_not_picklable(dataset, collate_readable, worker_init)
         if reason is not None:
-            warn(f"loader processes cannot start under the {method!r} start method ({reason}); "
+            settings.warn(f"loader processes cannot start under the {method!r} start method ({reason}); "
                  "loading in this process instead")
             workers = 0
     sampler = order if isinstance(order, EpochSampler) or order is None else list(order)
@@ -319,7 +328,7 @@ def make_loader(
         collate_fn=collate_readable,
         # Every new iterator draws a seed from this generator; without one it would draw from the global RNG
         # and shift the dropout masks of everything after it, so a resumed run would drift from a straight one.
-        generator=torch.Generator().manual_seed(augment_seed or 0),
+        generator=torch.Generator().manual_seed(dataset.augment_seed or 0),
     )
     if workers > 0:
         _OPEN.add(loader)

@@ -15,7 +15,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
+from alexnet_cli.config.settings import TrainConfig
 from alexnet_cli.errors import DataError
+from alexnet_cli.models.registry import arch_info
 
 # ImageNet statistics, as torchvision's weights use them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,6 +58,11 @@ class Preprocess:
             return cls(image_size=image_size, resize_size=image_size, pad=(resize_size - image_size) // 2)
         return cls(image_size=image_size, resize_size=resize_size)
 
+    @classmethod
+    def for_training(cls, cfg: TrainConfig) -> Preprocess:
+        """A training run's: its input size and framing (--image-size, --frame), stored in every checkpoint."""
+        return cls.for_arch(cfg.effective_image_size, arch_info(cfg.arch).default_image_size, cfg.frame or "crop")
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)
@@ -82,7 +91,6 @@ class Preprocess:
         return ShortSideResize(self.resize_size, self.interpolation)
 
     def _tail(self) -> list:
-        import torch
         from torchvision.transforms import v2
 
         return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
@@ -129,8 +137,6 @@ class ShortSideResize:
         self.size, self.interpolation = size, interpolation
 
     def __call__(self, image):
-        import torch
-
         width, height = image.size
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.size, int(self.size * long / short)
@@ -152,8 +158,6 @@ class RandomCropPixels:
         self.size, self.pad = size, pad
 
     def __call__(self, image):
-        import torch
-
         if self.pad:
             image = torch.nn.functional.pad(image, [self.pad] * 4, value=0)
         height, width = image.shape[-2:]
@@ -172,8 +176,6 @@ class CenterCropPixels:
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
 
     def __call__(self, image) -> Pixels:
-        import torch
-
         height, width = image.shape[-2:]
         if height < self.size or width < self.size:  # torchvision pads first; rare enough to leave to it
             from torchvision.transforms import v2
@@ -214,8 +216,6 @@ class ToPixels:
             self.eraser = v2.RandomErasing(p=erasing_p, value=0)  # the float path's, for its make_params
 
     def __call__(self, image) -> Pixels:
-        import torch
-
         flip = bool(torch.rand(1) < self.flip_p) if self.flip_p > 0 else False
         erase = None
         if self.erasing_p > 0 and torch.rand(1) < self.erasing_p:
@@ -238,8 +238,6 @@ class PixelBatch:
 
     @classmethod
     def stack(cls, samples: list[Pixels]) -> PixelBatch:
-        import torch
-
         erase = None
         if any(s.erase is not None for s in samples):
             erase = torch.tensor([s.erase or NO_BOX for s in samples])
@@ -255,8 +253,6 @@ class PixelBatch:
     def to_model(self, device, dtype=None, memory_format=None):
         """On the device: flip, scale to [0, 1], normalise and erase, with the very ops the float path's
         torchvision v2 functionals run per sample, batched."""
-        import torch
-
         images = self.pixels.to(device, non_blocking=True)
         if bool(self.flips.any()):  # v2.functional.horizontal_flip
             flips = self.flips.to(device, non_blocking=True).view(-1, 1, 1, 1)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
 # Paths are stored as UTF-8, with the surrogates Python uses for undecodable file-name bytes kept as they are.
 _ERRORS = "surrogateescape"
@@ -57,8 +55,6 @@ class Strings(Sequence[str]):
 
     def take(self, indices: Sequence[int] | torch.Tensor) -> Strings:
         """The strings at `indices`, in that order, as a new table."""
-        import torch
-
         indices = torch.as_tensor(indices, dtype=torch.long)
         starts, ends = self.offsets[indices], self.offsets[indices + 1]
         lengths = ends - starts
@@ -70,8 +66,6 @@ class Strings(Sequence[str]):
         return Strings(self.buffer[positions], offsets)
 
     def equal(self, other: Strings) -> bool:
-        import torch
-
         return torch.equal(self.offsets, other.offsets) and torch.equal(self.buffer, other.buffer)
 
     def nbytes(self) -> int:
@@ -93,8 +87,6 @@ class StringsBuilder:
         return len(self.offsets) - 1
 
     def finish(self) -> Strings:
-        import torch
-
         buffer = torch.frombuffer(self.data, dtype=torch.uint8) if self.data else torch.empty(0, dtype=torch.uint8)
         offsets = torch.frombuffer(self.offsets, dtype=torch.long).clone()
         return Strings(buffer.clone(), offsets)

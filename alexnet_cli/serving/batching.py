@@ -14,6 +14,7 @@ yet answered, `admit` refuses at once (Overloaded), before the request's image i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -125,10 +126,8 @@ class Batcher:
         """After the server has drained: nothing is pending any more."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._forward.shutdown(wait=True)
 

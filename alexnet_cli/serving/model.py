@@ -8,49 +8,43 @@ with predict's runtime choices (device, precision, channels_last), and warmed up
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import time
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
 
 from alexnet_cli import __version__
+from alexnet_cli.config.settings import ServeConfig
 from alexnet_cli.data.images import open_upload
-from alexnet_cli.data.preprocess import Pixels, PixelBatch
-from alexnet_cli.prediction import load_predictor, ranked
-from alexnet_cli.runtime import prepare_for_inference, resolve_runtime, to_device
-
-if TYPE_CHECKING:
-    import torch
-    from PIL import Image
-
-    from alexnet_cli.config import ServeConfig
-    from alexnet_cli.observer import Observer
-    from alexnet_cli.prediction import Predictor
-    from alexnet_cli.runtime import Runtime
+from alexnet_cli.data.preprocess import PixelBatch, Pixels
+from alexnet_cli.inference import gradcam as explain
+from alexnet_cli.inference.predict import Predictor, load_predictor, ranked
+from alexnet_cli.models.alexnet import AlexNet
+from alexnet_cli.observer import Observer
+from alexnet_cli.runtime.context import Runtime, prepare_for_inference, resolve_runtime, to_device
 
 # The Grad-CAM overlay is drawn on the image scaled to at most this many pixels a side: enough for a page,
 # and a PNG of a phone photo at full size would be megabytes of base64.
 OVERLAY_SIDE = 448
 
 
-def batched_forward(model, runtime: Runtime):
-    """The forward pass the batcher runs: on the CPU in fp32, with the classifier's Linear layers holding their
-    weights in oneDNN's own layout; elsewhere, the model itself.
+def batched_forward(model: nn.Module, runtime: Runtime) -> nn.Module:
+    """The model the batcher runs: on the CPU in fp32, the same AlexNet with its classifier's Linear layers
+    holding their weights in oneDNN's own layout (it shares the features); elsewhere, the model itself.
 
     At batch 1 a Linear layer is a matrix-vector product, and PyTorch's default path is fast. At the batches
-    the server makes, the default sgemm rearranges the whole weight on every call: on a 2-core AMD EPYC (AVX2)
-    the 9216x4096 layer took 82 ms at batch 16 against 8 ms at batch 1, and 33 ms with its weight kept in
-    oneDNN's layout (docs/serve.md). torch.utils.mkldnn converts a copy of the classifier once; the model keeps
-    its own for Grad-CAM, whose backward pass the converted layers do not have. Where the conversion is not
-    available, the model itself serves."""
-    import copy
-    import warnings
-
-    import torch
-
-    parts = ("features", "avgpool", "classifier")
+    the server makes, the default sgemm rearranges the whole weight on every call, and a weight kept in
+    oneDNN's layout does not (docs/serve.md has the timings). torch.utils.mkldnn converts a copy of the
+    classifier once; the model keeps its own for Grad-CAM, whose backward pass the converted layers do not
+    have. Where the conversion is not available, the model itself serves."""
     if (runtime.device.type != "cpu" or runtime.precision.reduced or not torch.backends.mkldnn.is_available()
-            or not all(hasattr(model, part) for part in parts)):
+            or not isinstance(model, AlexNet)):
         return model
     try:
         with warnings.catch_warnings():
@@ -61,10 +55,7 @@ def batched_forward(model, runtime: Runtime):
     except Exception:  # a torch without it: the plain layers still serve
         return model
 
-    def forward(images: torch.Tensor) -> torch.Tensor:  # AlexNet's forward (models.py), the classifier packed
-        return classifier(torch.flatten(model.avgpool(model.features(images)), 1))
-
-    return forward
+    return AlexNet(model.features, classifier).eval()
 
 
 @dataclass(frozen=True)
@@ -115,8 +106,6 @@ class ServedModel:
 
     def explanation(self, sample: Sample, output: Output, caption: str) -> str:
         """The Grad-CAM overlay as a PNG data URL, ready for an <img src>."""
-        from alexnet_cli import explain
-
         picture = sample.picture
         heat = explain.full_size_cam(output.cam, picture.width, picture.height, self.preprocess)
         buffer = io.BytesIO()
@@ -127,8 +116,6 @@ class ServedModel:
 
     def run(self, samples: list[Sample]) -> list[Output]:
         """One forward pass for the samples without Grad-CAM, and one with gradients for those with it."""
-        import torch
-
         outputs: list[Output | None] = [None] * len(samples)
         plain = [i for i, sample in enumerate(samples) if sample.picture is None]
         explained = [i for i, sample in enumerate(samples) if sample.picture is not None]
@@ -139,8 +126,6 @@ class ServedModel:
             for row, i in enumerate(plain):
                 outputs[i] = Output(probabilities[row])
         if explained:
-            from alexnet_cli import explain
-
             cams, logits = explain.grad_cam(self.model, self._batch([samples[i] for i in explained]))
             probabilities = logits.float().softmax(1).cpu()
             for row, i in enumerate(explained):
@@ -154,8 +139,6 @@ class ServedModel:
     def warm_up(self, max_batch: int) -> float:
         """A forward pass at batch 1 and at max_batch, so that the first callers do not pay for the kernels'
         first call (oneDNN's and cuDNN's choices are made per shape). Returns the seconds it took."""
-        from PIL import Image
-
         started = time.perf_counter()
         sample = Sample(self.transform(Image.new("RGB", (self.preprocess.resize_size,) * 2, (128, 128, 128))))
         for size in sorted({1, max_batch}):

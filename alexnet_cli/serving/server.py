@@ -10,27 +10,14 @@ import signal
 import socket
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
+from alexnet_cli.config.settings import ServeConfig
+from alexnet_cli.data.images import pillow_warnings
 from alexnet_cli.errors import ConfigError
-
-if TYPE_CHECKING:
-    from alexnet_cli.config import ServeConfig
-    from alexnet_cli.observer import Observer
-
-MISSING_EXTRA = "alexnet serve needs its extra: pip install 'alexnet-cli[serve]'"
-
-
-def check_installed() -> None:
-    import importlib.util
-
-    # Distribution names, and the module each installs (python-multipart's is python_multipart: `multipart`
-    # is its deprecated alias, and the name of an unrelated package too).
-    modules = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python-multipart": "python_multipart",
-               "prometheus-client": "prometheus_client"}
-    missing = [name for name, module in modules.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        raise ConfigError(f"{MISSING_EXTRA} ({', '.join(missing)} not installed)")
+from alexnet_cli.observer import Observer
+from alexnet_cli.serving.app import create_app
+from alexnet_cli.serving.model import ServedModel
+from alexnet_cli.serving.service import Service
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -66,13 +53,7 @@ def url(host: str, port: int) -> str:
 
 
 def serve(cfg: ServeConfig, observer: Observer) -> None:
-    check_installed()
     import uvicorn
-
-    from alexnet_cli.data.images import pillow_warnings
-    from alexnet_cli.serving.app import create_app
-    from alexnet_cli.serving.model import ServedModel
-    from alexnet_cli.serving.service import Service
 
     started = time.perf_counter()
     model = ServedModel.load(cfg, observer)

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from alexnet_cli.config.settings import ServeConfig
 from alexnet_cli.data.images import UnreadableImage
-from alexnet_cli.runtime import DECODE_THREADS
+from alexnet_cli.runtime.context import DECODE_THREADS
 from alexnet_cli.serving.batching import Batcher, Ticket
 from alexnet_cli.serving.metrics import Metrics
+from alexnet_cli.serving.model import Output, ServedModel
 from alexnet_cli.serving.uploads import RequestError
-
-if TYPE_CHECKING:
-    from alexnet_cli.config import ServeConfig
-    from alexnet_cli.serving.model import Output, ServedModel
 
 
 class Service:

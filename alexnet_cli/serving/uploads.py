@@ -123,7 +123,7 @@ async def _multipart_image(request: Request, body: bytes) -> bytes:
     try:
         part = form.get(IMAGE_FIELD)
         if part is None:
-            fields = ", ".join(repr(name[:40]) for name in form.keys()) or "none"
+            fields = ", ".join(repr(name[:40]) for name in form) or "none"
             raise RequestError(400, f"no '{IMAGE_FIELD}' field in the form (fields: {fields}): send the file as "
                                     f"-F {IMAGE_FIELD}=@cat.jpg")
         if isinstance(part, str):

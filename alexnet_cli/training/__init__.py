@@ -15,19 +15,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli import distributed as distmod
-from alexnet_cli.config import DEFAULT_EPOCHS, TrainConfig
+from alexnet_cli.artifacts.run_folder import RunFolder
+from alexnet_cli.config.settings import DEFAULT_EPOCHS, TrainConfig
+from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import ConfigError
-from alexnet_cli.models import arch_info, auto_frame, auto_image_size
+from alexnet_cli.models.registry import arch_info, auto_frame, auto_image_size
 from alexnet_cli.observer import Observer, SilentObserver
-from alexnet_cli.runs import RunFolder
-from alexnet_cli.runtime import Runtime, resolve_runtime
-from alexnet_cli.training.loop import TrainingInterrupted, graceful_interrupts, train_one_epoch, train_step
+from alexnet_cli.reporting import tensorboard as tboard
+from alexnet_cli.runtime import distributed as distmod
+from alexnet_cli.runtime.context import Runtime, resolve_runtime
+from alexnet_cli.runtime.device import resolve_device
+from alexnet_cli.training.loop import TrainingInterrupted, graceful_interrupts, train_step
+from alexnet_cli.training.lrfind import find_lr, set_lr
 from alexnet_cli.training.run import Run
 from alexnet_cli.training.setup import TrainingData, list_folders, make_loaders, prepare_data, resume
 from alexnet_cli.training.state import RunState, TrainingParts, fresh_rank_streams, make_optimizer, seed_everything
 
-__all__ = ["TrainResult", "TrainingInterrupted", "fit", "make_optimizer", "train", "train_one_epoch",
+__all__ = ["TrainResult", "TrainingInterrupted", "fit", "make_optimizer", "train",
            "train_step"]
 
 
@@ -45,7 +49,7 @@ class TrainResult:
 def train(cfg: TrainConfig, observer: Observer) -> TrainResult:
     """Train as one process, or as one rank of a torchrun launch (see distributed.py)."""
     dist = distmod.from_env()
-    choice = distmod.resolve_device_for(dist, cfg.device, cfg.no_cuda)
+    choice = resolve_device(cfg.device, no_cuda=cfg.no_cuda, dist=dist)
     with distmod.process_group(dist, choice.device):
         return fit(cfg, observer if dist.is_main else SilentObserver(), dist, choice)
 
@@ -62,7 +66,7 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     cfg = _input(cfg, folders.median_side(), observer)
     data = prepare_data(cfg, folders, checkpoint, dist, observer)
     # Model parts, and the state to go on from: a checkpoint's, or a fresh one.
-    parts = TrainingParts.build(cfg, len(data.classes), runtime.device, runtime.precision, epochs, dist,
+    parts = TrainingParts.build(cfg, len(data.classes), runtime, epochs, dist,
                                 steps_per_epoch(len(data.train), cfg.batch_size, dist),
                                 weights=_trained_weights(checkpoint), class_counts=data.train.counts())
     state = _state(parts, checkpoint, cfg, epochs, runtime, dist, observer)
@@ -115,8 +119,6 @@ def _find_lr(cfg: TrainConfig, data: TrainingData, runtime: Runtime, parts: Trai
              observer: Observer) -> TrainConfig:
     """--lr find: the LR range test on this run's model and data, then train at its suggestion. The model,
     optimizer and random streams are as they were before it."""
-    from alexnet_cli.training.lrfind import find_lr, set_lr
-
     if dist.enabled:
         raise ConfigError("--lr find runs in one process: find the rate with alexnet lr-find, then pass --lr")
     result = find_lr(parts, data, runtime, cfg, observer)
@@ -128,14 +130,12 @@ def _find_lr(cfg: TrainConfig, data: TrainingData, runtime: Runtime, parts: Trai
 
 def lr_find(cfg: TrainConfig, observer: Observer, steps: int = 100, start: float = 1e-7, end: float = 1.0):
     """`alexnet lr-find DATA`: the LR range test on a fresh model and the training data, nothing written."""
-    from alexnet_cli.training.lrfind import find_lr
-
     _epochs(cfg)
     runtime = _runtime(cfg, None, observer)
     folders = list_folders(cfg, None, distmod.SINGLE, observer)
     cfg = _input(cfg, folders.median_side(), observer)
     data = prepare_data(cfg, folders, None, distmod.SINGLE, observer)
-    parts = TrainingParts.build(cfg, len(data.classes), runtime.device, runtime.precision, 1, distmod.SINGLE,
+    parts = TrainingParts.build(cfg, len(data.classes), runtime, 1, distmod.SINGLE,
                                 steps_per_epoch(len(data.train), cfg.batch_size, distmod.SINGLE),
                                 class_counts=data.train.counts())
     return find_lr(parts, data, runtime, cfg, observer, steps=steps, start=start, end=end)
@@ -154,9 +154,10 @@ def _input(cfg: TrainConfig, side: int | None, observer: Observer) -> TrainConfi
                       f"{cfg.arch}'s own {native} trains about half as fast; --image-size sets it)")
     resolved = replace(cfg, image_size=size, frame=cfg.frame or auto_frame(side))
     if cfg.frame is None and resolved.frame == "full":
+        pad = Preprocess.for_training(resolved).pad
         observer.info(f"frame: full (the images are small: each is resized whole to {size} and training shifts "
-                      f"it within a border of {resolved.preprocess().pad} pixels, where the paper's crop would "
-                      "cut off its edges; --frame crop sets the paper's)")
+                      f"it within a border of {pad} pixels, where the paper's crop would cut off its edges; "
+                      "--frame crop sets the paper's)")
     return resolved
 
 
@@ -169,8 +170,6 @@ def _epochs(cfg: TrainConfig) -> int:
 def _runtime(cfg: TrainConfig, choice, observer: Observer) -> Runtime:
     """Device, precision and loaders, said in two lines; then the run's random streams are seeded."""
     if cfg.tensorboard:
-        from alexnet_cli import tboard
-
         tboard.check_available()  # before anything is written
     runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, cfg.workers, choice)
     runtime.report(observer)
@@ -203,8 +202,6 @@ def _announce(folder: RunFolder, cfg: TrainConfig, dist: distmod.Dist, observer:
     """Say where the run goes; with --tensorboard, the observer that also logs there."""
     observer.info(f"run folder: {folder.path}")
     if cfg.tensorboard and dist.is_main:
-        from alexnet_cli import tboard
-
         observer = tboard.TensorBoardObserver(observer, folder.path / "tensorboard")
         observer.info(f"tensorboard: tensorboard --logdir {folder.path / 'tensorboard'}")
     if dist.enabled:

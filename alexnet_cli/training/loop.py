@@ -13,11 +13,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from alexnet_cli import distributed as distmod
-from alexnet_cli.device import Precision, sum_dtype
+import torch
+
+from alexnet_cli.data.loading import Loader
 from alexnet_cli.errors import AlexNetError, DataError, NonFiniteLossError
 from alexnet_cli.observer import Observer
-from alexnet_cli.runtime import to_device
+from alexnet_cli.runtime.context import Runtime, to_device
+from alexnet_cli.runtime.device import sum_dtype
+from alexnet_cli.runtime.precision import Precision
+from alexnet_cli.training.state import EpochProgress, TrainingParts
 
 
 def train_step(model, images, labels, optimizer, scaler, criterion, precision: Precision):
@@ -33,49 +37,6 @@ def train_step(model, images, labels, optimizer, scaler, criterion, precision: P
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), logits.detach()
-
-
-def start_epoch_progress(epoch: int, partial: dict[str, Any] | None, dist: distmod.Dist, observer) -> EpochProgress:
-    """Where an epoch starts: at its beginning, or where an interrupted run stopped inside it.
-
-    The saved totals cover every rank; rank 0 carries them on and the others start from zero, so that the
-    sum over ranks at the epoch's end is right. With a different number of processes the rest of the epoch
-    would be sharded differently, so it starts again from its beginning.
-    """
-    if not partial or partial["epoch"] != epoch:
-        return EpochProgress(epoch)
-    fields = {k: v for k, v in partial.items() if k in EpochProgress.__dataclass_fields__}
-    saved_world = partial.get("world_size", 1)
-    if saved_world != dist.world_size:
-        observer.warn(f"the run stopped inside epoch {epoch} with {saved_world} processes; with "
-                      f"{dist.world_size} now, epoch {epoch} starts again from its beginning")
-        return EpochProgress(epoch)
-    if dist.rank > 0:
-        return EpochProgress(epoch, iteration=fields["iteration"], seconds=fields["seconds"])
-    return EpochProgress(**fields)
-
-
-@dataclass
-class EpochProgress:
-    """The running totals of the epoch in progress; saved when a run is interrupted mid-epoch."""
-
-    epoch: int
-    iteration: int = 0  # steps done in this epoch
-    loss_sum: float = 0.0  # sum over images of the per-image loss
-    correct: int = 0
-    images: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    def sum_over_ranks(self, device, dist: distmod.Dist) -> None:
-        """The epoch's totals over every rank (one process: as they are)."""
-        import torch
-
-        totals = distmod.all_reduce_sum(torch.tensor(
-            [self.loss_sum, self.correct, self.images], dtype=sum_dtype(device), device=device), dist)
-        self.loss_sum, self.correct, self.images = totals[0].item(), int(totals[1]), int(totals[2])
 
 
 class TrainingInterrupted(AlexNetError):
@@ -111,15 +72,26 @@ def graceful_interrupts():
             signal.signal(sig, old)
 
 
-def train_one_epoch(model, loader, optimizer, scaler, criterion, device, precision, progress: EpochProgress,
-                     iterations: int, epochs: int, log_interval: int, observer: Observer, on_failed,
-                     should_stop: Callable[[], bool], distributed: bool = False, mix=None) -> bool:
+@dataclass(frozen=True)
+class EpochReport:
+    """How an epoch reports as it goes: a step line to the observer every `log_interval` iterations (and at the
+    last), and each batch's unreadable files to `on_failed`."""
+
+    observer: Observer
+    epochs: int
+    iterations: int
+    log_interval: int
+    on_failed: Callable[[Any], int]
+
+
+def train_one_epoch(parts: TrainingParts, loader: Loader, runtime: Runtime, progress: EpochProgress,
+                    report: EpochReport, should_stop: Callable[[], bool], distributed: bool = False) -> bool:
     """One epoch (or the rest of one); returns True when a signal stopped it between two steps.
 
-    `mix` (augment.batch_mix) mixes each batch and its labels into per-class probabilities; the accuracy then
-    counts a prediction right when it is the class with the larger share of the mixed image."""
-    import torch
-
+    With mixup or cutmix (`parts.mix`), each batch and its labels are mixed into per-class probabilities; the
+    accuracy then counts a prediction right when it is the class with the larger share of the mixed image."""
+    model, device, observer, epochs, iterations = parts.net, runtime.device, report.observer, report.epochs, \
+        report.iterations
     model.train()
     epoch = progress.epoch
     observer.epoch_start(epoch, epochs, iterations, len(loader.dataset))
@@ -142,16 +114,17 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, precisi
         progress.seconds = elapsed_before + time.perf_counter() - started
 
     for batch, labels, _, failed in loader:
-        on_failed(failed)
+        report.on_failed(failed)
         progress.iteration += 1
         if batch is not None:
             batch = to_device(batch, device)
             labels = labels.to(device, non_blocking=True)
             targets = labels
-            if mix is not None:
-                batch, targets = mix(batch, labels)
+            if parts.mix is not None:
+                batch, targets = parts.mix(batch, labels)
                 labels = targets.argmax(1)
-            loss, logits = train_step(model, batch, targets, optimizer, scaler, criterion, precision)
+            loss, logits = train_step(model, batch, targets, parts.optimizer, parts.scaler, parts.criterion,
+                                      runtime.precision)
             nonfinite |= ~torch.isfinite(loss)
             loss_sum += loss.to(loss_sum.dtype) * labels.numel()
             correct += (logits.argmax(1) == labels).sum()
@@ -163,7 +136,7 @@ def train_one_epoch(model, loader, optimizer, scaler, criterion, device, precisi
             raise DataError(f"no image of batch {progress.iteration} of epoch {epoch} could be read on this "
                             "rank; remove the unreadable files named above")
         stop = should_stop()
-        if progress.iteration % log_interval == 0 or progress.iteration == iterations or stop:
+        if progress.iteration % report.log_interval == 0 or progress.iteration == iterations or stop:
             sync()
             if batch is not None:
                 rate = new_images / max(1e-9, time.perf_counter() - started)

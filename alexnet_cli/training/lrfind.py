@@ -14,7 +14,14 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+import torch
+
+from alexnet_cli.data import loading
 from alexnet_cli.errors import ConfigError
+from alexnet_cli.runtime.context import to_device
+from alexnet_cli.training.loop import train_step
+from alexnet_cli.training.setup import training_dataset
+from alexnet_cli.training.state import make_optimizer
 
 RULE = "the smoothed loss's minimum / 10"
 SMOOTHING = 0.98  # fastai's beta
@@ -43,28 +50,18 @@ def suggest(lrs: list[float], losses: list[float], start: float, end: float) -> 
 def find_lr(parts, data, runtime, cfg, observer, steps: int = 100, start: float = 1e-7,
             end: float = 1.0) -> LRFindResult:
     """Run the range test on a copy of `parts.model`, over training batches as the run would see them."""
-    import torch
-
-    from alexnet_cli.data import loading
-    from alexnet_cli.data.preprocess import Chain
-    from alexnet_cli.runtime import to_device
-    from alexnet_cli.training.loop import train_step
-    from alexnet_cli.training.state import make_optimizer
 
     if not 0 < start < end:
         raise ConfigError(f"the LR range test needs 0 < start < end, got {start:g} and {end:g}")
     if steps < 2:
         raise ConfigError(f"the LR range test needs at least 2 steps, got {steps}")
     samples = data.train
-    crop = data.augmentation.train_crop(data.preprocess)
     with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         order = [int(i) % len(samples) for i in torch.randperm(max(len(samples), steps * cfg.batch_size))]
-        loader = loading.make_loader(
-            samples.paths, samples.labels, Chain(data.preprocess.decode_transforms(), crop),
-            from_cache=crop, cache=data.cache, batch_size=cfg.batch_size, workers=runtime.workers,
-            pin_memory=runtime.pin_memory, order=order[:steps * cfg.batch_size], augment_seed=cfg.seed,
-            draft_size=data.preprocess.resize_size, warn=observer.warn)
+        loader = loading.make_loader(training_dataset(data, augment_seed=cfg.seed),
+                                     loading.LoaderSettings.for_runtime(runtime, cfg.batch_size, observer.warn),
+                                     order[:steps * cfg.batch_size])
         model = copy.deepcopy(parts.model).train()
         optimizer = make_optimizer(cfg.optimizer, model, lr=start, weight_decay=cfg.effective_weight_decay,
                                    device=runtime.device)

@@ -7,18 +7,19 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from alexnet_cli import distributed as distmod
-from alexnet_cli import seeds
-from alexnet_cli.config import TrainConfig
-from alexnet_cli.data.augment import batch_mix
+from alexnet_cli.artifacts.run_folder import RunFolder
+from alexnet_cli.config.settings import TrainConfig
 from alexnet_cli.data.loading import report_unreadable
-from alexnet_cli.evaluation import EvalResult, evaluate_model
+from alexnet_cli.errors import MissingExtra
+from alexnet_cli.inference.evaluate import EvalResult, EvalSettings, evaluate_model
 from alexnet_cli.observer import Observer
-from alexnet_cli.runs import RunFolder
-from alexnet_cli.runtime import Runtime
-from alexnet_cli.training.loop import EpochProgress, TrainingInterrupted, start_epoch_progress, train_one_epoch
+from alexnet_cli.reporting import plots
+from alexnet_cli.runtime import distributed as distmod
+from alexnet_cli.runtime import seeds
+from alexnet_cli.runtime.context import Runtime
+from alexnet_cli.training.loop import EpochReport, TrainingInterrupted, train_one_epoch
 from alexnet_cli.training.setup import Loaders, TrainingData, epoch_order
-from alexnet_cli.training.state import RunState, TrainingParts
+from alexnet_cli.training.state import EpochProgress, RunState, TrainingParts, start_epoch_progress
 
 
 @dataclass
@@ -33,9 +34,6 @@ class Run:
     config: dict[str, Any]  # the settings every checkpoint records
     dist: distmod.Dist
     observer: Observer
-
-    def __post_init__(self) -> None:
-        self.mix = batch_mix(self.cfg.mixup, self.cfg.cutmix, len(self.data.classes))
 
     def start_epoch(self, loaders: Loaders, partial: dict[str, Any] | None) -> tuple[EpochProgress, int]:
         """The next epoch's progress (where an interrupted run stopped inside it, if it did) and its number of
@@ -55,12 +53,9 @@ class Run:
         """Train the epoch (or its rest); True when a signal stopped it between two steps. Every rank stops at
         the same step when any of them is signalled (one all-reduce per step)."""
         device = self.runtime.device
-        stopped = train_one_epoch(
-            self.parts.net, loaders.train, self.parts.optimizer, self.parts.scaler, self.parts.criterion, device,
-            self.runtime.precision, progress, iterations, self.epochs, self.cfg.log_interval, self.observer,
-            self.on_failed, lambda: distmod.any_rank(bool(interrupts), device, self.dist), self.dist.enabled,
-            mix=self.mix,
-        )
+        report = EpochReport(self.observer, self.epochs, iterations, self.cfg.log_interval, self.on_failed)
+        stopped = train_one_epoch(self.parts, loaders.train, self.runtime, progress, report,
+                                  lambda: distmod.any_rank(bool(interrupts), device, self.dist), self.dist.enabled)
         progress.sum_over_ranks(device, self.dist)
         return stopped
 
@@ -84,9 +79,8 @@ class Run:
     def validate(self, loaders: Loaders) -> EvalResult | None:
         if loaders.val is None:
             return None
-        return evaluate_model(self.parts.eval_model, loaders.val, self.runtime.device, len(self.data.classes),
-                              self.runtime.precision, criterion=self.parts.criterion, on_failed=self.on_failed,
-                              dist=self.dist)
+        settings = EvalSettings(criterion=self.parts.criterion, on_failed=self.on_failed, dist=self.dist)
+        return evaluate_model(self.parts.eval_model, loaders.val, self.runtime, len(self.data.classes), settings)
 
     def finish_epoch(self, progress: EpochProgress, lr: float, result: EvalResult | None) -> None:
         """Record the epoch, save last.pt (and best.pt), report."""
@@ -105,6 +99,16 @@ class Run:
         return True
 
     def finish(self) -> None:
-        self.folder.draw_plots(self.observer)
+        if self.folder.writes:
+            self._draw_plots()
         if self.cfg.tensorboard and self.dist.is_main:
             self.observer.close()
+
+    def _draw_plots(self) -> None:
+        """curves.png and confusion_matrix.png, or one line on how to get them."""
+        try:
+            written = plots.plot_run(self.folder.path)
+        except MissingExtra as exc:
+            self.observer.info(str(exc))
+            return
+        self.observer.info("plots: " + ", ".join(str(p) for p in written))

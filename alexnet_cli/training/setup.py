@@ -10,10 +10,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from alexnet_cli import distributed as distmod
-from alexnet_cli import seeds
-from alexnet_cli.checkpoint import Checkpoint, load_checkpoint
-from alexnet_cli.config import TrainConfig
+import torch
+from torch.utils.data import WeightedRandomSampler
+
+from alexnet_cli.artifacts.checkpoint import Checkpoint, load_checkpoint
+from alexnet_cli.config.settings import TrainConfig
 from alexnet_cli.data import folders as datamod
 from alexnet_cli.data import loading
 from alexnet_cli.data.augment import Augmentation, imbalance_warning, rgb_pca
@@ -22,7 +23,9 @@ from alexnet_cli.data.images import open_image
 from alexnet_cli.data.preprocess import Chain, Preprocess
 from alexnet_cli.errors import CheckpointError, DataError
 from alexnet_cli.observer import Observer
-from alexnet_cli.runtime import Runtime
+from alexnet_cli.runtime import distributed as distmod
+from alexnet_cli.runtime import seeds
+from alexnet_cli.runtime.context import Runtime
 
 
 def resume(cfg: TrainConfig) -> tuple[Checkpoint | None, TrainConfig]:
@@ -130,7 +133,7 @@ def prepare_data(cfg: TrainConfig, folders: Folders, checkpoint: Checkpoint | No
                  observer: Observer) -> TrainingData:
     """Decode the images into the cache where they fit (else nothing ahead), hold out validation, say what
     was found, and settle the augmentation."""
-    preprocess = cfg.preprocess()
+    preprocess = Preprocess.for_training(cfg)
     train, val = folders.train, folders.val
     cache = make_cache(cfg.cache, preprocess, dist.local_world_size)
     if cache is not None:
@@ -147,7 +150,7 @@ def prepare_data(cfg: TrainConfig, folders: Folders, checkpoint: Checkpoint | No
     imbalance = imbalance_warning(dict(zip(train.classes, train.counts())))
     if imbalance and cfg.class_weights == "none" and not cfg.balanced_sampler:
         observer.warn(imbalance)
-    augmentation = cfg.augmentation(_colour_pca(cfg, checkpoint, train, preprocess, cache, observer))
+    augmentation = Augmentation.from_config(cfg, _colour_pca(cfg, checkpoint, train, preprocess, cache, observer))
     return TrainingData(train, val, val_source, split, preprocess, cache, augmentation)
 
 
@@ -221,20 +224,25 @@ def make_loaders(cfg: TrainConfig, data: TrainingData, runtime: Runtime, dist: d
         erased = ", erased" if augmentation.random_erasing > 0 else ""
         observer.info(f"pixels: uint8 crops to {runtime.device.type}, flipped, scaled, normalised{erased} there "
                       "per batch")
-    # JPEGs much larger than the input decode at a reduced scale that still covers the resize.
-    common = dict(batch_size=cfg.batch_size, workers=runtime.workers, pin_memory=runtime.pin_memory,
-                  draft_size=data.preprocess.resize_size, cache=data.cache, warn=observer.warn)
+    settings = loading.LoaderSettings.for_runtime(runtime, cfg.batch_size, observer.warn)
     val = None
     if data.val is not None:
-        val = loading.make_loader(
-            data.val.paths, data.val.labels, data.preprocess.eval_transforms(), from_cache=data.preprocess.eval_crop(),
-            order=distmod.eval_shard(len(data.val), dist) if dist.enabled else None, **common)
+        preprocess = data.preprocess
+        dataset = loading.ImageDataset(data.val.paths, data.val.labels, preprocess.eval_transforms(),
+                                       draft_size=preprocess.resize_size, cache=data.cache,
+                                       from_cache=preprocess.eval_crop())
+        val = loading.make_loader(dataset, settings, distmod.eval_shard(len(data.val), dist) if dist.enabled else None)
     sampler = loading.EpochSampler()
-    crop = augmentation.train_crop(data.preprocess)
-    train = loading.make_loader(
-        data.train.paths, data.train.labels, Chain(data.preprocess.decode_transforms(), crop), from_cache=crop,
-        order=sampler, **common)
-    return Loaders(train, val, sampler)
+    return Loaders(loading.make_loader(training_dataset(data), settings, sampler), val, sampler)
+
+
+def training_dataset(data: TrainingData, augment_seed: int | None = None) -> loading.ImageDataset:
+    """The training images as the steps see them: decoded (or taken from the cache), then the augmentation's
+    crop. The run's loader and the LR range test both read it. JPEGs much larger than the input decode at a
+    reduced scale that still covers the resize (draft_size)."""
+    crop = data.augmentation.train_crop(data.preprocess)
+    return loading.ImageDataset(data.train.paths, data.train.labels, Chain(data.preprocess.decode_transforms(), crop),
+                                augment_seed, data.preprocess.resize_size, data.cache, crop)
 
 
 def epoch_order(cfg: TrainConfig, labels, epoch: int, dist: distmod.Dist) -> list[int]:
@@ -243,9 +251,6 @@ def epoch_order(cfg: TrainConfig, labels, epoch: int, dist: distmod.Dist) -> lis
     resumed run draws the same; under torchrun each rank takes every world_size-th draw."""
     if not cfg.balanced_sampler:
         return distmod.train_shard(len(labels), cfg.seed, epoch, dist)
-    import torch
-    from torch.utils.data import WeightedRandomSampler
-
     labels = torch.as_tensor(labels, dtype=torch.long)
     counts = torch.bincount(labels)
     weights = (1.0 / counts.double())[labels]

@@ -4,25 +4,72 @@ resumed run end with the same weights as one that never stopped."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from alexnet_cli import distributed as distmod
-from alexnet_cli import seeds
-from alexnet_cli.checkpoint import Checkpoint, TrainingState
-from alexnet_cli.config import SGD_MOMENTUM, TrainConfig
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from alexnet_cli.artifacts.checkpoint import Checkpoint, TrainingState
+from alexnet_cli.config.settings import SGD_MOMENTUM, TrainConfig
+from alexnet_cli.data.augment import batch_mix, class_weights
+from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import ConfigError
-from alexnet_cli.models import build_model
+from alexnet_cli.inference.evaluate import EvalResult
+from alexnet_cli.models.alexnet import build_model
+from alexnet_cli.observer import Observer
+from alexnet_cli.runtime import distributed as distmod
+from alexnet_cli.runtime import seeds
+from alexnet_cli.runtime.context import Runtime
+from alexnet_cli.runtime.device import sum_dtype
 
-if TYPE_CHECKING:
-    import torch
 
-    from alexnet_cli.data.preprocess import Preprocess
-    from alexnet_cli.device import Precision
-    from alexnet_cli.evaluation import EvalResult
-    from alexnet_cli.training.loop import EpochProgress
+def start_epoch_progress(epoch: int, partial: dict[str, Any] | None, dist: distmod.Dist,
+                         observer: Observer) -> EpochProgress:
+    """Where an epoch starts: at its beginning, or where an interrupted run stopped inside it.
+
+    The saved totals cover every rank; rank 0 carries them on and the others start from zero, so that the
+    sum over ranks at the epoch's end is right. With a different number of processes the rest of the epoch
+    would be sharded differently, so it starts again from its beginning.
+    """
+    if not partial or partial["epoch"] != epoch:
+        return EpochProgress(epoch)
+    fields = {k: v for k, v in partial.items() if k in EpochProgress.__dataclass_fields__}
+    saved_world = partial.get("world_size", 1)
+    if saved_world != dist.world_size:
+        observer.warn(f"the run stopped inside epoch {epoch} with {saved_world} processes; with "
+                      f"{dist.world_size} now, epoch {epoch} starts again from its beginning")
+        return EpochProgress(epoch)
+    if dist.rank > 0:
+        return EpochProgress(epoch, iteration=fields["iteration"], seconds=fields["seconds"])
+    return EpochProgress(**fields)
+
+
+@dataclass
+class EpochProgress:
+    """The running totals of the epoch in progress; saved when a run is interrupted mid-epoch."""
+
+    epoch: int
+    iteration: int = 0  # steps done in this epoch
+    loss_sum: float = 0.0  # sum over images of the per-image loss
+    correct: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def sum_over_ranks(self, device, dist: distmod.Dist) -> None:
+        """The epoch's totals over every rank (one process: as they are)."""
+        totals = distmod.all_reduce_sum(torch.tensor(
+            [self.loss_sum, self.correct, self.images], dtype=sum_dtype(device), device=device), dist)
+        self.loss_sum, self.correct, self.images = totals[0].item(), int(totals[1]), int(totals[2])
 
 
 @dataclass
@@ -61,15 +108,11 @@ class RunState:
 
 
 def seed_everything(seed: int) -> None:
-    import torch
-
     random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def rng_state(device) -> dict[str, Any]:
-    import torch
-
     state = {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate())}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -77,8 +120,6 @@ def rng_state(device) -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any], device) -> None:
-    import torch
-
     torch.set_rng_state(state["torch"])
     random.setstate(_to_tuples(state["python"]))
     if device.type == "cuda" and "cuda" in state:
@@ -99,8 +140,6 @@ def make_optimizer(name: str, model, *, lr: float, weight_decay: float, device: 
     The default per-parameter Adam step took about a quarter of each training iteration on a 2-core CPU;
     the fused one measured 1.25 times faster overall (foreach gave nothing): docs/performance.md.
     """
-    import torch
-
     params = [p for p in model.parameters() if p.requires_grad]
     fused = True if device.type in ("cpu", "cuda") else None
     if name == "sgd":
@@ -133,9 +172,6 @@ def lr_factor(step: int, *, scheduler: str, epochs: int, steps_per_epoch: int, w
 def make_scheduler(cfg: TrainConfig, optimizer, epochs: int, steps_per_epoch: int):
     """One LambdaLR stepped after every optimizer step (a step post-hook), so the schedule is smooth within
     an epoch and a run stopped mid-epoch resumes on the very step. None when the rate never changes."""
-    import functools
-
-    import torch
 
     if cfg.scheduler == "none" and cfg.warmup_epochs == 0:
         return None
@@ -149,8 +185,6 @@ def make_scheduler(cfg: TrainConfig, optimizer, epochs: int, steps_per_epoch: in
 def make_ema(model, decay: float, optimizer):
     """An exponential moving average of the weights (and buffers), updated after every optimizer step. Under
     torchrun every rank holds the same weights after a step, so every rank averages the same."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     ema.requires_grad_(False)
     optimizer.register_step_post_hook(lambda *_: ema.update_parameters(model))
@@ -160,12 +194,8 @@ def make_ema(model, decay: float, optimizer):
 def make_criterion(cfg: TrainConfig, class_counts: list[int] | None, device):
     """Cross-entropy with label smoothing and, with --class-weights, a weight per class. It takes class
     indices or, under mixup and cutmix, per-class probabilities."""
-    import torch
-
     weight = None
     if cfg.class_weight_power > 0 and class_counts:
-        from alexnet_cli.data.augment import class_weights
-
         weight = torch.tensor(class_weights(class_counts, cfg.class_weight_power), device=device)
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
@@ -175,25 +205,26 @@ class TrainingParts:
     """The model and everything that trains it. `net` is what runs the steps: the model itself, or its
     DistributedDataParallel wrapper under torchrun."""
 
-    model: Any
-    net: Any
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
-    criterion: Any
-    ema: Any = None  # AveragedModel with --ema: what validation, best.pt and last.pt's weights use
+    model: nn.Module
+    net: nn.Module  # the model, or DistributedDataParallel around it
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR | None  # None when the rate never changes
+    scaler: torch.amp.GradScaler
+    criterion: nn.CrossEntropyLoss
+    ema: AveragedModel | None = None  # with --ema: what validation, best.pt and last.pt's weights use
+    mix: Callable[..., Any] | None = None  # with --mixup or --cutmix: mixes each batch and its labels
 
     @property
-    def eval_model(self):
+    def eval_model(self) -> nn.Module:
         """The weights that are validated and saved for evaluate and predict: the average with --ema."""
         return self.ema.module if self.ema is not None else self.model
 
     @classmethod
-    def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, precision: Precision, epochs: int,
-              dist: distmod.Dist, steps_per_epoch: int, weights=None, class_counts=None) -> TrainingParts:
+    def build(cls, cfg: TrainConfig, num_classes: int, runtime: Runtime, epochs: int, dist: distmod.Dist,
+              steps_per_epoch: int, weights: Mapping[str, torch.Tensor] | None = None,
+              class_counts: list[int] | None = None) -> TrainingParts:
         """A fresh model (ImageNet weights with --pretrained), or one with a checkpoint's `weights`."""
-        import torch
-
+        device = runtime.device
         # A resumed run has its weights already; only a fresh one fetches the ImageNet weights (rank 0 first,
         # so that the ranks do not all download into the same cache at once).
         if dist.enabled and cfg.pretrained and weights is None:
@@ -216,15 +247,14 @@ class TrainingParts:
         scheduler = make_scheduler(cfg, optimizer, epochs, steps_per_epoch)
         ema = make_ema(model, cfg.ema, optimizer) if cfg.ema > 0 else None
         # Loss scaling only for fp16: bf16 has fp32's range, so its gradients do not underflow.
-        scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
-        return cls(model, net, optimizer, scheduler, scaler, make_criterion(cfg, class_counts, device), ema)
+        scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision.name == "fp16")
+        return cls(model, net, optimizer, scheduler, scaler, make_criterion(cfg, class_counts, device), ema,
+                   batch_mix(cfg.mixup, cfg.cutmix, num_classes))
 
     def restore(self, training: TrainingState, cfg: TrainConfig, epochs: int, device: torch.device,
                 dist: distmod.Dist, average=None) -> RunState:
         """Continue where a checkpoint stopped: the optimizer's moments, the schedule, the scaler, the history
         and the random streams (rank 0's; the other ranks draw their own dropout masks)."""
-        import torch
-
         self.optimizer.load_state_dict(training.optimizer)
         if self.scheduler is not None and training.scheduler:
             # Only the step count is restored: the factor is rebuilt from the settings, so a run extended with
@@ -275,7 +305,5 @@ class TrainingParts:
 
 def fresh_rank_streams(cfg: TrainConfig, dist: distmod.Dist) -> None:
     """A fresh run's rank > 0: rank 0 broadcasts the weights, but each rank draws its own dropout masks."""
-    import torch
-
     if dist.rank > 0:
         torch.manual_seed(seeds.rank_seed(cfg.seed, 0, dist.rank))

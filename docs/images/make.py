@@ -15,10 +15,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from alexnet_cli.config import PredictConfig
+from alexnet_cli.config.settings import PredictConfig
 from alexnet_cli.observer import SilentObserver
-from alexnet_cli.prediction import predict
-from alexnet_cli.plots import plot_run
+from alexnet_cli.inference.predict import predict
+from alexnet_cli.reporting.plots import plot_run
 
 
 def main() -> None:

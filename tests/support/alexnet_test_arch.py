@@ -11,7 +11,7 @@ sitecustomize.py imports it in every process they start (torchrun ranks and spaw
 Nothing here ships: the package only holds the registry it is added to.
 """
 
-from alexnet_cli.models import ARCHITECTURES, ArchInfo
+from alexnet_cli.models.registry import ARCHITECTURES, ArchInfo
 
 TEST_ARCH = "alexnet-test"
 

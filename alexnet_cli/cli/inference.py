@@ -1,0 +1,150 @@
+"""`alexnet summary`, `evaluate`, `predict` and `export`: the commands that use a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from alexnet_cli.cli import console, tables
+from alexnet_cli.cli.app import boundary
+from alexnet_cli.cli.options import (
+    ARCH_HELP,
+    ARCH_SIZE_DEFAULT,
+    DEVICE_HELP,
+    NEWEST_BEST_DEFAULT,
+    PRECISION_HELP,
+    STRICT_HELP,
+    TTA_HELP,
+    WORKERS_DEFAULT,
+)
+from alexnet_cli.cli.progress import RichObserver
+from alexnet_cli.config.settings import EvaluateConfig, PredictConfig, SummaryConfig
+from alexnet_cli.errors import ConfigError
+
+
+def summary(
+    arch: Annotated[str, typer.Option(help=ARCH_HELP)] = SummaryConfig.arch,
+    num_classes: Annotated[int, typer.Option(help="Number of output classes.")] = SummaryConfig.num_classes,
+    image_size: Annotated[
+        int | None, typer.Option(help="Input size in pixels.", show_default=ARCH_SIZE_DEFAULT)] = None,
+    weights: Annotated[Path | None, typer.Option(help="Take arch, size and classes from this checkpoint.")] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Load torchvision's ImageNet weights (alexnet-torchvision).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Show the network layer by layer: output shapes, parameters, multiply-adds and the size arithmetic."""
+    from alexnet_cli.inference.describe import describe
+
+    with boundary():
+        cfg = SummaryConfig(arch=arch, num_classes=num_classes, image_size=image_size, weights=weights,
+                            pretrained=pretrained)
+        data, class_names = describe(cfg)
+        if as_json:
+            console.print_json({**data, "class_names": class_names})
+        else:
+            tables.summary(data, class_names)
+
+
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="ImageFolder tree with the same class folders as the model.")],
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = EvaluateConfig.batch_size,
+    top_k: Annotated[
+        int, typer.Option(help="Also report top-k accuracy when there are more than k classes.")
+    ] = EvaluateConfig.top_k,
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = EvaluateConfig.device,
+    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = EvaluateConfig.precision,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    save_errors: Annotated[
+        Path | None, typer.Option(help="Link each misclassified image into DIR/<true>__as__<predicted>/.")
+    ] = None,
+    tta: Annotated[str, typer.Option(help=TTA_HELP)] = EvaluateConfig.tta,
+) -> None:
+    """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix on a labelled folder."""
+    from alexnet_cli.inference.evaluate import evaluate as run_evaluation
+
+    with boundary():
+        cfg = EvaluateConfig(data=data, weights=weights, batch_size=batch_size, workers=workers, device=device,
+                             no_cuda=no_cuda, precision=precision, top_k=top_k, strict=strict,
+                             save_errors=save_errors, tta=tta)
+        report = run_evaluation(cfg, RichObserver()).to_dict()
+        if as_json:
+            console.print_json(report)
+        else:
+            tables.evaluation(report, str(data))
+
+
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or globs.")],
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Use torchvision's ImageNet weights (1000 classes); no training.")
+    ] = False,
+    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = PredictConfig.top_k,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = PredictConfig.batch_size,
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = PredictConfig.device,
+    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = PredictConfig.precision,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Write the JSON or CSV here instead of stdout.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    explain: Annotated[
+        Path | None,
+        typer.Option(help="Write a Grad-CAM picture per image into this folder (where the model looked)."),
+    ] = None,
+    tta: Annotated[str, typer.Option(help=TTA_HELP)] = PredictConfig.tta,
+) -> None:
+    """Classify images with a trained checkpoint or ImageNet weights; prints a table, JSON or CSV."""
+    from alexnet_cli.inference.predict import predict as run_prediction
+
+    with boundary():
+        if as_json and as_csv:
+            raise ConfigError("give --json or --csv, not both")
+        if output is not None and not (as_json or as_csv):
+            as_csv = output.suffix.lower() == ".csv"
+            as_json = not as_csv
+        cfg = PredictConfig(inputs=tuple(inputs), weights=weights, pretrained=pretrained, top_k=top_k,
+                            batch_size=batch_size, workers=workers, device=device, no_cuda=no_cuda,
+                            precision=precision, strict=strict, explain=explain, tta=tta)
+        results = run_prediction(cfg, RichObserver())
+        if as_json or as_csv:
+            text = (json.dumps(results, indent=2, ensure_ascii=False) + "\n" if as_json
+                    else tables.predictions_csv(results))
+            if output is None:
+                console.write_stdout(text)
+            else:
+                from alexnet_cli.runtime.files import atomic_write_text
+
+                atomic_write_text(output, text)
+                console.info(f"wrote {len(results)} predictions to {output}")
+        else:
+            tables.predictions(results, "pretrained" if pretrained else "checkpoint")
+
+
+def export(
+    weights: Annotated[Path, typer.Argument(help="The checkpoint to export (a best.pt or last.pt).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    output: Annotated[Path | None, typer.Option(help="Model file.", show_default="beside the checkpoint")] = None,
+) -> None:
+    """Write the model with softmax included, plus its class names and preprocessing as JSON; checks the result."""
+    from alexnet_cli.artifacts.checkpoint import load_checkpoint
+    from alexnet_cli.inference.export import export as run_export
+
+    with boundary():
+        result = run_export(load_checkpoint(weights), fmt, output)
+        console.info(f"wrote {result.model_path} and {result.metadata_path}")
+        console.info(f"checked against PyTorch on a {'x'.join(map(str, result.sample_shape))} batch: "
+                     f"largest difference in probabilities {result.max_difference:.2e}")

@@ -1,0 +1,120 @@
+"""Prediction: top-k labels with probabilities for images, folders and globs (`alexnet predict`), from a
+trained checkpoint or torchvision's ImageNet weights, with Grad-CAM pictures on request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alexnet_cli.artifacts.checkpoint import load_checkpoint
+from alexnet_cli.artifacts.run_folder import resolve_weights
+from alexnet_cli.config.settings import PredictConfig
+from alexnet_cli.data import folders as datamod
+from alexnet_cli.data import loading
+from alexnet_cli.data.images import open_image
+from alexnet_cli.data.preprocess import Preprocess
+from alexnet_cli.errors import DataError
+from alexnet_cli.inference import gradcam as explain
+from alexnet_cli.inference.tta import eval_transforms as tta_transforms
+from alexnet_cli.inference.tta import forward as tta_forward
+from alexnet_cli.models.alexnet import build_model
+from alexnet_cli.observer import Observer
+from alexnet_cli.runtime.context import DECODE_THREADS, prepare_for_inference, resolve_runtime, to_device
+from alexnet_cli.runtime.files import atomic_write
+
+
+@dataclass(frozen=True)
+class Predictor:
+    model: Any
+    class_names: tuple[str, ...]
+    preprocess: Preprocess
+    source: str
+
+
+def ranked(values: list[float], classes: list[int], class_names: tuple[str, ...]) -> dict[str, Any]:
+    """One image's record, best first: label, confidence and the top-k labels with their probabilities (what
+    `predict --json` prints per image, less its path, and what `alexnet serve` answers)."""
+    top_k = [{"label": class_names[c], "probability": p} for p, c in zip(values, classes)]
+    return {"label": top_k[0]["label"], "confidence": top_k[0]["probability"], "top_k": top_k}
+
+
+def load_predictor(weights: Path | None, pretrained: bool, observer: Observer) -> Predictor:
+    """A trained checkpoint (the newest run's best.pt by default), or torchvision's ImageNet weights."""
+    if pretrained:
+        from torchvision.models import AlexNet_Weights
+
+        spec = AlexNet_Weights.IMAGENET1K_V1
+        transforms = spec.transforms()  # the weights' own preprocessing, not ours
+        preprocess = Preprocess(
+            image_size=transforms.crop_size[0], resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
+            std=tuple(transforms.std), interpolation=transforms.interpolation.value,
+        )
+        model = build_model("alexnet-torchvision", pretrained=True).eval()
+        return Predictor(model, tuple(spec.meta["categories"]), preprocess, "ImageNet weights (IMAGENET1K_V1)")
+    checkpoint = load_checkpoint(resolve_weights(weights, observer, alternative=" or --pretrained for ImageNet"))
+    return Predictor(checkpoint.build(), checkpoint.class_names, checkpoint.preprocess, str(checkpoint.path))
+
+
+def _write_explanation(explain, path: str, cam, preprocess, folder: Path, result: dict[str, Any],
+                       taken: set[str]) -> Path:
+    """One PNG: the original image, at its own size, with the Grad-CAM of the predicted class over it."""
+    image = open_image(path)
+    heat = explain.full_size_cam(cam, image.width, image.height, preprocess)
+    caption = f"{result['label']} {result['confidence']:.1%}"
+    target = explain.output_name(folder, path, result["label"], result["confidence"], taken)
+    picture = explain.overlay(image, heat, caption)
+    atomic_write(target, lambda file: picture.save(file, format="PNG"))
+    return target
+
+
+def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
+    """One result per readable image: path, label, confidence and the top-k labels with probabilities."""
+    paths, problems = datamod.expand_inputs(cfg.inputs)
+    for problem in problems:
+        observer.warn(problem)
+    if not paths:
+        raise DataError("nothing to predict: none of the inputs is an image, a folder of images or a matching glob")
+    # Grad-CAM's gradients are taken in fp32.
+    runtime = resolve_runtime(cfg.device, cfg.no_cuda, "fp32" if cfg.explain is not None else cfg.precision,
+                              cfg.workers)
+    device, precision = runtime.device, runtime.precision
+    predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
+    runtime.report(observer)
+    model = prepare_for_inference(predictor.model, device, precision)
+    dataset = loading.ImageDataset(paths, None, tta_transforms(predictor.preprocess, cfg.tta),
+                                   draft_size=predictor.preprocess.resize_size)
+    loader = loading.make_loader(dataset, loading.LoaderSettings.for_runtime(runtime, cfg.batch_size, observer.warn,
+                                                                             DECODE_THREADS))
+    k = min(cfg.top_k, len(predictor.class_names))
+    explain_dir = cfg.explain
+    if explain_dir is not None:
+        explain_dir.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+    results: list[dict[str, Any]] = []
+    skipped = 0
+    # Grad-CAM needs gradients; plain prediction runs without autograd at all.
+    with torch.inference_mode(explain_dir is None), loader:
+        for images, _, indices, failed in loader:
+            skipped += loading.report_unreadable(failed, cfg.strict, observer)
+            if images is None:
+                continue
+            if explain_dir is not None:
+                cams, logits = explain.grad_cam(model, to_device(images, device, precision.dtype))
+            else:
+                logits = tta_forward(model, images, device, precision.dtype, cfg.tta)
+            probabilities = logits.float().softmax(dim=1)
+            top = probabilities.topk(k, dim=1)
+            for row, (index, values, classes) in enumerate(zip(indices, top.values.tolist(), top.indices.tolist())):
+                result = {"path": paths[index], **ranked(values, classes, predictor.class_names)}
+                if explain_dir is not None:
+                    result["explanation"] = str(_write_explanation(
+                        explain, paths[index], cams[row], predictor.preprocess, explain_dir, result, taken))
+                results.append(result)
+    if not results:
+        raise DataError(f"none of the {len(paths)} files could be read as an image")
+    if skipped:
+        observer.warn(f"{skipped} of {len(paths)} files skipped")
+    return results
