@@ -48,7 +48,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shapes = SHAPES[: args.classes]
-        make_shapes_folder(root / "data" / "train", shapes, per_class=args.per_class, size=160, seed=1, extension=".jpg")
+        make_shapes_folder(root / "data" / "train", shapes, per_class=args.per_class, size=160, seed=1,
+                           extension=".jpg")
         make_shapes_folder(root / "data" / "val", shapes, per_class=max(10, args.per_class // 4), size=160, seed=2,
                            extension=".jpg")
         print(f"{', '.join(shapes)}: {args.per_class} training images each; "

@@ -60,7 +60,8 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", code, which, str(args.batch_size), str(args.steps)],
                                  check=True, capture_output=True, text=True).stdout
             record = json.loads(out.strip().splitlines()[-1])
-            key = "original eager fp32" if which == "original" else f"alexnet --precision {which} ({record['precision']})"
+            key = ("original eager fp32" if which == "original"
+                   else f"alexnet --precision {which} ({record['precision']})")
             results.setdefault(key, []).append(record["peak_mib"])
     base = max(results["original eager fp32"])
     print(f"peak RSS of training, batch {args.batch_size}, {args.steps} steps, max over {args.rounds} rounds")

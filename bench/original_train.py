@@ -56,6 +56,6 @@ for epoch in range(args.epochs):
         loss.backward()
         optimizer.step()
         if (i + 1) % args.log_interval == 0:
-            print("Epoch [%d/%d], Iter [%d/%d] Loss: %.4f"
-                  % (epoch + 1, args.epochs, i + 1, len(train_dataset) // args.batch_size, loss.item()))
+            print(f"Epoch [{epoch + 1}/{args.epochs}], Iter [{i + 1}/{len(train_dataset) // args.batch_size}] "
+                  f"Loss: {loss.item():.4f}")
     torch.save(model.state_dict(), args.save)  # CHANGED: was after every iteration

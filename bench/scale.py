@@ -40,6 +40,7 @@ memory with 2 workers <= 1.3x.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import platform
@@ -211,10 +212,8 @@ def to_first_step(command: list[str], env: dict[str, str]) -> dict:
             break
     done.set()
     sampler.join()
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # the whole group: the loader processes too
-    except ProcessLookupError:
-        pass
     process.wait()
     output = "".join(lines)
     if seconds is None:

@@ -18,6 +18,7 @@ answered (200 or 503 with Retry-After), and the server's RSS is sampled against 
 # No `from __future__ import annotations`: FastAPI reads the plain handler's UploadFile annotation at runtime.
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -209,10 +210,8 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL) if group else process.kill()
         process.wait()
     if group:  # workers that outlived their parent
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def rss_mb(pid: int) -> float:

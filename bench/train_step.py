@@ -86,7 +86,8 @@ def main() -> None:
         achieved = median * flops
         print(row(name, values, " img/s") + f"  x{median / base:.2f}  {achieved / 1e9:.0f} GFLOP/s = "
               + ", ".join(f"{achieved / v:.0%} of {k} peak" for k, v in peaks.items()))
-    ratios = [r / b for r, b in zip(rates[f"alexnet train (auto: {auto_precision.name})"], rates["original eager fp32"])]
+    ours = rates[f"alexnet train (auto: {auto_precision.name})"]
+    ratios = [r / b for r, b in zip(ours, rates["original eager fp32"])]
     print(row("ratio default/original (per round)", ratios, "", 2))
 
 

@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny synthetic image folders in tmp_path, the suite's small architecture, and a CLI runner
-with a pinned width."""
+"""The suite's fixtures and hooks: tiny synthetic image folders in tmp_path, a trained checkpoint shared by
+the tests that only read one, a CLI runner with a pinned width, and the budget and locks that keep the suite
+fast under pytest-xdist. What the tests share beside fixtures is in support/helpers.py."""
 
 from __future__ import annotations
 
@@ -11,19 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-# The suite's small architecture (support/alexnet_test_arch.py), registered before any test imports the CLI.
-SUPPORT = Path(__file__).resolve().parent / "support"
-sys.path.insert(0, str(SUPPORT))
-from alexnet_test_arch import TEST_ARCH  # noqa: E402
-
-from alexnet_cli.data.sources.synthetic import make_shapes_folder
-
-# The smallest input the default alexnet accepts (see models.ARCHITECTURES): keeps every test fast.
-TINY = 67
-# Where a test trains and the network's size is not its subject: the small architecture at the smallest input.
-SMALL = ["--arch", TEST_ARCH, "--image-size", str(TINY)]
-FAST_TRAIN = [*SMALL, "--batch-size", "8", "--workers", "0"]
-
+# The suite's small architecture (support/alexnet_test_arch.py) is registered before any test imports the CLI:
+# support/ goes on sys.path here, and the helpers that the tests share come from support/helpers.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+from support.helpers import FAST_TRAIN, built_once, invoke, make_shapes
 
 # No test should take longer than this on the 2-core machine (docs/development.md, "How the suite stays fast").
 BUDGET_SECONDS = 15
@@ -102,24 +94,8 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def make_shapes(root: Path) -> Path:
-    """root/train and root/val, two classes (circle, square), 80x80 PNGs: 8 and 3 per class, always the same."""
-    make_shapes_folder(root / "train", classes=("circle", "square"), per_class=8, size=80, seed=1)
-    make_shapes_folder(root / "val", classes=("circle", "square"), per_class=3, size=80, seed=2)
-    return root
 
 
-def built_once(tmp_path_factory, name: str, build) -> Path:
-    """basetemp/name, made by build(folder) the first time a worker asks for it. A module or session fixture
-    that trains builds through this: pytest-xdist tears a module's fixtures down when its worker runs out of
-    queued tests, and a fixture set up again then finds its run already there instead of training again."""
-    root = tmp_path_factory.getbasetemp() / name
-    if not (root / ".built").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir()
-        build(root)
-        (root / ".built").touch()
-    return root
 
 
 @pytest.fixture
@@ -152,41 +128,3 @@ def trained_run(tmp_path, trained_checkpoint) -> Path:
     run.mkdir()
     shutil.copyfile(trained_checkpoint, run / "best.pt")
     return run
-
-
-def solid_folder(root: Path, per_class: int, seed: int) -> Path:
-    """Dark against bright images with a little noise: separable by anything that learns at all."""
-    import random
-
-    from PIL import Image
-
-    rng = random.Random(seed)
-    for name, base in (("dark", 20), ("bright", 235)):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            image = Image.new("RGB", (72, 72), tuple(max(0, min(255, base + rng.randint(-15, 15))) for _ in range(3)))
-            image.save(root / name / f"{name}_{i}.png")
-    return root
-
-
-def invoke(runner: CliRunner, args: list[str]):
-    from alexnet_cli.cli import app
-
-    return runner.invoke(app, args, catch_exceptions=False)
-
-
-def env_without_debug() -> dict[str, str]:
-    """The environment for a subprocess test: no ALEXNET_DEBUG, and the suite's architecture registered in
-    every Python process it starts (support/sitecustomize.py)."""
-    env = dict(os.environ)
-    env.pop("ALEXNET_DEBUG", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(SUPPORT), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def one_error_line(result) -> str:
-    """The run's single `error:` line; fails if there is none, more than one, or a traceback."""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return errors[0]

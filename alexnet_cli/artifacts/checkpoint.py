@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -49,7 +49,7 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any],
     """Atomically; `serialised()` is called once the tensors have been read (see writer.py).
 
     Without the zip's CRC32s: torch.load never checks them, and computing them was most of the time a 700 MB
-    save took (0.8 of 1.0 s on a 2-core Xeon). Zip tools other than torch's may warn about them.
+    save took (docs/checkpoint-format.md). Zip tools other than torch's may warn about them.
     """
     def write(file) -> None:
         crc = getattr(torch.serialization, "get_crc32_options", lambda: None)()
@@ -73,8 +73,9 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any],
 class _RecordingFile:
     """A file that remembers the OSError its write raised."""
 
-    def __init__(self, file) -> None:
-        self.file, self.error = file, None
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         try:
@@ -107,7 +108,8 @@ class TrainingState:
         """None where the file holds no training state (a checkpoint cut down to its weights, say)."""
         if "optimizer" not in data or not data.get("config"):
             return None
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,8 @@ class RunFolder:
         matrix when it improved; metrics.csv. Each file is on disk before the next is begun."""
         if not self.writes:
             return
+        if checkpoint.training is None:
+            raise ValueError("an epoch's checkpoint carries its training state")
         payload, rows = copy_containers(checkpoint.to_payload()), copy_containers(list(history))
         epoch = checkpoint.training.epoch
 

@@ -12,6 +12,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -29,8 +30,8 @@ class RichObserver:
     """Draws a training run: a progress bar per epoch on a terminal, the original's plain lines elsewhere."""
 
     def __init__(self) -> None:
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     info = staticmethod(info)
     warn = staticmethod(warn)
@@ -61,7 +62,7 @@ class RichObserver:
     def epoch_start(self, epoch: int, epochs: int, iterations: int, images: int) -> None:
         if not console.is_terminal:
             return
-        self._progress = Progress(
+        progress = self._progress = Progress(
             TextColumn(f"Epoch {epoch}/{epochs}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -73,11 +74,11 @@ class RichObserver:
             console=console,
             transient=True,
         )
-        self._task = self._progress.add_task("train", total=iterations, loss="-", rate="-")
-        self._progress.start()
+        self._task = progress.add_task("train", total=iterations, loss="-", rate="-")
+        progress.start()
 
     def step(self, epoch, epochs, iteration, iterations, loss, images_per_second) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=iteration, loss=f"{loss:.4f}", rate=f"{images_per_second:.1f}")
         else:
             # The original script's format, with the true iteration count.

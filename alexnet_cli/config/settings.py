@@ -31,8 +31,8 @@ DEFAULT_LR = {"adam": 2e-4, "adamw": 2e-4, "sgd": 0.01}
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.01, "sgd": 5e-4}
 SGD_MOMENTUM = 0.9
 # Batch 64 for 20 epochs rather than the original's 32 for 10: on a CPU a step's fixed cost (the update of 58M
-# parameters) dominates at small images, so a batch of 64 trains 1.7 times the images per second of 32, and
-# the model was still learning at epoch 10 (docs/training.md, "Defaults measured on real data").
+# parameters) dominates at small images, so a larger batch trains more images per second, and the model was
+# still learning at epoch 10 (docs/training.md, "Defaults measured on real data").
 DEFAULT_EPOCHS = 20
 
 

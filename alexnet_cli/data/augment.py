@@ -162,7 +162,7 @@ def class_weights(counts: list[int], power: float) -> list[float]:
 
 def imbalance_warning(counts: dict[str, int]) -> str | None:
     """The data summary's warning when the largest class has more than 3 times the images of the smallest."""
-    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    largest, smallest = max(counts, key=counts.__getitem__), min(counts, key=counts.__getitem__)
     if counts[smallest] == 0 or counts[largest] <= 3 * counts[smallest]:
         return None
     return (f"classes are imbalanced: {largest} has {counts[largest]:,} images, {smallest} {counts[smallest]:,} "

@@ -49,6 +49,8 @@ def _machine_available() -> int | None:
 
 
 def _windows_available() -> int | None:
+    if sys.platform != "win32":  # ctypes.windll exists on Windows alone
+        return None
     class MemoryStatus(ctypes.Structure):  # MEMORYSTATUSEX
         _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong)] + [
             (name, ctypes.c_ulonglong) for name in ("ullTotalPhys", "ullAvailPhys", "ullTotalPageFile",

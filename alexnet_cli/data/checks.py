@@ -39,8 +39,8 @@ def _digest(path: str) -> str:
 
 def _describe(images: datamod.ImageSet) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """Per-class rows, and the content hash of every image (hash -> paths)."""
-    rows = [{"class": name, "images": 0, "skipped": [], "modes": {}, "small": [], "elongated": []}
-            for name in images.classes]
+    rows: list[dict[str, Any]] = [{"class": name, "images": 0, "skipped": [], "modes": {}, "small": [],
+                                   "elongated": []} for name in images.classes]
     by_class = {str(images.root / name): row for name, row in zip(images.classes, rows)}
     for reason in images.skipped:
         path = reason.split(": ", 1)[0]

@@ -257,6 +257,4 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
                 found.append(match)
         if len(found) == before:
             problems.append(f"{item}: no images found")
-    seen: set[str] = set()
-    unique = [p for p in found if not (p in seen or seen.add(p))]
-    return unique, problems
+    return list(dict.fromkeys(found)), problems  # each path once, in the order found

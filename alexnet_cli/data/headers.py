@@ -27,9 +27,8 @@ def check_file(path: str) -> tuple[int, int]:
     write bytes after a JPEG's end, and those files decode.
 
     JPEG and PNG headers are read here from the file's first bytes (header_size), without Pillow's
-    Image.open, which reads the rest of a JPEG's header and builds an image object: on the 2-core AMD EPYC,
-    with the files in the page cache, one thread checked 56,000 files/s this way against about 6,500 with
-    Image.open. Anything header_size cannot place goes to Pillow.
+    Image.open, which reads the rest of a JPEG's header and builds an image object: several times faster
+    (docs/scale.md has the rates). Anything header_size cannot place goes to Pillow.
     """
     limit = Image.MAX_IMAGE_PIXELS
     with open(path, "rb") as handle:

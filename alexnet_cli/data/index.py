@@ -40,11 +40,10 @@ from alexnet_cli.runtime.system import user_cache_dir
 FORMAT = "alexnet-cli folder index"
 VERSION = 1
 
-# How files are checked. A first index of files that are not in the page cache waits on the disk: on the
-# 2-core AMD EPYC's virtual disk, with the page cache dropped, one thread checked 153 files/s and 64 threads
-# (64 files each in turn) 6,900, by keeping many reads in flight. From the page cache, one thread checked
-# 56,000 files/s and 64 threads 10,000 (they queue for Python's lock). So the first PROBE files tell which it
-# is: at FROM_MEMORY files/s or more the rest go on in one thread, else on CHECK_THREADS.
+# How files are checked. A first index of files that are not in the page cache waits on the disk, and many
+# reads in flight (CHECK_THREADS) go many times faster than one. From the page cache, one thread is faster
+# than many, which queue for Python's lock (docs/scale.md has the rates). So the first PROBE files tell which
+# it is: at FROM_MEMORY files/s or more the rest go on in one thread, else on CHECK_THREADS.
 PROBE = 256
 FROM_MEMORY = 5_000
 CHECK_THREADS = 64

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -69,7 +70,8 @@ class ImageDataset:
         label = int(self.labels[index]) if self.labels is not None else -1
         path = self.paths[index]
         pixels = self.cache.get(path) if self.cache is not None else None
-        if pixels is not None:
+        transform: Callable[[Any], Any]
+        if pixels is not None and self.from_cache is not None:
             source, transform = pixels, self.from_cache
         else:
             try:
@@ -220,7 +222,7 @@ class ThreadLoader:
                 submit_next()
             try:
                 while pending:
-                    samples = []
+                    samples: list[tuple[Any, ...]] = []
                     while pending and len(samples) < self.batch_size:
                         samples.append(pending.popleft().result())
                         submit_next()

@@ -109,9 +109,9 @@ class Preprocess:
 
 
 # What evaluate and predict run is written out below in torch and Pillow, rather than taken from
-# torchvision.transforms.v2: importing torchvision imports torch._dynamo (through torchvision.ops), 1.1 of
-# the 2.3 s that `import torch, torchvision` took on a 2-core Xeon. Each step does what torchvision's does,
-# op for op, and tests hold the two to the same bits (tests/test_performance.py). Training keeps v2.
+# torchvision.transforms.v2: importing torchvision imports torch._dynamo (through torchvision.ops), about half
+# of what importing torch and torchvision costs (docs/performance.md). Each step does what torchvision's does,
+# op for op, and tests hold the two to the same bits (tests/runtime/test_performance.py). Training keeps v2.
 
 # PIL.Image.Resampling per interpolation name, as torchvision.transforms.functional.pil_modes_mapping has it
 _PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "nearest-exact": 0, "box": 4, "hamming": 5, "lanczos": 1}
@@ -151,8 +151,8 @@ class RandomCropPixels:
     """v2.RandomCrop(size, padding=pad) of a uint8 CHW tensor, without importing torchvision: black padding on
     every side, then the same draws from torch's generator (the top, then the left, each only where there is
     room), so the same crops bit for bit. A loader process started by spawn or forkserver then does not import
-    torchvision to unpickle the default training transform: 1.4 of the 3 s such a process took to start on
-    2 cores."""
+    torchvision to unpickle the default training transform, which was about half of such a process's start
+    (docs/performance.md)."""
 
     def __init__(self, size: int, pad: int = 0) -> None:
         self.size, self.pad = size, pad

@@ -189,7 +189,7 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
                                 on_failed=lambda failed: loading.report_unreadable(failed, cfg.strict, observer))
         result = evaluate_model(model, loader, runtime, checkpoint.num_classes, settings, predictions)
     result.class_names = checkpoint.class_names
-    if predictions is not None:
+    if predictions is not None and cfg.save_errors is not None:
         saved = save_errors(cfg.save_errors, images.paths, predictions, checkpoint.class_names)
         observer.info(f"misclassified: {saved} images linked into {cfg.save_errors}/<true>__as__<predicted>/")
     if images.skipped:

@@ -65,7 +65,7 @@ def metadata(checkpoint: Checkpoint, fmt: str) -> dict[str, Any]:
 def export(checkpoint: Checkpoint, fmt: str, output: Path | None = None, seed: int = 0) -> ExportResult:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: choose {' or '.join(FORMATS)}")
-    output = Path(output) if output else default_output(checkpoint.path, fmt)
+    output = Path(output) if output else default_output(checkpoint.path or Path(f"{checkpoint.arch}.pt"), fmt)
     model = _with_softmax(checkpoint.build())
     size = checkpoint.preprocess.image_size
     sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))

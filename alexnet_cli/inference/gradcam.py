@@ -33,7 +33,7 @@ def target_layer(model):
 
 def grad_cam(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cams, logits): one map in [0, 1] per image at the last convolution's resolution, for its top class."""
-    store = {}
+    store: dict[str, torch.Tensor] = {}
     handle = target_layer(model).register_forward_hook(lambda module, inputs, output: store.update(act=output))
     try:
         with torch.enable_grad():

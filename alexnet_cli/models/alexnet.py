@@ -125,9 +125,9 @@ def init_weights(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0.0, 0.01)
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
 
@@ -163,8 +163,9 @@ def build_model(
         init_weights(model)
     if pretrained:
         model.load_state_dict(pretrained_state_dict(progress))
-        if num_classes != 1000:
-            model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
+        head = model.classifier[-1]
+        if num_classes != 1000 and isinstance(head, nn.Linear):
+            model.classifier[-1] = nn.Linear(head.in_features, num_classes)
     return model
 
 

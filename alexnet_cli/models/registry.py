@@ -56,8 +56,8 @@ def arch_info(name: str) -> ArchInfo:
 
 
 # Small images (MNIST, Fashion-MNIST, CIFAR: 28 to 32 pixels) train at SMALL_INPUT by default rather than
-# the architecture's own size: 4.7 times a 28-pixel image is detail enough, and a step at batch 32 ran 129
-# images/s against 55 at 227 on a 2-core CPU (docs/training.md, "Defaults measured on real data").
+# the architecture's own size: 4.7 times a 28-pixel image is detail enough, and a step there costs about a third
+# of the pixels of one at 227 (docs/training.md, "Defaults measured on real data", has the speeds).
 SMALL_IMAGE_SIDE = 64  # a median short side at most this is a small-image data set
 SMALL_INPUT = 131
 

@@ -56,7 +56,8 @@ class TensorBoardObserver:
         transform = preprocess.eval_transforms(on_device=False)
         mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         std = torch.tensor(preprocess.std).view(3, 1, 1)
-        picked, names = [], []
+        picked: list[torch.Tensor] = []
+        names: list[str] = []
         # One of each class first, then the second of each, ...: the grid shows every class it can.
         rank_in_class: dict[int, int] = {}
         ranks = []

@@ -44,16 +44,16 @@ def resolve_runtime(device: str, no_cuda: bool, precision: str, workers: int | N
 def default_workers() -> int:
     """Loader processes: none on 2 cores or fewer, else cores - 1 (at most 4), leaving a core for the model.
 
-    On 2 cores a worker process competes with the model's two compute threads: training measured 33 img/s
-    with no worker against 30 with one (500x375 JPEGs), and 16.5 against 10.7 (4000x3000); docs/performance.md.
+    On 2 cores a worker process competes with the model's two compute threads, and training ran slower with one
+    than with none (docs/performance.md, "Loader processes").
     """
     cores = os.cpu_count() or 1
     return 0 if cores <= 2 else min(4, cores - 1)
 
 
 # Decoding threads for evaluate and predict where no loader process runs (2 cores or fewer, or --workers 0):
-# predict on 256 JPEGs of 500x375 measured 216 img/s in this process, 231 with 1 thread, 261 with 2 and 252
-# with 4 (2-core Xeon with AMX, bf16; docs/performance.md).
+# Pillow decodes without the GIL, so two threads overlap the decode with the forward pass; more were no faster
+# (docs/performance.md, "Decoding threads").
 DECODE_THREADS = 2
 
 
@@ -62,9 +62,8 @@ def configure_backends(device: torch.device) -> None:
 
     On the CPU, subnormal floats are flushed to zero. Adam's first moment of a weight whose gradient has gone
     to zero (a dead ReLU's) decays by 0.9 a step into the subnormal range within a few hundred steps, and an x86
-    CPU computes on subnormals far slower: the fused Adam step took 6.6 times as long, and epochs of a
-    Fashion-MNIST run grew from 92 s to 165 s (docs/performance.md, bench/denormals.py). Values below 1.2e-38
-    change nothing a model learns.
+    CPU computes on subnormals many times slower (bench/denormals.py measures it; docs/performance.md has the
+    figures). Values below 1.2e-38 change nothing a model learns.
     """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

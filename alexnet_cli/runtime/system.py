@@ -7,6 +7,7 @@ import contextlib
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,8 +38,8 @@ def cpu_name() -> str:
 
 def cpu_native_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16), asked of the CPU itself."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    checks = [check for check in checks if check is not None]
+    found = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    checks: list[Callable[[], bool]] = [check for check in found if check is not None]
     if checks:
         return any(check() for check in checks)
     try:  # older torch: read the CPU flags

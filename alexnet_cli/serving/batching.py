@@ -74,7 +74,7 @@ class Batcher:
         self.admitted = 0  # images admitted and not yet answered: the queue's depth
         self.coming = 0  # of those, not yet submitted (being read or decoded)
         self._pending: deque[_Entry] = deque()
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()  # made again in start(), on the loop that serves
         self._task: asyncio.Task | None = None
         self._forward = ThreadPoolExecutor(1, thread_name_prefix="alexnet-forward")
         self._seconds_per_batch = 0.0  # the last batch's, for Retry-After

@@ -106,8 +106,10 @@ class ServedModel:
 
     def explanation(self, sample: Sample, output: Output, caption: str) -> str:
         """The Grad-CAM overlay as a PNG data URL, ready for an <img src>."""
-        picture = sample.picture
-        heat = explain.full_size_cam(output.cam, picture.width, picture.height, self.preprocess)
+        picture, cam = sample.picture, output.cam
+        if picture is None or cam is None:
+            raise ValueError("Grad-CAM was not asked for this image")
+        heat = explain.full_size_cam(cam, picture.width, picture.height, self.preprocess)
         buffer = io.BytesIO()
         explain.overlay(picture, heat, caption).save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -116,7 +118,7 @@ class ServedModel:
 
     def run(self, samples: list[Sample]) -> list[Output]:
         """One forward pass for the samples without Grad-CAM, and one with gradients for those with it."""
-        outputs: list[Output | None] = [None] * len(samples)
+        outputs: dict[int, Output] = {}
         plain = [i for i, sample in enumerate(samples) if sample.picture is None]
         explained = [i for i, sample in enumerate(samples) if sample.picture is not None]
         if plain:
@@ -130,7 +132,7 @@ class ServedModel:
             probabilities = logits.float().softmax(1).cpu()
             for row, i in enumerate(explained):
                 outputs[i] = Output(probabilities[row], cams[row].cpu())
-        return outputs
+        return [outputs[i] for i in range(len(samples))]
 
     def _batch(self, samples: list[Sample]) -> torch.Tensor:
         return to_device(PixelBatch.stack([s.pixels for s in samples]), self.runtime.device,

@@ -53,7 +53,8 @@ def _flat(values) -> list:
 
 def _bytes_elements(data: bytes, count: int) -> list[bytes]:
     """BYTES as binary data: each element's length (uint32, little-endian), then its bytes."""
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(data):
         if offset + 4 > len(data):
             raise RequestError(400, f"input '{INPUT}': its binary data ends inside an element's length")
@@ -163,7 +164,7 @@ def infer_response(name: str, request: InferRequest, labels: list[str], probabil
                    ) -> tuple[bytes, dict[str, str]]:
     """$inference_response as (body, headers): JSON, or JSON followed by the outputs asked for as binary."""
     count = len(labels)
-    tensors = {
+    tensors: dict[str, tuple[str, list[int], list[Any]]] = {
         "label": ("BYTES", [count], labels),
         "confidence": ("FP32", [count], [max(row) for row in probabilities]),
         "probabilities": ("FP32", [count, len(probabilities[0])], [p for row in probabilities for p in row]),

@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from contextlib import contextmanager
+from typing import cast
 
 from alexnet_cli.config.settings import ServeConfig
 from alexnet_cli.data.images import pillow_warnings
@@ -62,7 +63,8 @@ def serve(cfg: ServeConfig, observer: Observer) -> None:
     host, port = sock.getsockname()[:2]
     app = create_app(Service(model, cfg))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=cfg.drain_seconds)
+                            # uvicorn annotates an int, and waits with asyncio.wait_for, which takes seconds as a float
+                            timeout_graceful_shutdown=cast(int, cfg.drain_seconds))
     if cfg.host in ("0.0.0.0", "::"):
         observer.warn("listening on every interface, with no authentication: put a proxy in front of it "
                       "(docs/serve.md)")

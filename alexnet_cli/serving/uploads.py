@@ -9,7 +9,7 @@ the image's bytes stay in memory, and the file name of a multipart part is ignor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -76,7 +76,8 @@ async def read_body(request: Request, limit: int, seconds: float | None = None) 
         too_large.message = (f"the upload is {_megabytes(declared)}, over the limit of {_megabytes(limit)} "
                              f"(--max-upload-mb)")
         raise too_large
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     seconds = BODY_SECONDS if seconds is None else seconds
     deadline = asyncio.get_running_loop().time() + seconds
     stream = request.stream().__aiter__()
@@ -93,7 +94,7 @@ async def read_body(request: Request, limit: int, seconds: float | None = None) 
         chunks.append(chunk)
 
 
-async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:
+async def _one_chunk(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 

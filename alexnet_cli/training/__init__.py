@@ -77,7 +77,7 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     config = _write_config(folder, cfg, epochs, data, dist)
     observer = _announce(folder, cfg, dist, observer)
     run = Run(cfg, epochs, runtime, data, parts, state, folder, config, dist, observer)
-    partial = checkpoint.training.partial if checkpoint is not None else None
+    partial = checkpoint.training.partial if checkpoint is not None and checkpoint.training is not None else None
     stopped_early = False
     # Checkpoints are written while the next epoch trains; the optimizer's step waits until they are read.
     folder.guard(parts.optimizer)
@@ -212,7 +212,6 @@ def _announce(folder: RunFolder, cfg: TrainConfig, dist: distmod.Dist, observer:
 
 def _show_samples(run: Run) -> None:
     """With --tensorboard: a grid of training images as the model sees them."""
-    if run.cfg.tensorboard and run.dist.is_main:
+    if isinstance(run.observer, tboard.TensorBoardObserver):
         train = run.data.train
-        run.observer.samples(train.paths, train.labels.tolist(), run.data.classes,
-                             run.data.preprocess)
+        run.observer.samples(train.paths, train.labels.tolist(), run.data.classes, run.data.preprocess)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from alexnet_cli.data.loading import Loader
+from alexnet_cli.data.loading import Loader, ThreadLoader
 from alexnet_cli.errors import AlexNetError, DataError, NonFiniteLossError
 from alexnet_cli.observer import Observer
 from alexnet_cli.runtime.context import Runtime, to_device
@@ -84,7 +84,7 @@ class EpochReport:
     on_failed: Callable[[Any], int]
 
 
-def train_one_epoch(parts: TrainingParts, loader: Loader, runtime: Runtime, progress: EpochProgress,
+def train_one_epoch(parts: TrainingParts, loader: Loader | ThreadLoader, runtime: Runtime, progress: EpochProgress,
                     report: EpochReport, should_stop: Callable[[], bool], distributed: bool = False) -> bool:
     """One epoch (or the rest of one); returns True when a signal stopped it between two steps.
 

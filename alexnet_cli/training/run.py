@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from alexnet_cli.errors import MissingExtra
 from alexnet_cli.inference.evaluate import EvalResult, EvalSettings, evaluate_model
 from alexnet_cli.observer import Observer
 from alexnet_cli.reporting import plots
+from alexnet_cli.reporting.tensorboard import TensorBoardObserver
 from alexnet_cli.runtime import distributed as distmod
 from alexnet_cli.runtime import seeds
 from alexnet_cli.runtime.context import Runtime
@@ -35,7 +37,7 @@ class Run:
     dist: distmod.Dist
     observer: Observer
 
-    def start_epoch(self, loaders: Loaders, partial: dict[str, Any] | None) -> tuple[EpochProgress, int]:
+    def start_epoch(self, loaders: Loaders, partial: Mapping[str, Any] | None) -> tuple[EpochProgress, int]:
         """The next epoch's progress (where an interrupted run stopped inside it, if it did) and its number of
         steps; the loader is set to this rank's share of the epoch's shuffle, from that step on."""
         epoch = self.state.epoch + 1
@@ -101,7 +103,7 @@ class Run:
     def finish(self) -> None:
         if self.folder.writes:
             self._draw_plots()
-        if self.cfg.tensorboard and self.dist.is_main:
+        if isinstance(self.observer, TensorBoardObserver):
             self.observer.close()
 
     def _draw_plots(self) -> None:

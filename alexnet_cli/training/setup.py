@@ -21,7 +21,7 @@ from alexnet_cli.data.augment import Augmentation, imbalance_warning, rgb_pca
 from alexnet_cli.data.cache import ImageCache, make_cache
 from alexnet_cli.data.images import open_image
 from alexnet_cli.data.preprocess import Chain, Preprocess
-from alexnet_cli.errors import CheckpointError, DataError
+from alexnet_cli.errors import CheckpointError, ConfigError, DataError
 from alexnet_cli.observer import Observer
 from alexnet_cli.runtime import distributed as distmod
 from alexnet_cli.runtime import seeds
@@ -36,15 +36,16 @@ def resume(cfg: TrainConfig) -> tuple[Checkpoint | None, TrainConfig]:
     checkpoint = load_checkpoint(cfg.resume, mmap=False)
     if checkpoint.training is None:
         raise CheckpointError(f"{checkpoint.path} holds weights but no training state, so it cannot be resumed")
-    saved = {k: v for k, v in checkpoint.training.config.items() if k in TrainConfig.__dataclass_fields__}
+    saved: dict[str, Any] = {k: v for k, v in checkpoint.training.config.items()
+                             if k in TrainConfig.__dataclass_fields__}
     for key in ("data", "val", "output"):
         if saved.get(key) is not None:
             saved[key] = Path(saved[key])
-    overrides = dict(
+    overrides: dict[str, Any] = dict(
         device=cfg.device, no_cuda=cfg.no_cuda, precision=cfg.precision, workers=cfg.workers,
         log_interval=cfg.log_interval, cache=cfg.cache,
         resume=cfg.resume, epochs=cfg.epochs or saved.get("epochs"),
-        output=cfg.output or checkpoint.path.parent,
+        output=cfg.output or Path(cfg.resume).parent,
     )
     if cfg.data is not None:
         overrides["data"] = cfg.data
@@ -102,6 +103,8 @@ def list_folders(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
                  observer: Observer) -> Folders:
     """List the training (and validation) folders from their index, naming the files that cannot be used.
     Only new and changed files are opened (data/index.py); --strict decodes every one."""
+    if cfg.data is None:
+        raise ConfigError("give the training folder: alexnet train DATA")
     listed = partial(datamod.load_image_folder, strict=cfg.strict, check="decode" if cfg.strict else "index",
                      progress=observer.progress, dist=dist, report=observer.info)
     train = listed(cfg.data)
@@ -144,7 +147,7 @@ def prepare_data(cfg: TrainConfig, folders: Folders, checkpoint: Checkpoint | No
         observer.info(cache.describe())
         if not cache.accepting:
             cache = None
-    saved_split = Path(cfg.output) / "split.json" if checkpoint is not None else None
+    saved_split = Path(cfg.output) / "split.json" if checkpoint is not None and cfg.output else None
     train, val, val_source, split = _validation(cfg, train, val, folders.val_dir, saved_split, observer)
     observer.data_summary(train.classes, train.counts(), val.counts() if val else None, val_source)
     imbalance = imbalance_warning(dict(zip(train.classes, train.counts())))
@@ -179,7 +182,7 @@ def _colour_pca(cfg: TrainConfig, checkpoint: Checkpoint | None, train: datamod.
     training images (from the cache, else decoded again) at the resize the model sees."""
     if cfg.pca_lighting <= 0:
         return None
-    saved = checkpoint.training.config if checkpoint is not None else {}
+    saved = checkpoint.training.config if checkpoint is not None and checkpoint.training is not None else {}
     if saved.get("pca_eigval"):
         return saved["pca_eigval"], saved["pca_eigvec"]
     every = train.paths
@@ -200,8 +203,8 @@ def _colour_pca(cfg: TrainConfig, checkpoint: Checkpoint | None, train: datamod.
 class Loaders:
     """The run's loaders, each iterated once per epoch; as a context manager, their processes end with it."""
 
-    train: loading.Loader
-    val: loading.Loader | None
+    train: loading.Loader | loading.ThreadLoader
+    val: loading.Loader | loading.ThreadLoader | None
     sampler: loading.EpochSampler  # the training order, set per epoch
 
     def __enter__(self) -> Loaders:

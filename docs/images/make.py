@@ -16,8 +16,8 @@ from pathlib import Path
 from PIL import Image
 
 from alexnet_cli.config.settings import PredictConfig
-from alexnet_cli.observer import SilentObserver
 from alexnet_cli.inference.predict import predict
+from alexnet_cli.observer import SilentObserver
 from alexnet_cli.reporting.plots import plot_run
 
 
@@ -29,7 +29,8 @@ def main() -> None:
         shutil.copy(picture, here / picture.name)
     samples = [str(sorted((demo / "val" / name).iterdir())[3]) for name in ("checks", "dots", "rings", "stripes")]
     with tempfile.TemporaryDirectory() as tmp:
-        results = predict(PredictConfig(inputs=tuple(samples), weights=run / "best.pt", explain=Path(tmp)), SilentObserver())
+        cfg = PredictConfig(inputs=tuple(samples), weights=run / "best.pt", explain=Path(tmp))
+        results = predict(cfg, SilentObserver())
         tiles = [Image.open(r["explanation"]).resize((201, 201), Image.NEAREST) for r in results]
         strip = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), 201), "white")
         x = 0

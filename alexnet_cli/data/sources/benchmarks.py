@@ -104,8 +104,8 @@ def prepare_dataset(name: str, root: str | Path, per_class: int | None = None, v
             short = [f for i, f in enumerate(folders) if labels.count(i) <= val_per_class]
             if short:
                 raise ConfigError(f"--val-per-class {val_per_class} leaves no training images of {short[0]}")
-        for split in dict.fromkeys(s for s in splits if s):
-            report.counts[split] = dict.fromkeys(folders, 0)
+        for used in dict.fromkeys(s for s in splits if s):
+            report.counts[used] = dict.fromkeys(folders, 0)
         for index, (split, label) in enumerate(zip(splits, labels)):
             if split is None:
                 continue

@@ -83,7 +83,8 @@ TEXTURES = ("stripes", "checks", "dots", "rings")
 def _rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
     import colorsys
 
-    return tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
+    return round(255 * red), round(255 * green), round(255 * blue)
 
 
 def draw_texture(kind: str, size: int, rng: random.Random):
@@ -123,7 +124,7 @@ def draw_texture(kind: str, size: int, rng: random.Random):
                 draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=b)
     elif kind == "rings":
         cx, cy = big / 2 + rng.uniform(-0.3, 0.3) * size, big / 2 + rng.uniform(-0.3, 0.3) * size
-        radius = big
+        radius: float = big
         while radius > 0:
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=b)
             radius -= period / 2
@@ -133,6 +134,6 @@ def draw_texture(kind: str, size: int, rng: random.Random):
             radius -= period / 2
     else:
         raise ValueError(f"unknown texture {kind!r}")
-    image = image.rotate(rng.uniform(0, 180), resample=Image.BILINEAR)
+    image = image.rotate(rng.uniform(0, 180), resample=Image.Resampling.BILINEAR)
     left = (big - size) // 2
     return image.crop((left, left, left + size, left + size))

@@ -1,0 +1,38 @@
+"""The CLI reference in docs/ is generated from the Typer app; this fails when it is out of date."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+from support.helpers import ROOT, invoke
+
+REGENERATE = [sys.executable, "-m", "typer", "alexnet_cli.cli", "utils", "docs", "--name", "alexnet",
+              "--title", "CLI reference"]
+
+
+def test_cli_reference_is_up_to_date(tmp_path):
+    fresh = tmp_path / "cli.md"
+    subprocess.run([*REGENERATE, "--output", str(fresh)], check=True, capture_output=True, cwd=ROOT)
+    committed = (ROOT / "docs" / "cli.md").read_text()
+    assert fresh.read_text() == committed, (
+        "docs/cli.md is out of date: regenerate it with\n  " + " ".join(REGENERATE[1:]) + " --output docs/cli.md"
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "summary", "check", "export", "demo"])
+def test_every_option_of_every_command_is_documented(runner, command):
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    section = reference.split(f"## `alexnet {command}`", 1)[1].split("\n## ", 1)[0]
+    help_text = invoke(runner, [command, "--help"]).output
+    options = set(re.findall(r"--[a-z][a-z0-9-]*[a-z0-9]", help_text)) - {"--help"}
+    assert options, help_text
+    for option in options:
+        assert f"`{option}" in section, f"{option} of `alexnet {command}` is missing from docs/cli.md"
+
+
+def test_readme_links_point_to_files():
+    readme = (ROOT / "README.md").read_text()
+    for target in [part.split(")", 1)[0] for part in readme.split("](")[1:]]:
+        if not target.startswith("http"):
+            assert (ROOT / target).exists(), target
