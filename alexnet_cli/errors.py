@@ -5,6 +5,8 @@ The core raises these; only the CLI turns them into a red line and an exit code 
 
 from __future__ import annotations
 
+import importlib.util
+
 
 class AlexNetError(Exception):
     """Base class: a problem the user can fix, reported as one line without a traceback."""
@@ -54,8 +56,6 @@ class MissingExtra(ConfigError):
 
 def require_extra(needs: str, extra: str, modules: tuple[str, ...], then: str = "") -> None:
     """MissingExtra naming the first of `modules` that cannot be imported; nothing when all of them can."""
-    import importlib.util
-
     for module in modules:
         if importlib.util.find_spec(module) is None:
             raise MissingExtra(needs, extra, module, then)

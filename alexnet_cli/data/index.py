@@ -34,7 +34,9 @@ from PIL import Image
 from alexnet_cli.data.headers import check_file
 from alexnet_cli.data.images import IMAGE_EXTENSIONS, UnreadableImage, is_os_metadata, pillow_warnings, visible_folders
 from alexnet_cli.data.samples import Strings, StringsBuilder
+from alexnet_cli.errors import AlexNetError
 from alexnet_cli.observer import Progress, no_progress
+from alexnet_cli.runtime.files import atomic_write
 from alexnet_cli.runtime.system import user_cache_dir
 
 FORMAT = "alexnet-cli folder index"
@@ -205,14 +207,12 @@ def read_index(root: str) -> FolderIndex | None:
 def write_index(index: FolderIndex) -> str | None:
     """Save it atomically; None, or why it could not be saved (then the next run builds it again)."""
     path = index_file(index.root)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(index.to_dict(), partial)
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
+        atomic_write(path, lambda file: torch.save(index.to_dict(), file))
+    except OSError as exc:  # the cache folder itself could not be made
         return f"{path.parent}: {exc.strerror or exc}"
+    except AlexNetError as exc:
+        return str(exc)
     return None
 
 

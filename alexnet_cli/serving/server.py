@@ -12,6 +12,8 @@ import time
 from contextlib import contextmanager
 from typing import cast
 
+import uvicorn
+
 from alexnet_cli.config.settings import ServeConfig
 from alexnet_cli.data.images import pillow_warnings
 from alexnet_cli.errors import ConfigError
@@ -54,8 +56,6 @@ def url(host: str, port: int) -> str:
 
 
 def serve(cfg: ServeConfig, observer: Observer) -> None:
-    import uvicorn
-
     started = time.perf_counter()
     model = ServedModel.load(cfg, observer)
     warm = model.warm_up(cfg.max_batch)

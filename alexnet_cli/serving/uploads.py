@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from starlette.requests import Request
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
 
 # The multipart field that carries the image: curl -F image=@cat.jpg
 IMAGE_FIELD = "image"
@@ -113,8 +112,6 @@ async def image_bytes(request: Request, limit: int) -> bytes:
 
 
 async def _multipart_image(request: Request, body: bytes) -> bytes:
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
     # One file, a few other fields at most: a form of thousands of parts is refused while it is parsed.
     parser = MultiPartParser(request.headers, _one_chunk(body), max_files=1, max_fields=8)
     try:

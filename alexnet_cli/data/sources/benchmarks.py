@@ -20,6 +20,7 @@ from torchvision.datasets import CIFAR10, FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
 from alexnet_cli.errors import ConfigError, DataError, first_line
+from alexnet_cli.runtime.files import atomic_write
 
 SETS = ("fashion-mnist", "cifar10")
 VAL_PER_CLASS = 200  # validation images per class, taken from the end of the training split
@@ -135,10 +136,8 @@ def _assign(labels: list[int], per_class: int | None, val_per_class: int) -> lis
 
 
 def _write_png(pixels, target: Path) -> int:
-    """One image (a uint8 HxW or HxWx3 array or tensor) as a PNG, written to a temporary name and renamed,
-    so an interrupted run never leaves a half-written image behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(partial, format="PNG")
-    partial.replace(target)
+    """One image (a uint8 HxW or HxWx3 array or tensor) as a PNG, written atomically, so an interrupted run
+    never leaves a half-written image behind."""
+    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
+    atomic_write(target, lambda file: image.save(file, format="PNG"), durable=False)
     return 1

@@ -20,9 +20,11 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchvision.datasets import imagenet
 from torchvision.datasets.imagenet import ARCHIVE_META
 
-from alexnet_cli.errors import ConfigError, DataError, first_line, require_extra
+from alexnet_cli.errors import DataError, first_line, require_extra
+from alexnet_cli.runtime.files import atomic_write_text
 
 SPLITS = ("train", "val")
 NAMES_FILE = "class_names.json"
@@ -49,10 +51,6 @@ def archives(source: Path) -> dict[str, Path]:
 def prepare_imagenet(root: str | Path, source: str | Path, report_line=lambda line: None) -> ImageNetReport:
     """Lay out ILSVRC-2012 from the archives in `source` as root/train/<wnid>, root/val/<wnid> and
     root/class_names.json; `report_line` is told what happens, a line at a time."""
-    try:
-        from torchvision.datasets import imagenet
-    except ImportError as exc:  # pragma: no cover - torchvision is a dependency
-        raise ConfigError(str(exc)) from None
     root, source = Path(root), Path(source)
     found = archives(source)
     root.mkdir(parents=True, exist_ok=True)
@@ -86,9 +84,7 @@ def prepare_imagenet(root: str | Path, source: str | Path, report_line=lambda li
         classes = [entry for entry in os.scandir(target) if entry.is_dir()]
         report.counts[split] = (len(classes), sum(len(os.listdir(entry.path)) for entry in classes))
     names = {wnid: ", ".join(names) for wnid, names in sorted(wnid_to_names.items())}
-    partial_names = root / f"{NAMES_FILE}.partial"
-    partial_names.write_text(json.dumps(names, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial_names, root / NAMES_FILE)
+    atomic_write_text(root / NAMES_FILE, json.dumps(names, indent=1, ensure_ascii=False) + "\n")
     return report
 
 

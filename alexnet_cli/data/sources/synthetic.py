@@ -6,16 +6,17 @@ a noisy, randomly tinted background, so that telling the classes apart needs the
 
 from __future__ import annotations
 
+import colorsys
 import math
 import random
 from pathlib import Path
+
+from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 
 
 def draw_shape(shape: str, size: int, rng: random.Random):
-    from PIL import Image, ImageDraw
-
     background = tuple(rng.randrange(40, 216) for _ in range(3))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
@@ -81,8 +82,6 @@ TEXTURES = ("stripes", "checks", "dots", "rings")
 
 
 def _rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
-    import colorsys
-
     red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
     return round(255 * red), round(255 * green), round(255 * blue)
 
@@ -93,8 +92,6 @@ def draw_texture(kind: str, size: int, rng: random.Random):
     Both colours are random (any hue, the pattern's hue near the ground's or not); only the polarity is fixed,
     as ink on paper is. With the polarity random too, a from-scratch AlexNet learnt far more slowly.
     """
-    from PIL import Image, ImageDraw
-
     hue = rng.random()
     a = _rgb(hue, rng.uniform(0.1, 0.5), rng.uniform(0.85, 1.0))  # the ground: light
     b = _rgb((hue + rng.uniform(-0.2, 0.2)) % 1.0, rng.uniform(0.3, 0.9), rng.uniform(0.1, 0.35))  # the pattern
