@@ -31,4 +31,4 @@ START=$SECONDS
 echo "demo wall: $((SECONDS - START)) s" | tee -a "$OUT/demo.txt"
 
 echo "== 4. tests with CUDA present"
-timeout 120 python3 -m pytest -q -x tests/test_train.py tests/test_evaluate.py tests/test_predict.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+timeout 120 python3 -m pytest -q -x tests/training/test_train.py tests/inference/test_evaluate.py tests/inference/test_predict.py 2>&1 | tail -15 | tee "$OUT/tests.txt"

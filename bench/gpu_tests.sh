@@ -4,6 +4,6 @@
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout ${GPU_TEST_TIMEOUT:-320} python3 -m pytest -q -p no:cacheprovider tests/test_reliability.py \
-    tests/test_pretrained.py tests/test_evaluate.py tests/test_visualise.py tests/test_performance.py \
-    tests/test_distributed.py tests/test_demo.py 2>&1 | tail -25
+timeout ${GPU_TEST_TIMEOUT:-320} python3 -m pytest -q -p no:cacheprovider tests/training/test_reliability.py \
+    tests/inference/test_pretrained.py tests/inference/test_evaluate.py tests/inference/test_visualise.py tests/runtime/test_performance.py \
+    tests/runtime/test_distributed.py tests/cli/test_demo.py 2>&1 | tail -25

@@ -191,7 +191,7 @@ class Pixels:
     """One sample on the uint8 path: the crop's pixels (uint8, CHW), whether the device flips it, and the box
     it erases after normalising (top, left, height, width), if any."""
 
-    pixels: Any
+    pixels: torch.Tensor  # uint8, CHW
     flip: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -230,11 +230,11 @@ class PixelBatch:
     """A batch on the uint8 path, as collate_readable stacks it: uint8 NCHW, a bool per image, and an
     erasing box per image (N x 4; height 0 where none), or None when no image erases."""
 
-    pixels: Any
-    flips: Any
+    pixels: torch.Tensor  # uint8, NCHW
+    flips: torch.Tensor  # bool, N
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    erase: Any = None
+    erase: torch.Tensor | None = None  # int, N x 4
 
     @classmethod
     def stack(cls, samples: list[Pixels]) -> PixelBatch:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from alexnet_cli.artifacts.checkpoint import load_checkpoint
 from alexnet_cli.artifacts.run_folder import resolve_weights
@@ -28,7 +29,7 @@ from alexnet_cli.runtime.files import atomic_write
 
 @dataclass(frozen=True)
 class Predictor:
-    model: Any
+    model: nn.Module
     class_names: tuple[str, ...]
     preprocess: Preprocess
     source: str

@@ -34,8 +34,8 @@ class Overloaded(Exception):
 
 @dataclass
 class _Entry:
-    item: Any
-    future: asyncio.Future
+    item: Any  # what the forward pass takes: a decoded upload (serving/model.py's Sample)
+    future: asyncio.Future[Any]
     arrived: float
 
 
