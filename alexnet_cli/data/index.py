@@ -208,7 +208,8 @@ def write_index(index: FolderIndex) -> str | None:
     """Save it atomically; None, or why it could not be saved (then the next run builds it again)."""
     path = index_file(index.root)
     try:
-        atomic_write(path, lambda file: torch.save(index.to_dict(), file))
+        # A cache: one lost to a power cut is built again, so it is renamed into place without an fsync.
+        atomic_write(path, lambda file: torch.save(index.to_dict(), file), durable=False)
     except OSError as exc:  # the cache folder itself could not be made
         return f"{path.parent}: {exc.strerror or exc}"
     except AlexNetError as exc:

@@ -71,6 +71,10 @@ def process_group(dist: Dist, device: torch.device) -> Iterator[None]:
     td.init_process_group(backend, **kwargs)
     try:
         yield
+        # Every rank leaves together: a rank that tears its group down while another still talks to it (rank 0
+        # writing the run's last files) can abort at exit in gloo's threads ("terminate called without an
+        # active exception"). After an error the others are stopped by torchrun, and no rank waits here.
+        td.barrier()
     finally:
         td.destroy_process_group()
 

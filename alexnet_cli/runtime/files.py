@@ -24,8 +24,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object],
     if given, is called once `write` has returned, before the fsync.
 
     A crash or a full disk at any point leaves the previous file at `path` untouched. `durable=False` leaves
-    out the two fsyncs, for the many small files of a data set that is made again if the machine loses power:
-    the rename alone still means that no file is ever seen half-written.
+    out the two fsyncs, for what is made again if the machine loses power (a data set's many small files, the
+    folder index): the rename alone still means that no file is ever seen half-written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

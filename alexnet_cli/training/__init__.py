@@ -89,7 +89,7 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
         while state.epoch < epochs:
             progress, iterations = run.start_epoch(loaders, partial)
             partial = None
-            lr = parts.lr()  # the rate at the epoch's first step (with a schedule it changes every step)
+            lr = parts.epoch_lr(progress.epoch)  # what metrics.csv records, also for an epoch resumed inside
             if run.train_epoch(loaders, progress, iterations, interrupts):
                 raise run.stop(progress, iterations, interrupts)
             run.finish_epoch(progress, lr, run.validate(loaders))
@@ -182,8 +182,19 @@ def _state(parts: TrainingParts, checkpoint, cfg: TrainConfig, epochs: int, runt
     if checkpoint is None:
         fresh_rank_streams(cfg, dist)
         return RunState()
-    state = parts.restore(checkpoint.training, cfg, epochs, runtime.device, dist, average=checkpoint.state_dict)
+    training = checkpoint.training
+    state = parts.restore(training, cfg, epochs, runtime.device, dist, average=checkpoint.state_dict)
     observer.info(f"resuming {cfg.resume} at epoch {state.epoch + 1} of {epochs}")
+    planned = int(training.config.get("epochs") or epochs)
+    if planned != epochs and parts.scheduler is not None:
+        observer.info(f"extending the run from {planned} to {epochs} epochs: from epoch {state.epoch + 1} on, the "
+                      f"learning rate follows the schedule of a run planned for {epochs} (now {parts.lr():.3g}); "
+                      f"the epochs already trained followed the {planned}-epoch one")
+    saved_world = int(training.config.get("world_size") or 1)
+    if saved_world != dist.world_size:
+        observer.info(f"resuming with {dist.world_size} processes where the run had {saved_world}: the schedule "
+                      f"goes on from the start of epoch {state.epoch + 1}, at {parts.steps_per_epoch} steps an "
+                      "epoch, the same share of the images seen")
     return state
 
 

@@ -213,6 +213,7 @@ class TrainingParts:
     criterion: nn.CrossEntropyLoss
     ema: AveragedModel | None = None  # with --ema: what validation, best.pt and last.pt's weights use
     mix: Callable[..., Any] | None = None  # with --mixup or --cutmix: mixes each batch and its labels
+    steps_per_epoch: int = 1  # this run's: each rank's share of the images, in batches
 
     @property
     def eval_model(self) -> nn.Module:
@@ -249,18 +250,16 @@ class TrainingParts:
         # Loss scaling only for fp16: bf16 has fp32's range, so its gradients do not underflow.
         scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision.name == "fp16")
         return cls(model, net, optimizer, scheduler, scaler, make_criterion(cfg, class_counts, device), ema,
-                   batch_mix(cfg.mixup, cfg.cutmix, num_classes))
+                   batch_mix(cfg.mixup, cfg.cutmix, num_classes), steps_per_epoch)
 
     def restore(self, training: TrainingState, cfg: TrainConfig, epochs: int, device: torch.device,
                 dist: distmod.Dist, average=None) -> RunState:
         """Continue where a checkpoint stopped: the optimizer's moments, the schedule, the scaler, the history
         and the random streams (rank 0's; the other ranks draw their own dropout masks)."""
         self.optimizer.load_state_dict(training.optimizer)
+        state = RunState(**training.run_state)
         if self.scheduler is not None and training.scheduler:
-            # Only the step count is restored: the factor is rebuilt from the settings, so a run extended with
-            # a larger --epochs anneals over its new length.
-            self.scheduler.last_epoch = int(training.scheduler["last_epoch"])
-            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+            self.follow_schedule(self.schedule_step(training, state.epoch, dist))
         if self.ema is not None:
             if not training.ema:
                 raise ConfigError(f"{cfg.resume} was trained without --ema, so there is no average to go on with")
@@ -268,7 +267,6 @@ class TrainingParts:
             self.ema.n_averaged.fill_(int(training.ema["n_averaged"]))
         if training.scaler:
             self.scaler.load_state_dict(training.scaler)
-        state = RunState(**training.run_state)
         restore_rng(training.rng, device)
         if dist.rank > 0:
             torch.manual_seed(seeds.rank_seed(cfg.seed, state.epoch, dist.rank))
@@ -277,8 +275,40 @@ class TrainingParts:
                               f"{state.epoch} to extend it")
         return state
 
+    def schedule_step(self, training: TrainingState, epochs_done: int, dist: distmod.Dist) -> int:
+        """Where a resumed run stands on its schedule, in this run's optimizer steps: the saved count with as
+        many processes as the run had (inside an epoch too, bit for bit), or, with another number, the start of
+        the next epoch at this run's steps per epoch (start_epoch_progress begins that epoch again): the same
+        share of the images seen, whatever the processes."""
+        saved_world = int(training.config.get("world_size") or 1)
+        if saved_world == dist.world_size:
+            return int(training.scheduler["last_epoch"]) if training.scheduler else 0
+        return epochs_done * self.steps_per_epoch
+
+    def follow_schedule(self, step: int) -> None:
+        """Stand on this run's schedule at `step`: its step count, and each group's rate as the schedule gives
+        it there. The rate is not the saved optimizer's: a run extended with a larger --epochs was planned for
+        fewer, and its last rate (0 at the end of a cosine) is not the one a run planned for the new length has
+        at that step. With the same plan the two are the same number, computed the same way."""
+        if self.scheduler is None:
+            return
+        factor = self.scheduler.lr_lambdas[0](step)
+        self.scheduler.last_epoch = step
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = group.setdefault("initial_lr", base) * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def epoch_lr(self, epoch: int) -> float:
+        """The rate at `epoch`'s first step (with a schedule it changes every step): what metrics.csv records,
+        the same for an epoch that a resume enters in its middle."""
+        if self.scheduler is None:
+            return self.lr()
+        group = self.optimizer.param_groups[0]
+        return group.get("initial_lr", self.scheduler.base_lrs[0]) * \
+            self.scheduler.lr_lambdas[0]((epoch - 1) * self.steps_per_epoch)
 
     def checkpoint(self, cfg: TrainConfig, class_names, preprocess: Preprocess, state: RunState,
                    config: dict[str, Any], device, partial: dict[str, Any] | None = None) -> Checkpoint:

@@ -210,10 +210,15 @@ def test_nccl_only_where_torch_has_it(monkeypatch, nccl):
     monkeypatch.setattr(td, "is_nccl_available", lambda: nccl)
     started = []
     monkeypatch.setattr(td, "init_process_group", lambda backend, **kwargs: started.append((backend, kwargs)))
+    monkeypatch.setattr(td, "barrier", lambda: started.append("together"))
     monkeypatch.setattr(td, "destroy_process_group", lambda: started.append("left"))
     cuda = torch.device("cuda", 1)
     with distmod.process_group(Dist(2, 1, 1, 2), cuda):
         pass
     expected = ("nccl", {"device_id": cuda}) if nccl else ("gloo", {})
-    assert started == [expected, "left"]
+    assert started == [expected, "together", "left"]  # every rank leaves together, then the group goes
+    started.clear()
+    with pytest.raises(RuntimeError), distmod.process_group(Dist(2, 1, 1, 2), cuda):
+        raise RuntimeError("a rank failed")
+    assert started == [expected, "left"]  # after an error no rank waits for the others
     assert distmod.backend_for(torch.device("cpu")) == "gloo"

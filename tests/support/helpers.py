@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from alexnet_cli.data.sources.synthetic import make_shapes_folder
+from alexnet_cli.observer import SilentObserver
 
 SUPPORT = Path(__file__).resolve().parent
 ROOT = SUPPORT.parent.parent  # the repository: alexnet_cli/, docs/, pyproject.toml
@@ -23,8 +25,8 @@ TINY = 67
 SMALL = ["--arch", TEST_ARCH, "--image-size", str(TINY)]
 FAST_TRAIN = [*SMALL, "--batch-size", "8", "--workers", "0"]
 
-__all__ = ["FAST_TRAIN", "ROOT", "SMALL", "SUPPORT", "TEST_ARCH", "TINY", "built_once", "env_without_debug", "invoke",
-           "make_shapes", "one_error_line", "solid_folder"]
+__all__ = ["FAST_TRAIN", "ROOT", "SMALL", "SUPPORT", "TEST_ARCH", "TINY", "StopAfterEpoch", "built_once",
+           "env_without_debug", "invoke", "make_shapes", "one_error_line", "solid_folder"]
 
 
 def make_shapes(root: Path) -> Path:
@@ -79,3 +81,12 @@ def one_error_line(result: Result) -> str:
     assert len(errors) == 1, result.stderr
     assert "Traceback" not in result.output
     return errors[0]
+
+
+class StopAfterEpoch(SilentObserver):
+    """An observer that sends SIGTERM to this process when epoch 1 ends: the run stops at epoch 2's first step,
+    between two steps, as a signal from outside stops it."""
+
+    def epoch_end(self, row, epochs, improved):
+        if row["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -2,14 +2,13 @@
 
 import json
 import math
-import os
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from support.helpers import ROOT, SMALL, TEST_ARCH, invoke
+from support.helpers import ROOT, SMALL, TEST_ARCH, StopAfterEpoch, invoke
 
 from alexnet_cli.config.vocabulary import AUGMENT_POLICIES as POLICIES
 from alexnet_cli.data.augment import Augmentation, batch_mix, class_weights, imbalance_warning, rgb_pca
@@ -183,20 +182,11 @@ def test_ema_equals_a_hand_computed_average():
     assert int(ema.n_averaged) == 4
 
 
-class _StopAfterEpoch(SilentObserver):
-    """An observer that sends SIGTERM to this process when epoch 1 ends: the run stops at epoch 2's first step."""
-
-    def epoch_end(self, row, epochs, improved):
-        if row["epoch"] == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
 def test_resume_mid_epoch_is_exact_with_every_recipe_feature(shapes, tmp_path):
     """EMA, warm-up + cosine stepped per iteration, the balanced sampler, mixup/cutmix, TrivialAugment,
     random erasing and PCA lighting: a run stopped inside epoch 2 and resumed ends bit for bit as a straight one."""
     from alexnet_cli.config.settings import TrainConfig
-    from alexnet_cli.observer import SilentObserver
     from alexnet_cli.training import TrainingInterrupted, fit
 
     settings = dict(data=shapes / "train", epochs=3, arch=TEST_ARCH, image_size=67, batch_size=4, workers=0,
@@ -205,7 +195,7 @@ def test_resume_mid_epoch_is_exact_with_every_recipe_feature(shapes, tmp_path):
                     class_weights="auto")
     fit(TrainConfig(**settings, output=tmp_path / "straight"), SilentObserver())
     with pytest.raises(TrainingInterrupted):
-        fit(TrainConfig(**settings, output=tmp_path / "stopped"), _StopAfterEpoch())
+        fit(TrainConfig(**settings, output=tmp_path / "stopped"), StopAfterEpoch())
     partial = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
     assert partial["partial"]["epoch"] == 2 and partial["partial"]["iteration"] == 1
     fit(TrainConfig(resume=tmp_path / "stopped" / "last.pt", workers=0), SilentObserver())
@@ -251,7 +241,6 @@ def test_lr_find_leaves_the_model_alone_and_suggests_a_rate_in_its_range(runner,
 
 def test_find_lr_restores_model_optimizer_and_random_streams(shapes):
     from alexnet_cli.config.settings import TrainConfig
-    from alexnet_cli.observer import SilentObserver
     from alexnet_cli.runtime.context import resolve_runtime
     from alexnet_cli.runtime.distributed import SINGLE
     from alexnet_cli.training import steps_per_epoch
