@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from alexnet_cli import __version__
 from alexnet_cli.artifacts.run_folder import RunFolder
 from alexnet_cli.config.settings import DEFAULT_EPOCHS, TrainConfig
 from alexnet_cli.data.preprocess import Preprocess
@@ -183,7 +184,7 @@ def _state(parts: TrainingParts, checkpoint, cfg: TrainConfig, epochs: int, runt
         fresh_rank_streams(cfg, dist)
         return RunState()
     training = checkpoint.training
-    state = parts.restore(training, cfg, epochs, runtime.device, dist, average=checkpoint.state_dict)
+    state = parts.restore(training, cfg, runtime.device, dist, average=checkpoint.state_dict)
     observer.info(f"resuming {cfg.resume} at epoch {state.epoch + 1} of {epochs}")
     planned = int(training.config.get("epochs") or epochs)
     if planned != epochs and parts.scheduler is not None:
@@ -203,7 +204,8 @@ def _write_config(folder: RunFolder, cfg: TrainConfig, epochs: int, data: Traini
     """config.json (and split.json for a split made now); returns the settings every checkpoint records."""
     config = {**cfg.to_dict(), **data.augmentation.to_dict(), "epochs": epochs, "output": folder.path.as_posix(),
               "resume": None, "world_size": dist.world_size}
-    folder.write_json("config.json", {**config, "validation": data.val_source, "class_names": list(data.classes)})
+    folder.write_json("config.json", {**config, "tool_version": __version__, "validation": data.val_source,
+                                      "class_names": list(data.classes)})
     if data.split is not None:
         folder.write_json("split.json", data.split.record(cfg.seed))
     return config

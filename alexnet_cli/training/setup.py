@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from alexnet_cli.artifacts.checkpoint import Checkpoint, load_checkpoint
-from alexnet_cli.config.settings import TrainConfig
+from alexnet_cli.config.settings import DEFAULT_EPOCHS, TrainConfig
 from alexnet_cli.data import folders as datamod
 from alexnet_cli.data import loading
 from alexnet_cli.data.augment import Augmentation, imbalance_warning, rgb_pca
@@ -51,9 +51,14 @@ def resume(cfg: TrainConfig) -> tuple[Checkpoint | None, TrainConfig]:
         overrides["data"] = cfg.data
     saved.setdefault("frame", "crop")  # a run from before --frame cropped, whatever its images
     try:
-        return checkpoint, replace(TrainConfig(**saved), **overrides)
+        resumed = replace(TrainConfig(**saved), **overrides)
     except TypeError as exc:
         raise CheckpointError(f"{checkpoint.path} has a damaged config: {exc}") from None
+    done, epochs = checkpoint.training.epoch, resumed.epochs or DEFAULT_EPOCHS
+    if done >= epochs:  # said before any data is listed or model built
+        raise ConfigError(f"{cfg.resume} already finished {done} epochs: pass --epochs greater than {done} to "
+                          "extend it")
+    return checkpoint, resumed
 
 
 @dataclass(frozen=True)

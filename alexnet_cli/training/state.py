@@ -252,7 +252,7 @@ class TrainingParts:
         return cls(model, net, optimizer, scheduler, scaler, make_criterion(cfg, class_counts, device), ema,
                    batch_mix(cfg.mixup, cfg.cutmix, num_classes), steps_per_epoch)
 
-    def restore(self, training: TrainingState, cfg: TrainConfig, epochs: int, device: torch.device,
+    def restore(self, training: TrainingState, cfg: TrainConfig, device: torch.device,
                 dist: distmod.Dist, average=None) -> RunState:
         """Continue where a checkpoint stopped: the optimizer's moments, the schedule, the scaler, the history
         and the random streams (rank 0's; the other ranks draw their own dropout masks)."""
@@ -270,9 +270,6 @@ class TrainingParts:
         restore_rng(training.rng, device)
         if dist.rank > 0:
             torch.manual_seed(seeds.rank_seed(cfg.seed, state.epoch, dist.rank))
-        if state.epoch >= epochs:
-            raise ConfigError(f"{cfg.resume} already finished {state.epoch} epochs: pass --epochs greater than "
-                              f"{state.epoch} to extend it")
         return state
 
     def schedule_step(self, training: TrainingState, epochs_done: int, dist: distmod.Dist) -> int:

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from support.helpers import invoke
@@ -99,3 +100,20 @@ def test_the_defaults_that_depend_on_other_options_are_shown(runner, monkeypatch
 def test_shell_completion_is_offered(runner):
     help_text = invoke(runner, ["--help"]).output
     assert "--install-completion" in help_text and "--show-completion" in help_text
+
+
+def test_the_version_is_recorded_with_every_run_and_the_changelog_names_it(runner, shapes):
+    """__version__ moves with what changed (docs/CHANGELOG.md), and a run's config.json and checkpoints say
+    which version made them."""
+    import json
+
+    import torch
+    from support.helpers import FAST_TRAIN, ROOT
+
+    changelog = (ROOT / "docs" / "CHANGELOG.md").read_text()
+    newest = changelog.split("\n## ")[1].splitlines()[0]
+    assert newest == __version__
+    result = invoke(runner, ["train", str(shapes / "train"), "--epochs", "1", "--output", "run", *FAST_TRAIN])
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("run/config.json").read_text())["tool_version"] == __version__
+    assert torch.load("run/last.pt", weights_only=True)["tool_version"] == __version__

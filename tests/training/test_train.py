@@ -103,6 +103,7 @@ def test_resume_extends_a_finished_run_and_refuses_to_redo_it(runner, shapes):
     again = invoke(runner, ["train", "--resume", "run/last.pt", "--workers", "0"])
     assert again.exit_code == 2
     assert "already finished 1 epochs: pass --epochs greater than 1" in again.stderr
+    assert "index:" not in again.stderr and "images per class" not in again.stderr  # said before any data work
     extended = invoke(runner, ["train", "--resume", "run/last.pt", "--epochs", "2", "--workers", "0"])
     assert extended.exit_code == 0
     assert [r["epoch"] for r in read_metrics(Path("run"))] == ["1", "2"]
