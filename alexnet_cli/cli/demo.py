@@ -9,7 +9,7 @@ import typer
 
 from alexnet_cli.cli import console, tables
 from alexnet_cli.cli.app import boundary
-from alexnet_cli.cli.options import DEVICE_HELP, WORKERS_DEFAULT
+from alexnet_cli.cli.options import DeviceOption, WorkersOption
 from alexnet_cli.cli.progress import RichObserver
 from alexnet_cli.config.settings import DemoConfig, EvaluateConfig, PredictConfig, TrainConfig
 
@@ -30,10 +30,8 @@ def demo(
         int, typer.Option(help="Training images per class when the data set is made.")
     ] = DemoConfig.per_class,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = TrainConfig.batch_size,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
-    workers: Annotated[
-        int | None, typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
-    ] = None,
+    device: DeviceOption = TrainConfig.device,
+    workers: WorkersOption = None,
 ) -> None:
     """The whole tool in one command: make a small texture data set, train alexnet on it, evaluate, predict."""
     from alexnet_cli.data.sources import demo as demomod

@@ -13,12 +13,13 @@ from alexnet_cli.cli.app import boundary
 from alexnet_cli.cli.options import (
     ARCH_HELP,
     ARCH_SIZE_DEFAULT,
-    DEVICE_HELP,
-    NEWEST_BEST_DEFAULT,
-    PRECISION_HELP,
-    STRICT_HELP,
     TTA_HELP,
-    WORKERS_DEFAULT,
+    CheckpointOption,
+    DeviceOption,
+    NoCudaOption,
+    PrecisionOption,
+    StrictOption,
+    WorkersOption,
 )
 from alexnet_cli.cli.progress import RichObserver
 from alexnet_cli.config.settings import EvaluateConfig, PredictConfig, SummaryConfig
@@ -51,19 +52,17 @@ def summary(
 
 def evaluate(
     data: Annotated[Path, typer.Argument(help="ImageFolder tree with the same class folders as the model.")],
-    weights: Annotated[Path | None, typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
+    weights: CheckpointOption = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = EvaluateConfig.batch_size,
     top_k: Annotated[
         int, typer.Option(help="Also report top-k accuracy when there are more than k classes.")
     ] = EvaluateConfig.top_k,
-    workers: Annotated[
-        int | None, typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
-    ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = EvaluateConfig.device,
-    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = EvaluateConfig.precision,
+    workers: WorkersOption = None,
+    device: DeviceOption = EvaluateConfig.device,
+    no_cuda: NoCudaOption = False,
+    precision: PrecisionOption = EvaluateConfig.precision,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    strict: StrictOption = False,
     save_errors: Annotated[
         Path | None, typer.Option(help="Link each misclassified image into DIR/<true>__as__<predicted>/.")
     ] = None,
@@ -85,22 +84,20 @@ def evaluate(
 
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or globs.")],
-    weights: Annotated[Path | None, typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
+    weights: CheckpointOption = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Use torchvision's ImageNet weights (1000 classes); no training.")
     ] = False,
     top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = PredictConfig.top_k,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = PredictConfig.batch_size,
-    workers: Annotated[
-        int | None, typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
-    ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = PredictConfig.device,
-    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = PredictConfig.precision,
+    workers: WorkersOption = None,
+    device: DeviceOption = PredictConfig.device,
+    no_cuda: NoCudaOption = False,
+    precision: PrecisionOption = PredictConfig.precision,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     output: Annotated[Path | None, typer.Option(help="Write the JSON or CSV here instead of stdout.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    strict: StrictOption = False,
     explain: Annotated[
         Path | None,
         typer.Option(help="Write a Grad-CAM picture per image into this folder (where the model looked)."),

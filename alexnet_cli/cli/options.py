@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from alexnet_cli.config.recipes import RECIPES
 from alexnet_cli.config.settings import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM
 from alexnet_cli.models.registry import ARCHITECTURES, SMALL_IMAGE_SIDE, SMALL_INPUT
@@ -48,3 +53,11 @@ EMA_HELP = "Validate and save an exponential moving average of the weights with 
 TTA_HELP = ("Test-time augmentation: none, flip (the image and its mirror) or ten-crop (the paper's corners, "
             "centre and mirrors); the probabilities are averaged.")
 CLASS_WEIGHTS_HELP = "none, auto (inverse class frequency) or a power of it, such as 0.5, for the loss."
+
+# The options several commands share, each written once: `workers: WorkersOption = None`.
+CheckpointOption = Annotated[Path | None, typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)]
+WorkersOption = Annotated[int | None, typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)]
+DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
+NoCudaOption = Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")]
+PrecisionOption = Annotated[str, typer.Option(help=PRECISION_HELP)]
+StrictOption = Annotated[bool, typer.Option("--strict", help=STRICT_HELP)]

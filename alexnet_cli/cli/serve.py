@@ -9,7 +9,12 @@ from typing import Annotated
 import typer
 
 from alexnet_cli.cli.app import boundary
-from alexnet_cli.cli.options import DEVICE_HELP, NEWEST_BEST_DEFAULT, PRECISION_HELP
+from alexnet_cli.cli.options import (
+    NEWEST_BEST_DEFAULT,
+    DeviceOption,
+    NoCudaOption,
+    PrecisionOption,
+)
 from alexnet_cli.cli.progress import RichObserver
 from alexnet_cli.config.settings import ServeConfig
 from alexnet_cli.errors import require_extra
@@ -38,9 +43,9 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload; past it, 413.")] = ServeConfig.max_upload_mb,
     top_k: Annotated[int, typer.Option(help="Classes /predict lists when ?top_k= is not given.")
                      ] = ServeConfig.top_k,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = ServeConfig.device,
-    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")] = False,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = ServeConfig.precision,
+    device: DeviceOption = ServeConfig.device,
+    no_cuda: NoCudaOption = False,
+    precision: PrecisionOption = ServeConfig.precision,
 ) -> None:
     """Serve a model over HTTP: a page to try it, /predict, the Open Inference Protocol, metrics (pip install
     'alexnet-cli\\[serve]')."""

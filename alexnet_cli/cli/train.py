@@ -14,7 +14,6 @@ from alexnet_cli.cli.options import (
     AUGMENT_HELP,
     CACHE_HELP,
     CLASS_WEIGHTS_HELP,
-    DEVICE_HELP,
     EMA_HELP,
     FRAME_DEFAULT,
     FRAME_HELP,
@@ -22,13 +21,14 @@ from alexnet_cli.cli.options import (
     LR_DEFAULT,
     OPTIMIZER_HELP,
     PCA_HELP,
-    PRECISION_HELP,
     RECIPE_HELP,
     SIBLING_VAL_DEFAULT,
-    STRICT_HELP,
     TENSORBOARD_HELP,
     WEIGHT_DECAY_DEFAULT,
-    WORKERS_DEFAULT,
+    DeviceOption,
+    PrecisionOption,
+    StrictOption,
+    WorkersOption,
 )
 from alexnet_cli.cli.progress import RichObserver
 from alexnet_cli.config.recipes import describe as describe_recipe
@@ -71,19 +71,17 @@ def train(
     ] = TrainConfig.label_smoothing,
     dropout: Annotated[float, typer.Option(help="Dropout before/after the FC layers.")] = TrainConfig.dropout,
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without a better val accuracy.")] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)
-    ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
+    workers: WorkersOption = None,
+    device: DeviceOption = TrainConfig.device,
     no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA (as in the original script).")] = False,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = TrainConfig.precision,
+    precision: PrecisionOption = TrainConfig.precision,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same data, same run.")] = TrainConfig.seed,
     log_interval: Annotated[int, typer.Option(help="Log the loss every N iterations.")] = TrainConfig.log_interval,
     output: Annotated[Path | None, typer.Option(help="Run folder.", show_default="a new runs/train-N")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue from a last.pt; a larger --epochs extends it.")
     ] = None,
-    strict: Annotated[bool, typer.Option("--strict", help=STRICT_HELP)] = False,
+    strict: StrictOption = False,
     tensorboard: Annotated[
         bool, typer.Option("--tensorboard", help=TENSORBOARD_HELP)
     ] = False,
@@ -149,7 +147,7 @@ def lr_find(
     image_size: Annotated[int | None, typer.Option(help="Input size.", show_default=IMAGE_SIZE_DEFAULT)] = None,
     frame: Annotated[str | None, typer.Option(help=FRAME_HELP, show_default=FRAME_DEFAULT)] = None,
     augment: Annotated[str, typer.Option(help=AUGMENT_HELP)] = TrainConfig.augment,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = TrainConfig.device,
+    device: DeviceOption = TrainConfig.device,
     seed: Annotated[int, typer.Option(help="Random seed.")] = TrainConfig.seed,
 ) -> None:
     """The learning-rate range test: train briefly at a growing rate, show the loss and suggest a rate."""
