@@ -51,6 +51,19 @@ def _check_runtime(device: str, no_cuda: bool, workers: int | None, precision: s
         raise ConfigError(f"--no-cuda contradicts --device {device}: drop one of them")
 
 
+def class_weight_power(value: str) -> float:
+    """--class-weights as the power of the inverse class frequency: 0 for none, 1 for auto, else the power."""
+    if value in ("none", "auto"):
+        return float(value == "auto")
+    try:
+        power = float(value)
+    except ValueError:
+        raise ConfigError(f"--class-weights is auto, none or a power such as 0.5; got {value!r}") from None
+    if power < 0:
+        raise ConfigError(f"--class-weights power must be 0 or more, got {power}")
+    return power
+
+
 @dataclass(frozen=True)
 class SummaryConfig:
     arch: str = "alexnet"
@@ -121,7 +134,7 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"--ema is a decay in [0, 1), such as 0.999; got {self.ema}")
-        self.class_weight_power  # noqa: B018 (checks the value)
+        class_weight_power(self.class_weights)
         epochs = self.epochs or DEFAULT_EPOCHS
         if self.warmup_epochs and epochs > 0 and self.warmup_epochs >= epochs:
             raise ConfigError(f"--warmup-epochs {self.warmup_epochs} leaves no epoch after the warm-up "
@@ -175,16 +188,7 @@ class TrainConfig:
     @property
     def class_weight_power(self) -> float:
         """0 for none, 1 for auto, else the power given."""
-        if self.class_weights in ("none", "auto"):
-            return float(self.class_weights == "auto")
-        try:
-            power = float(self.class_weights)
-        except ValueError:
-            raise ConfigError(f"--class-weights is auto, none or a power such as 0.5; got {self.class_weights!r}"
-                              ) from None
-        if power < 0:
-            raise ConfigError(f"--class-weights power must be 0 or more, got {power}")
-        return power
+        return class_weight_power(self.class_weights)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (paths as strings with `/`, which every OS reads back), with the defaults

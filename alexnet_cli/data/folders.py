@@ -207,7 +207,10 @@ def stratified_split(images: ImageSet, fraction: float, seed: int) -> tuple[Imag
         val.extend(members[:n_val])
         train.extend(members[n_val:])
     names = list(images.names)
-    in_path_order = lambda positions: sorted(positions, key=names.__getitem__)  # noqa: E731
+
+    def in_path_order(positions: list[int]) -> list[int]:
+        return sorted(positions, key=names.__getitem__)
+
     return images.subset(in_path_order(train), images.skipped), images.subset(in_path_order(val))
 
 

@@ -113,8 +113,10 @@ def walk(root: Path, folders: Sequence[str], stat: bool = True) -> Listing:
 
     for label, name in enumerate(folders):
         visit(os.path.join(root_text, name), name, label)
-    as_tensor = lambda values, dtype: torch.frombuffer(values, dtype=dtype).clone() if len(values) else \
-        torch.empty(0, dtype=dtype)  # noqa: E731
+
+    def as_tensor(values: array, dtype: torch.dtype) -> torch.Tensor:
+        return torch.frombuffer(values, dtype=dtype).clone() if len(values) else torch.empty(0, dtype=dtype)
+
     return Listing(names.finish(), as_tensor(folder, torch.int32), as_tensor(size, torch.long),
                    as_tensor(mtime, torch.long), excluded)
 
