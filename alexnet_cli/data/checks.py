@@ -64,6 +64,7 @@ def _describe(images: datamod.ImageSet) -> tuple[list[dict[str, Any]], dict[str,
 
 
 def check(cfg: CheckConfig) -> dict[str, Any]:
+    datamod.refuse_split_folders(cfg.data, datamod.find_classes(Path(cfg.data)))
     train = datamod.load_image_folder(cfg.data, check="decode")
     val_dir = cfg.val or datamod.find_sibling_validation(Path(cfg.data))
     report: dict[str, Any] = {"data": str(cfg.data), "val": str(val_dir) if val_dir else None}

@@ -181,6 +181,21 @@ def _decodes(path: str) -> str | None:
     return None
 
 
+# The names of a data set's splits: as class folders they mean that DATA is the parent of train/ and val/.
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test")
+
+
+def refuse_split_folders(root: Path, classes: Sequence[str]) -> None:
+    """DataError when `root`'s class folders are a data set's splits (train/, val/, test/): training there
+    would learn to tell the splits apart. The line names the folder that was probably meant."""
+    splits = [name for name in classes if name.lower() in SPLIT_NAMES]
+    if len(splits) < 2 and not (splits and len(splits) == len(classes)):
+        return
+    train = next((name for name in splits if name.lower() in ("train", "training")), splits[0])
+    raise DataError(f"{root} holds the splits {', '.join(splits)}, not classes: give {Path(root) / train} (its "
+                    f"{'sibling validation folder is found' if len(splits) > 1 else 'classes are its subfolders'})")
+
+
 def find_sibling_validation(train_root: Path) -> Path | None:
     """`data/train` pairs with `data/val` (or `data/test`); other folder names pair with nothing."""
     if train_root.name.lower() not in ("train", "training"):

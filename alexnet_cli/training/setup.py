@@ -112,6 +112,7 @@ def list_folders(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
         raise ConfigError("give the training folder: alexnet train DATA")
     listed = partial(datamod.load_image_folder, strict=cfg.strict, check="decode" if cfg.strict else "index",
                      progress=observer.progress, dist=dist, report=observer.info)
+    datamod.refuse_split_folders(cfg.data, datamod.find_classes(Path(cfg.data)))
     train = listed(cfg.data)
     if len(train.classes) < 2:
         raise DataError(f"{cfg.data} has only one class ({train.classes[0]}): a classifier needs at least two")

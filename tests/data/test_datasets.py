@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support.helpers import SMALL, invoke
+from support.helpers import SMALL, invoke, one_error_line
 
 FASHION_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -116,3 +116,25 @@ def test_impossible_counts_are_refused(runner, tmp_path, args, message):
     raw = fake_fashion_mnist(tmp_path / "debian", train_per_class=4)
     result = invoke(runner, ["data", "fashion-mnist", "fm", "--from", str(raw), *args])
     assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+@pytest.mark.parametrize("command", ["train", "check"])
+def test_the_parent_of_the_splits_is_refused_with_the_folder_meant(runner, shapes, command):
+    """`alexnet train data/` where data/ holds train/ and val/ would learn "train vs val": refused before any
+    file is listed, naming data/train. `alexnet check` says the same."""
+    result = invoke(runner, [command, str(shapes)])
+    assert result.exit_code == 3, result.output
+    line = one_error_line(result)
+    assert "holds the splits train, val, not classes" in line and str(shapes / "train") in line
+    assert "index:" not in result.stderr
+
+
+def test_a_class_that_is_only_named_like_a_split_is_still_a_class(tmp_path):
+    """One class called "test" beside real classes is a class: only split folders, or two of them, refuse."""
+    from alexnet_cli.data.folders import refuse_split_folders
+    from alexnet_cli.errors import DataError
+
+    refuse_split_folders(tmp_path, ["cat", "dog", "test"])
+    for splits in (["train"], ["train", "test"], ["test", "train", "val"], ["Training", "Validation"]):
+        with pytest.raises(DataError, match="holds the splits"):
+            refuse_split_folders(tmp_path, splits)
