@@ -44,6 +44,13 @@ class NonFiniteLossError(AlexNetError):
     exit_code = 6
 
 
+class OutputError(AlexNetError):
+    """A place to write that cannot be written: a read-only folder or filesystem, a file where a folder must
+    be, a full disk."""
+
+    exit_code = 7
+
+
 class MissingExtra(ConfigError):
     """A feature whose packages come with an optional extra that is not installed. The message names the
     install line: `pip install 'alexnet-cli[EXTRA]'`."""

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,38 @@ def resolve_weights(weights: Path | None, observer: Observer, alternative: str =
     path = newest_checkpoint(alternative=alternative)
     observer.info(f"using the newest run's checkpoint: {path}")
     return path
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What a run validated on, read back from its folder: `alexnet evaluate --run RUN`."""
+
+    data: Path  # the folder the images are under
+    names: tuple[str, ...] | None  # the held-out images' paths under `data` (split.json), or None: all of it
+    source: str  # one line: where it came from
+
+
+def held_out(run: Path) -> HeldOut:
+    """The validation a run used: the images split.json held out of its training folder, or its --val
+    folder. CheckpointError when the folder is not a run, or validated on nothing."""
+    try:
+        config = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{run} is not a run folder of alexnet train (no readable config.json: "
+                              f"{getattr(exc, 'strerror', None) or exc})") from None
+    split_file = Path(run) / "split.json"
+    if split_file.is_file():
+        try:
+            names = tuple(str(name) for name in json.loads(split_file.read_text(encoding="utf-8"))["val"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"cannot read the saved split {split_file}: {exc}") from None
+        return HeldOut(Path(config["data"]), names, f"the {len(names):,} images {split_file} held out of "
+                                                    f"{config['data']}")
+    folder = config.get("validation_folder") or config.get("val")
+    if folder:
+        return HeldOut(Path(folder), None, f"the run's validation folder {folder}")
+    raise CheckpointError(f"{run} trained without validation, so nothing was held out: give a labelled folder, "
+                          "alexnet evaluate DATA --weights " + str(Path(run) / "best.pt"))
 
 
 class RunFolder:

@@ -4,17 +4,18 @@ cli/__init__.py."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from alexnet_cli import __version__
 from alexnet_cli.cli import console
 from alexnet_cli.config.recipes import expand
-from alexnet_cli.errors import AlexNetError, ConfigError, DeviceError, first_line
+from alexnet_cli.errors import AlexNetError, ConfigError, DeviceError, OutputError, first_line
 
 app = typer.Typer(
     name="alexnet",
@@ -41,15 +42,28 @@ def boundary() -> Iterator[None]:
     except KeyboardInterrupt:
         console.error("interrupted")
         raise typer.Exit(130) from None
+    except OSError as exc:
+        if os.environ.get("ALEXNET_DEBUG") or exc.errno not in OUTPUT_ERRNOS:
+            _unexpected(exc)
+        console.error(f"cannot use {exc.filename or 'a file'}: {exc.strerror}")
+        raise typer.Exit(OutputError.exit_code) from None
     except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
             console.error("out of GPU memory: try a smaller --batch-size")
             raise typer.Exit(DeviceError.exit_code) from None
-        if os.environ.get("ALEXNET_DEBUG"):
-            raise
-        first = first_line(exc)
-        console.error(f"unexpected {type(exc).__name__}: {first} (set ALEXNET_DEBUG=1 for the traceback)")
-        raise typer.Exit(1) from None
+        _unexpected(exc)
+
+
+# Errors of the filesystem that are the user's place, not a bug: one line with exit code 7 (most are caught
+# earlier, by runtime.files.check_writable, before any data work).
+OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _unexpected(exc: Exception) -> NoReturn:
+    if os.environ.get("ALEXNET_DEBUG"):
+        raise exc
+    console.error(f"unexpected {type(exc).__name__}: {first_line(exc)} (set ALEXNET_DEBUG=1 for the traceback)")
+    raise typer.Exit(1) from None
 
 
 def learning_rate(value: str | None) -> float | None:

@@ -22,8 +22,10 @@ def data_pets(
 ) -> None:
     """Oxford-IIIT Pet as FOLDER/train/{cat,dog} and FOLDER/test/{cat,dog}: the original's task on real photos."""
     from alexnet_cli.data.sources.pets import prepare_pets
+    from alexnet_cli.runtime.files import check_writable
 
     with boundary():
+        check_writable(folder, "the data set")
         report = prepare_pets(folder, download=download)
         for split, counts in report.counts.items():
             total = sum(counts.values())
@@ -38,8 +40,10 @@ FROM_HELP = ("A folder (or file) with the raw files the data set's own download 
 
 def _benchmark_set(name: str, folder: Path, per_class: int | None, val_per_class: int, source: Path | None):
     from alexnet_cli.data.sources.benchmarks import prepare_dataset
+    from alexnet_cli.runtime.files import check_writable
 
     with boundary():
+        check_writable(folder, "the data set")
         report = prepare_dataset(name, folder, per_class=per_class, val_per_class=val_per_class, source=source)
         for split, counts in report.counts.items():
             total = sum(counts.values())
@@ -84,8 +88,10 @@ def data_imagenet(
 ) -> None:
     """ILSVRC-2012 (1,000 classes, 1.28M training images) from its archives, as FOLDER/{train,val}/<wnid>."""
     from alexnet_cli.data.sources.imagenet import prepare_imagenet
+    from alexnet_cli.runtime.files import check_writable
 
     with boundary():
+        check_writable(folder, "the data set")
         report = prepare_imagenet(folder, source, report_line=console.info)
         for split, (classes, images) in report.counts.items():
             done = "unpacked now" if split in report.unpacked else "there already"

@@ -44,6 +44,12 @@ def demo(
         # Check every option before making anything.
         TrainConfig(data=folder / "train", val=folder / "val", image_size=image_size, epochs=epochs,
                     batch_size=batch_size, device=device, workers=workers)
+        from alexnet_cli.artifacts.run_folder import RUNS_ROOT
+        from alexnet_cli.runtime.files import check_writable
+
+        if not (folder / "train").is_dir():
+            check_writable(folder, "the demo data")
+        check_writable(RUNS_ROOT, "the run folder")
         data = demomod.ensure_demo_data(folder, per_class=per_class, val_per_class=val_per_class,
                                         image_size=image_size)
         verb = "made" if data.created else "reusing"

@@ -13,13 +13,16 @@ from alexnet_cli.cli.app import boundary
 from alexnet_cli.cli.options import (
     ARCH_HELP,
     ARCH_SIZE_DEFAULT,
+    INFER_BATCH_HELP,
     TTA_HELP,
     CheckpointOption,
     DeviceOption,
     NoCudaOption,
+    OldCheckpointArgument,
     PrecisionOption,
     StrictOption,
     WorkersOption,
+    checkpoint,
 )
 from alexnet_cli.cli.progress import RichObserver
 from alexnet_cli.config.settings import EvaluateConfig, PredictConfig, SummaryConfig
@@ -51,9 +54,14 @@ def summary(
 
 
 def evaluate(
-    data: Annotated[Path, typer.Argument(help="ImageFolder tree with the same class folders as the model.")],
+    data: Annotated[Path | None, typer.Argument(
+        help="ImageFolder tree with the same class folders as the model.", show_default="with --run, the "
+        "images the run validated on")] = None,
     weights: CheckpointOption = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = EvaluateConfig.batch_size,
+    run: Annotated[Path | None, typer.Option(
+        help="A run folder (runs/train-N): its best.pt, and without DATA the images it held out for validation.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help=INFER_BATCH_HELP)] = EvaluateConfig.batch_size,
     top_k: Annotated[
         int, typer.Option(help="Also report top-k accuracy when there are more than k classes.")
     ] = EvaluateConfig.top_k,
@@ -72,14 +80,18 @@ def evaluate(
     from alexnet_cli.inference.evaluate import evaluate as run_evaluation
 
     with boundary():
+        if save_errors is not None:
+            from alexnet_cli.runtime.files import check_writable
+
+            check_writable(save_errors, "--save-errors")
         cfg = EvaluateConfig(data=data, weights=weights, batch_size=batch_size, workers=workers, device=device,
                              no_cuda=no_cuda, precision=precision, top_k=top_k, strict=strict,
-                             save_errors=save_errors, tta=tta)
+                             save_errors=save_errors, tta=tta, run=run)
         report = run_evaluation(cfg, RichObserver()).to_dict()
         if as_json:
             console.print_json(report)
         else:
-            tables.evaluation(report, str(data))
+            tables.evaluation(report, str(data) if data is not None else f"{run} (held out)")
 
 
 def predict(
@@ -89,7 +101,7 @@ def predict(
         bool, typer.Option("--pretrained", help="Use torchvision's ImageNet weights (1000 classes); no training.")
     ] = False,
     top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = PredictConfig.top_k,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = PredictConfig.batch_size,
+    batch_size: Annotated[int, typer.Option(help=INFER_BATCH_HELP)] = PredictConfig.batch_size,
     workers: WorkersOption = None,
     device: DeviceOption = PredictConfig.device,
     no_cuda: NoCudaOption = False,
@@ -113,6 +125,11 @@ def predict(
         if output is not None and not (as_json or as_csv):
             as_csv = output.suffix.lower() == ".csv"
             as_json = not as_csv
+        from alexnet_cli.runtime.files import check_writable
+
+        for place, what in ((output.parent if output else None, "--output"), (explain, "--explain")):
+            if place is not None:
+                check_writable(place, what)
         cfg = PredictConfig(inputs=tuple(inputs), weights=weights, pretrained=pretrained, top_k=top_k,
                             batch_size=batch_size, workers=workers, device=device, no_cuda=no_cuda,
                             precision=precision, strict=strict, explain=explain, tta=tta)
@@ -132,16 +149,21 @@ def predict(
 
 
 def export(
-    weights: Annotated[Path, typer.Argument(help="The checkpoint to export (a best.pt or last.pt).")],
+    old_weights: OldCheckpointArgument = None,
+    weights: CheckpointOption = None,
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     output: Annotated[Path | None, typer.Option(help="Model file.", show_default="beside the checkpoint")] = None,
 ) -> None:
     """Write the model with softmax included, plus its class names and preprocessing as JSON; checks the result."""
     from alexnet_cli.artifacts.checkpoint import load_checkpoint
+    from alexnet_cli.artifacts.run_folder import resolve_weights
     from alexnet_cli.inference.export import export as run_export
+    from alexnet_cli.runtime.files import check_writable
 
     with boundary():
-        result = run_export(load_checkpoint(weights), fmt, output)
+        path = resolve_weights(checkpoint(old_weights, weights), RichObserver())
+        check_writable((output or path).parent, "the exported model")
+        result = run_export(load_checkpoint(path), fmt, output)
         console.info(f"wrote {result.model_path} and {result.metadata_path}")
         console.info(f"checked against PyTorch on a {'x'.join(map(str, result.sample_shape))} batch: "
                      f"largest difference in probabilities {result.max_difference:.2e}")

@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from alexnet_cli.cli import console
 from alexnet_cli.config.recipes import RECIPES
 from alexnet_cli.config.settings import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM
+from alexnet_cli.errors import ConfigError
 from alexnet_cli.models.registry import ARCHITECTURES, SMALL_IMAGE_SIDE, SMALL_INPUT
 
 ARCH_HELP = "Architecture: alexnet (the write-up's), alexnet-paper (2012, LRN + groups) or alexnet-torchvision."
@@ -52,12 +54,31 @@ PCA_HELP = "The paper's PCA colour augmentation, with the training set's own RGB
 EMA_HELP = "Validate and save an exponential moving average of the weights with this decay, such as 0.999."
 TTA_HELP = ("Test-time augmentation: none, flip (the image and its mirror) or ten-crop (the paper's corners, "
             "centre and mirrors); the probabilities are averaged.")
+# Why the batch defaults differ (train 64, evaluate and predict 32), said in --help.
+TRAIN_BATCH_HELP = ("Images per step. 64: the default rate was measured at it, and on a CPU a larger batch "
+                    "spreads each step's fixed cost (docs/training.md).")
+INFER_BATCH_HELP = ("Images per forward pass. 32, half of train's: less memory where the model runs beside other "
+                    "work, and the results do not depend on it (raise it for speed on a GPU).")
 CLASS_WEIGHTS_HELP = "none, auto (inverse class frequency) or a power of it, such as 0.5, for the loss."
 
 # The options several commands share, each written once: `workers: WorkersOption = None`.
 CheckpointOption = Annotated[Path | None, typer.Option(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)]
+# export and serve took the checkpoint as an argument before 0.3.0: it still works, with a note (checkpoint()).
+OldCheckpointArgument = Annotated[Path | None, typer.Argument(
+    help="The checkpoint as an argument, the spelling before 0.3.0: prefer --weights.", show_default=False)]
 WorkersOption = Annotated[int | None, typer.Option(help="Data-loading processes.", show_default=WORKERS_DEFAULT)]
 DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
 NoCudaOption = Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA.")]
 PrecisionOption = Annotated[str, typer.Option(help=PRECISION_HELP)]
 StrictOption = Annotated[bool, typer.Option("--strict", help=STRICT_HELP)]
+
+
+def checkpoint(argument: Path | None, option: Path | None) -> Path | None:
+    """The checkpoint given as --weights (every command's spelling) or, as before 0.3.0, as an argument of
+    export and serve: that still works, with a note."""
+    if argument is not None and option is not None:
+        raise ConfigError("give the checkpoint once: --weights CKPT")
+    if argument is not None:
+        console.warn(f"the checkpoint as an argument is the spelling before 0.3.0: every command takes "
+                     f"--weights {argument}")
+    return option if option is not None else argument

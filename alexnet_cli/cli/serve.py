@@ -3,17 +3,18 @@ imported inside the command with the serve extra's packages."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from alexnet_cli.cli.app import boundary
 from alexnet_cli.cli.options import (
-    NEWEST_BEST_DEFAULT,
+    CheckpointOption,
     DeviceOption,
     NoCudaOption,
+    OldCheckpointArgument,
     PrecisionOption,
+    checkpoint,
 )
 from alexnet_cli.cli.progress import RichObserver
 from alexnet_cli.config.settings import ServeConfig
@@ -25,7 +26,8 @@ SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart", "prometheus_client")
 
 
 def serve(
-    weights: Annotated[Path | None, typer.Argument(help="Checkpoint.", show_default=NEWEST_BEST_DEFAULT)] = None,
+    old_weights: OldCheckpointArgument = None,
+    weights: CheckpointOption = None,
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Serve torchvision's ImageNet weights (1000 classes).")] = False,
     name: Annotated[str, typer.Option(help="The model's name in the protocol's paths: /v2/models/NAME.")
@@ -50,8 +52,8 @@ def serve(
     """Serve a model over HTTP: a page to try it, /predict, the Open Inference Protocol, metrics (pip install
     'alexnet-cli\\[serve]')."""
     with boundary():
-        cfg = ServeConfig(weights=weights, pretrained=pretrained, name=name, host=host, port=port,
-                          max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        cfg = ServeConfig(weights=checkpoint(old_weights, weights), pretrained=pretrained, name=name, host=host,
+                          port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           max_upload_mb=max_upload_mb, top_k=top_k, device=device, no_cuda=no_cuda,
                           precision=precision)
         require_extra("alexnet serve needs its extra", "serve", SERVE_MODULES)

@@ -269,6 +269,14 @@ def check_report(report: dict[str, Any]) -> None:
              f"val {report['val_classes_differ']['val']}")
     for pair in report["duplicates_train_val"]:
         warn(f"the same image in train and val: {', '.join(pair['train'])} = {', '.join(pair['val'])}")
+    for empty in report["empty_classes"]:
+        warn(f"class {empty} has no images: alexnet train refuses it")
+    if report["single_image_classes"]:
+        warn(f"one image only in {', '.join(report['single_image_classes'])}: none can be held out for validation")
+    loose = report["loose_images"]
+    if loose:
+        warn(f"{len(loose)} images in no class folder, not used: " + ", ".join(loose[:5]) + (" ..." if len(loose) > 5
+                                                                                             else ""))
     if report["duplicates_within_train"]:
         info(f"{len(report['duplicates_within_train'])} groups of identical files within train")
     info(f"{report['problems']} problems found" if report["problems"] else "no problems found")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from alexnet_cli.cli import console, tables
-from alexnet_cli.cli.app import boundary, learning_rate, with_recipe
+from alexnet_cli.cli.app import boundary, given, learning_rate, with_recipe
 from alexnet_cli.cli.options import (
     ARCH_HELP,
     AUGMENT_HELP,
@@ -24,15 +24,17 @@ from alexnet_cli.cli.options import (
     RECIPE_HELP,
     SIBLING_VAL_DEFAULT,
     TENSORBOARD_HELP,
+    TRAIN_BATCH_HELP,
     WEIGHT_DECAY_DEFAULT,
     DeviceOption,
+    NoCudaOption,
     PrecisionOption,
     StrictOption,
     WorkersOption,
 )
 from alexnet_cli.cli.progress import RichObserver
 from alexnet_cli.config.recipes import describe as describe_recipe
-from alexnet_cli.config.settings import DEFAULT_EPOCHS, TrainConfig
+from alexnet_cli.config.settings import DEFAULT_EPOCHS, RESUME_TAKES, TrainConfig
 from alexnet_cli.errors import ConfigError, MissingExtra
 
 
@@ -54,7 +56,7 @@ def train(
     freeze_features: Annotated[
         bool, typer.Option("--freeze-features", help="With --pretrained: train the classifier only.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = TrainConfig.batch_size,
+    batch_size: Annotated[int, typer.Option(help=TRAIN_BATCH_HELP)] = TrainConfig.batch_size,
     epochs: Annotated[int | None, typer.Option(
         help="Epochs to train to.", show_default=f"{DEFAULT_EPOCHS}, or the resumed run's own")] = None,
     lr: Annotated[str | None, typer.Option(
@@ -73,7 +75,7 @@ def train(
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without a better val accuracy.")] = None,
     workers: WorkersOption = None,
     device: DeviceOption = TrainConfig.device,
-    no_cuda: Annotated[bool, typer.Option("--no-cuda", help="Never use CUDA (as in the original script).")] = False,
+    no_cuda: NoCudaOption = False,
     precision: PrecisionOption = TrainConfig.precision,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same data, same run.")] = TrainConfig.seed,
     log_interval: Annotated[int, typer.Option(help="Log the loss every N iterations.")] = TrainConfig.log_interval,
@@ -114,7 +116,9 @@ def train(
         options.update(arch=arch or ("alexnet-torchvision" if pretrained else "alexnet"), lr_find=lr == "find",
                        lr=learning_rate(lr))
         cfg, from_recipe = with_recipe(ctx, TrainConfig, options, recipe)
-        if recipe is not None:
+        if resume is not None:
+            say_ignored_on_resume(ctx)
+        elif recipe is not None:
             console.info(describe_recipe(recipe, from_recipe))
         try:
             result = run_training(cfg, observer)
@@ -128,7 +132,7 @@ def train(
         tables.accuracy_trend(result.history)
         console.info(f"done: {result.epochs_done} epochs, best accuracy {result.best_acc:.2%} at epoch "
                      f"{result.best_epoch}; weights in {best}")
-        console.info(f"next: alexnet evaluate DATA --weights {best}   |   alexnet predict IMAGE --weights {best}")
+        console.info(f"next: {evaluate_hint(result.run_dir)}   |   alexnet predict IMAGE --weights {best}")
 
 
 def lr_find(
@@ -141,20 +145,34 @@ def lr_find(
         help="Where to draw the curve (needs the plots extra; without it, the table alone).",
         show_default="lr-find.png")] = None,
     recipe: Annotated[str | None, typer.Option(help=RECIPE_HELP, show_default="none")] = None,
-    arch: Annotated[str, typer.Option(help=ARCH_HELP)] = TrainConfig.arch,
+    arch: Annotated[str | None, typer.Option(
+        help=ARCH_HELP, show_default="alexnet, or alexnet-torchvision with --pretrained")] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Start from ImageNet weights (alexnet-torchvision, new head).")
+    ] = False,
     optimizer: Annotated[str, typer.Option(help=OPTIMIZER_HELP)] = TrainConfig.optimizer,
-    batch_size: Annotated[int, typer.Option(help="Images per iteration.")] = TrainConfig.batch_size,
+    batch_size: Annotated[int, typer.Option(help=TRAIN_BATCH_HELP)] = TrainConfig.batch_size,
     image_size: Annotated[int | None, typer.Option(help="Input size.", show_default=IMAGE_SIZE_DEFAULT)] = None,
     frame: Annotated[str | None, typer.Option(help=FRAME_HELP, show_default=FRAME_DEFAULT)] = None,
     augment: Annotated[str, typer.Option(help=AUGMENT_HELP)] = TrainConfig.augment,
+    workers: WorkersOption = None,
     device: DeviceOption = TrainConfig.device,
+    no_cuda: NoCudaOption = False,
+    precision: PrecisionOption = TrainConfig.precision,
+    cache: Annotated[str, typer.Option(help=CACHE_HELP)] = TrainConfig.cache,
     seed: Annotated[int, typer.Option(help="Random seed.")] = TrainConfig.seed,
 ) -> None:
     """The learning-rate range test: train briefly at a growing rate, show the loss and suggest a rate."""
     from alexnet_cli.training import lr_find as run_lr_find
 
     with boundary():
-        cfg, from_recipe = with_recipe(ctx, TrainConfig, {**locals(), "lr": None, "lr_find": False}, recipe)
+        options = {**locals(), "lr": None, "lr_find": False,
+                   "arch": arch or ("alexnet-torchvision" if pretrained else "alexnet")}
+        cfg, from_recipe = with_recipe(ctx, TrainConfig, options, recipe)
+        if plot is not None:
+            from alexnet_cli.runtime.files import check_writable
+
+            check_writable(plot.parent, "--plot")
         if recipe is not None:
             console.info(describe_recipe(recipe, from_recipe))
         result = run_lr_find(cfg, RichObserver(), steps=steps, start=start, end=end)
@@ -177,7 +195,30 @@ def plot(
 ) -> None:
     """Draw curves.png (loss, accuracy, learning rate per epoch) and confusion_matrix.png into a run folder."""
     from alexnet_cli.reporting.plots import plot_run
+    from alexnet_cli.runtime.files import check_writable
 
     with boundary():
+        if run_dir.is_dir():
+            check_writable(run_dir, "the pictures")
         for path in plot_run(run_dir):
             console.info(f"wrote {path}")
+
+
+def evaluate_hint(run_dir: Path) -> str:
+    """How to evaluate the run on what it validated on: never on DATA, which holds the training images too."""
+    from alexnet_cli.artifacts.run_folder import held_out
+    from alexnet_cli.errors import CheckpointError
+
+    try:
+        held_out(run_dir)
+    except CheckpointError:  # trained without validation
+        return f"alexnet evaluate TEST_DATA --weights {run_dir / 'best.pt'}"
+    return f"alexnet evaluate --run {run_dir}"
+
+
+def say_ignored_on_resume(ctx: typer.Context) -> None:
+    """One line naming the options given with --resume that it does not take: the run keeps its own."""
+    ignored = [f"--{name.replace('_', '-')}" for name in ctx.params if name not in RESUME_TAKES and given(ctx, name)]
+    if ignored:
+        console.warn(f"--resume goes on with the run's own settings (its config.json): ignoring {', '.join(ignored)}"
+                     f"; it takes only {', '.join('--' + n.replace('_', '-') for n in RESUME_TAKES[2:])} and DATA")

@@ -1,6 +1,7 @@
 """Named recipes (`alexnet train --recipe NAME`): each is a set of explicit training settings.
 
-A recipe fills in the settings the command line did not give; flags given on the command line win. The run
+A recipe fills in the settings the command line did not give; flags given on the command line win, and what a
+recipe implies follows them (its warm-up shortens to leave at least one epoch after it). The run
 prints what the recipe expanded to, and config.json records the settings themselves beside the recipe's
 name. docs/training.md has each recipe's measured results.
 """
@@ -40,6 +41,9 @@ def expand(name: str | None, given: dict[str, Any]) -> tuple[dict[str, Any], dic
     if name not in RECIPES:
         raise ConfigError(f"unknown --recipe {name!r}: choose one of {', '.join(RECIPES)}")
     from_recipe = {key: value for key, value in RECIPES[name].items() if key not in given}
+    epochs = given.get("epochs") or from_recipe.get("epochs")
+    if epochs and from_recipe.get("warmup_epochs", 0) >= epochs:  # the recipe's warm-up fits a shorter run
+        from_recipe["warmup_epochs"] = epochs - 1
     return {**given, **from_recipe, "recipe": name}, from_recipe
 
 

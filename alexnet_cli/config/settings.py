@@ -81,6 +81,12 @@ class SummaryConfig:
             raise ConfigError("give --weights or --pretrained, not both")
 
 
+# What `--resume` takes from the command line: the data, --epochs, the run folder, and where and how it runs
+# now. Every other setting is the run's own (config.json), and a resume names those it ignores.
+RESUME_TAKES = ("data", "resume", "epochs", "output", "device", "no_cuda", "precision", "workers", "log_interval",
+                "cache")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: Path | None = None  # None only with --resume: the data the run was trained on
@@ -203,8 +209,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    data: Path
-    weights: Path | None = None  # None: the newest runs/*/best.pt
+    data: Path | None  # None: the images `run` validated on
+    weights: Path | None = None  # None: run/best.pt, else the newest runs/*/best.pt
     batch_size: int = 32
     workers: int | None = None
     device: str = "auto"
@@ -214,9 +220,15 @@ class EvaluateConfig:
     strict: bool = False
     save_errors: Path | None = None  # link the misclassified images into DIR/<true>__as__<pred>/
     tta: str = "none"  # vocabulary.TTA_MODES
+    run: Path | None = None  # a run folder: its best.pt, and without DATA the images it validated on
 
     def __post_init__(self) -> None:
         check_tta(self.tta)
+        if self.data is None and self.run is None:
+            raise ConfigError("give the folder to evaluate on, alexnet evaluate DATA, or a run folder, "
+                              "alexnet evaluate --run runs/NAME (the images it held out)")
+        if self.run is not None and self.weights is not None:
+            raise ConfigError("give --run or --weights, not both: --run evaluates the run's best.pt")
         _positive("--batch-size", self.batch_size)
         _positive("--top-k", self.top_k)
         _check_runtime(self.device, self.no_cuda, self.workers, self.precision)

@@ -1,8 +1,9 @@
 """`alexnet check DATA`: look at a data set before training on it.
 
 Per class: how many images, which files would be skipped and why, and which images are odd (tiny, very
-elongated, or not RGB). Across train and validation: files with the same content in both, which make the
-validation accuracy a lie.
+elongated, or not RGB); classes with no image (refused by train) or one (nothing to hold out); images
+beside the class folders, which no class holds. Across train and validation: files with the same content in
+both, which make the validation accuracy a lie.
 """
 
 from __future__ import annotations
@@ -83,8 +84,15 @@ def check(cfg: CheckConfig) -> dict[str, Any]:
             {"train": train_hashes[digest], "val": val_hashes[digest]}
             for digest in val_hashes if digest in train_hashes
         ]
+    # Classes that would train a dead output, and files that no class holds.
+    report["empty_classes"] = datamod.empty_classes(train)
+    report["single_image_classes"] = [row["class"] for row in train_rows if row["images"] == 1]
+    report["loose_images"] = [str(Path(cfg.data) / name) for name in datamod.loose_images(Path(cfg.data))]
+    if val_dir is not None:
+        report["loose_images"] += [str(Path(val_dir) / name) for name in datamod.loose_images(Path(val_dir))]
     report["problems"] = (
         sum(len(row["skipped"]) for row in train_rows + report.get("val_report", []))
         + len(report["duplicates_train_val"]) + (1 if report["val_classes_differ"] else 0)
+        + len(report["empty_classes"]) + len(report["loose_images"])
     )
     return report

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import random
+import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from alexnet_cli.data.headers import DECODE_DRAFT_SIZE
 from alexnet_cli.data.images import (
     IMAGE_EXTENSIONS,
     UnreadableImage,
+    first_visit,
     is_image_file,
     open_image_in_scope,
     pillow_warnings,
@@ -48,6 +50,7 @@ class ImageSet:
     labels: torch.Tensor  # int64, one per image
     sizes: torch.Tensor | None = None  # (n, 2) int32 width and height from the headers, where they were read
     skipped: tuple[str, ...] = field(default=())  # one "path: reason" per unusable file
+    folders: tuple[str, ...] = field(default=())  # each class's folder as written on disk, where it differs
 
     def __len__(self) -> int:
         return len(self.names)
@@ -62,7 +65,8 @@ class ImageSet:
     def subset(self, positions: Sequence[int] | torch.Tensor, skipped: tuple[str, ...] = ()) -> ImageSet:
         positions = torch.as_tensor(positions, dtype=torch.long)
         sizes = self.sizes[positions] if self.sizes is not None else None
-        return ImageSet(self.root, self.classes, self.names.take(positions), self.labels[positions], sizes, skipped)
+        return ImageSet(self.root, self.classes, self.names.take(positions), self.labels[positions], sizes, skipped,
+                        self.folders)
 
     def relative(self) -> list[str]:
         """Each image's path under root with `/` on every OS: what split.json stores."""
@@ -78,6 +82,28 @@ def find_classes(root: Path) -> list[str]:
     if not classes:
         raise DataError(f"{root} has no class subfolders: lay images out as {root}/<class>/<image>.jpg")
     return classes
+
+
+def printable(name: str) -> str:
+    """A file or folder name as text that every output can hold: the bytes of a name that is not valid UTF-8
+    (which Python reads as lone surrogates) written as \\xNN, so `caf\\xe9.jpg` for Latin-1's "café.jpg"."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def class_name(folder: str) -> str:
+    """A class folder's name as a class: printable, and Unicode NFC, so that "café" written either way (macOS
+    writes NFD) is one class, and matches a checkpoint's."""
+    return unicodedata.normalize("NFC", printable(folder))
+
+
+def class_names(root: Path, folders: Sequence[str]) -> list[str]:
+    """The class names of `folders`; DataError when two folders are one name written two ways."""
+    names = [class_name(folder) for folder in folders]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"{root} has two class folders named {twice[0]}, written two ways in Unicode (NFC and NFD): "
+                        "merge them")
+    return names
 
 
 def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, strict: bool = False,
@@ -98,10 +124,11 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
         raise ValueError(check)
     root = Path(root)
     found = find_classes(root)
+    names = class_names(root, found)
     if classes is None:
-        classes = found
+        classes = names
     else:
-        unknown = sorted(set(found) - set(classes))
+        unknown = sorted(set(names) - {class_name(name) for name in classes})
         if unknown:
             raise DataError(
                 f"{root} has classes the model does not know: {', '.join(unknown)} "
@@ -121,10 +148,14 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
     if strict and skipped:
         raise DataError(f"--strict: {skipped[0]}")
     positions = usable.nonzero().flatten()
-    to_label = torch.tensor([list(classes).index(name) for name in found], dtype=torch.long)
+    known = [class_name(name) for name in classes]
+    to_label = torch.tensor([known.index(name) for name in names], dtype=torch.long)
+    on_disk = [""] * len(classes)
+    for folder, name in zip(found, names):
+        on_disk[known.index(name)] = folder
     images = ImageSet(root, tuple(classes), listing.names.take(positions),
                       to_label[listing.folder[positions].long()], sizes[positions] if sizes is not None else None,
-                      tuple(skipped))
+                      tuple(skipped), tuple(on_disk) if on_disk != list(classes) else ())
     if check == "decode":
         images = _decode_all(images, strict, progress)
     if len(images) == 0:
@@ -181,6 +212,49 @@ def _decodes(path: str) -> str | None:
     return None
 
 
+def loose_images(root: Path) -> list[str]:
+    """The images directly in `root`, beside its class folders: no class holds them, so nothing uses them."""
+    try:
+        with os.scandir(root) as scan:
+            return sorted(entry.name for entry in scan if is_image_file(entry.name) and entry.is_file())
+    except OSError:
+        return []
+
+
+def empty_classes(images: ImageSet) -> list[str]:
+    """'name (why)' for each class with no usable image: an empty folder, one of unusable files, or one that
+    cannot be read."""
+    empty = []
+    for position, (name, count) in enumerate(zip(images.classes, images.counts())):
+        if count:
+            continue
+        try:
+            files = len(os.listdir(images.root / (images.folders[position] if images.folders else name)))
+            why = f"{files} files, none usable" if files else "an empty folder"
+        except OSError as exc:
+            why = f"cannot be read: {exc.strerror or exc}"
+        empty.append(f"{name} ({why})")
+    return empty
+
+
+def refuse_empty_classes(images: ImageSet) -> None:
+    """DataError naming each class of a training folder that has no usable image: it would train an output
+    that nothing ever teaches."""
+    empty = empty_classes(images)
+    if empty:
+        raise DataError(f"{images.root}: {'a class has' if len(empty) == 1 else 'classes have'} no images: "
+                        f"{', '.join(empty)}; add images, or remove the folder")
+
+
+def say_loose_images(root: Path, warn) -> None:
+    """One warning naming the images beside the class folders, which no class holds."""
+    loose = loose_images(root)
+    if loose:
+        shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3:,} more" if len(loose) > 3 else "")
+        warn(f"{len(loose):,} image{'s are' if len(loose) > 1 else ' is'} directly in {root}, in no class folder, "
+             f"and not used: {shown}")
+
+
 # The names of a data set's splits: as class folders they mean that DATA is the parent of train/ and val/.
 SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test")
 
@@ -208,8 +282,8 @@ def find_sibling_validation(train_root: Path) -> Path | None:
 
 
 def stratified_split(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Hold out `fraction` of each class (at least one image of any class that has two or more). Each part
-    is in path order."""
+    """Hold out `fraction` of each class (at least one image of any class that has two or more; a class of
+    one image keeps it for training, and has no held-out image). Each part is in path order."""
     rng = random.Random(seed)
     by_class: dict[int, list[int]] = {}
     for position, label in enumerate(images.labels.tolist()):
@@ -254,6 +328,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     """
     found: list[str] = []
     problems: list[str] = []
+    walked: set[tuple[int, int]] = set()  # folders seen: a symlink cycle is followed once
     for item in inputs:
         if os.path.isfile(item):
             found.append(item)
@@ -267,12 +342,14 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
                 continue
         before = len(found)
         for match in matches:
-            if os.path.isdir(match):
+            if os.path.isdir(match) and first_visit(match, walked):
                 for directory, subdirs, files in os.walk(match, followlinks=True):
-                    subdirs[:] = visible_folders(subdirs)
+                    subdirs[:] = [name for name in visible_folders(subdirs)
+                                  if first_visit(os.path.join(directory, name), walked)]
                     found.extend(os.path.join(directory, f) for f in sorted(files) if is_image_file(f))
-            elif is_image_file(match):
+            elif not os.path.isdir(match) and is_image_file(match):
                 found.append(match)
         if len(found) == before:
             problems.append(f"{item}: no images found")
     return list(dict.fromkeys(found)), problems  # each path once, in the order found
+

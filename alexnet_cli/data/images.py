@@ -40,6 +40,20 @@ def visible_folders(names) -> list[str]:
     return sorted(name for name in names if not name.startswith(".") and not is_os_metadata(name))
 
 
+def first_visit(folder: str, seen: set[tuple[int, int]]) -> bool:
+    """Whether a walk that has seen the folders in `seen` (by device and inode, so through any link) should
+    enter `folder`; it is added. A folder that cannot be stat'ed is entered, to be passed over as before."""
+    try:
+        identity = os.stat(folder)
+    except OSError:
+        return True
+    key = (identity.st_dev, identity.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
 def is_image_file(path: str | Path) -> bool:
     name = os.path.basename(path)
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)

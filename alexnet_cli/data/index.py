@@ -32,7 +32,14 @@ import torch
 from PIL import Image
 
 from alexnet_cli.data.headers import check_file
-from alexnet_cli.data.images import IMAGE_EXTENSIONS, UnreadableImage, is_os_metadata, pillow_warnings, visible_folders
+from alexnet_cli.data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImage,
+    first_visit,
+    is_os_metadata,
+    pillow_warnings,
+    visible_folders,
+)
 from alexnet_cli.data.samples import Strings, StringsBuilder
 from alexnet_cli.errors import AlexNetError
 from alexnet_cli.observer import Progress, no_progress
@@ -66,10 +73,13 @@ class Listing:
 
 def walk(root: Path, folders: Sequence[str], stat: bool = True) -> Listing:
     """Every file under `root/<folder>` for each of `folders`, as os.walk with sorted names visits them (each
-    folder's files, then its visible subfolders), with one stat per file when `stat`."""
+    folder's files, then its visible subfolders), with one stat per file when `stat`. Links to folders are
+    followed, each folder once: a symlink cycle is walked once, and a link into a folder already walked adds
+    nothing."""
     names, folder, size, mtime = StringsBuilder(), array("i"), array("q"), array("q")
     excluded: dict[int, str] = {}
     root_text = str(root)
+    seen: set[tuple[int, int]] = set()  # each folder once: a link back up the tree (a cycle) is not followed again
 
     def visit(directory: str, relative: str, label: int) -> None:
         try:
@@ -109,8 +119,11 @@ def walk(root: Path, folders: Sequence[str], stat: bool = True) -> Listing:
             size.append(file_size)
             mtime.append(file_mtime)
         for name in visible_folders(subfolders):
-            visit(os.path.join(directory, name), os.path.join(relative, name), label)
+            if first_visit(os.path.join(directory, name), seen):
+                visit(os.path.join(directory, name), os.path.join(relative, name), label)
 
+    for top in (root_text, *(os.path.join(root_text, name) for name in folders)):  # each walked as itself alone
+        first_visit(top, seen)
     for label, name in enumerate(folders):
         visit(os.path.join(root_text, name), name, label)
 

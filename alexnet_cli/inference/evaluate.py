@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from alexnet_cli.artifacts.checkpoint import load_checkpoint
-from alexnet_cli.artifacts.run_folder import resolve_weights
+from alexnet_cli.artifacts.run_folder import HeldOut, held_out, resolve_weights
 from alexnet_cli.config.settings import EvaluateConfig
 from alexnet_cli.data import folders as datamod
 from alexnet_cli.data import loading
+from alexnet_cli.errors import DataError
 from alexnet_cli.inference.tta import eval_transforms as tta_transforms
 from alexnet_cli.inference.tta import forward as tta_forward
 from alexnet_cli.observer import Observer
@@ -172,10 +173,11 @@ def evaluate_model(model: nn.Module, loader: Iterable[Any], runtime: Runtime, nu
 
 def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, cfg.workers)
-    checkpoint = load_checkpoint(resolve_weights(cfg.weights, observer))
+    held = held_out(cfg.run) if cfg.data is None and cfg.run is not None else None  # before the checkpoint
+    weights = Path(cfg.run) / "best.pt" if cfg.run is not None else cfg.weights
+    checkpoint = load_checkpoint(resolve_weights(weights, observer))
     runtime.report(observer)
-    # One pass over the data: no separate scan; the loader names and skips bad files as it meets them.
-    images = datamod.load_image_folder(cfg.data, classes=checkpoint.class_names, strict=cfg.strict, check="none")
+    images = _images(cfg, held, checkpoint.class_names, observer)
     for skipped in images.skipped:
         observer.warn(f"skipped {skipped}")
     model = prepare_for_inference(checkpoint.build(), runtime.device, runtime.precision)
@@ -195,6 +197,25 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     if images.skipped:
         observer.warn(f"{len(images.skipped)} files skipped")
     return result
+
+
+def _images(cfg: EvaluateConfig, held: HeldOut | None, classes: Sequence[str], observer: Observer
+            ) -> datamod.ImageSet:
+    """DATA, or the images the run validated on (`held`). One pass over the data: no separate scan; the loader
+    names and skips bad files as it meets them."""
+    folder = held.data if held is not None else cfg.data
+    assert folder is not None  # EvaluateConfig holds DATA or --run
+    images = datamod.load_image_folder(folder, classes=classes, strict=cfg.strict, check="none")
+    if held is None or held.names is None:
+        return images
+    observer.info(f"evaluating on {held.source}")
+    wanted = set(held.names)
+    positions = [i for i, name in enumerate(images.relative()) if name in wanted]
+    if len(positions) < len(wanted):
+        observer.warn(f"{len(wanted) - len(positions):,} of the held-out images are no longer in {folder}")
+    if not positions:
+        raise DataError(f"none of the images {cfg.run} held out are in {folder} any more")
+    return images.subset(positions, images.skipped)
 
 
 def save_errors(folder: Path, paths: Sequence[str], predictions: Sequence[tuple[int, int, int]],

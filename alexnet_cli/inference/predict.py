@@ -109,7 +109,7 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
             probabilities = logits.float().softmax(dim=1)
             top = probabilities.topk(k, dim=1)
             for row, (index, values, classes) in enumerate(zip(indices, top.values.tolist(), top.indices.tolist())):
-                result = {"path": paths[index], **ranked(values, classes, predictor.class_names)}
+                result = {"path": datamod.printable(paths[index]), **ranked(values, classes, predictor.class_names)}
                 if explain_dir is not None:
                     result["explanation"] = str(_write_explanation(
                         explain, paths[index], cams[row], predictor.preprocess, explain_dir, result, taken))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from alexnet_cli.errors import CheckpointError
+from alexnet_cli.errors import CheckpointError, OutputError
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object],
@@ -59,6 +59,25 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object],
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """OutputError, naming `what`, unless files can be made in the folder `path` (made later if missing):
+    said before any data work, so that a read-only place fails in a second rather than after the index,
+    the cache and the model. The nearest folder that exists must be a writable folder on a writable
+    filesystem."""
+    path = Path(path)
+    existing = path.absolute()
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {existing} is {'a file' if existing.exists() else 'missing'}, "
+                          "not a folder")
+    read_only = hasattr(os, "statvfs") and bool(os.statvfs(existing).f_flag & getattr(os, "ST_RDONLY", 1))
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is on a read-only filesystem" if read_only else "is not writable by this user"
+        raise OutputError(f"cannot write {what} {path}: {existing} {why} (choose another place, or run from a "
+                          "folder you can write)")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

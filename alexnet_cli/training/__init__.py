@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_cli import __version__
-from alexnet_cli.artifacts.run_folder import RunFolder
+from alexnet_cli.artifacts.run_folder import RUNS_ROOT, RunFolder
 from alexnet_cli.config.settings import DEFAULT_EPOCHS, TrainConfig
 from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import ConfigError
@@ -26,6 +26,7 @@ from alexnet_cli.reporting import tensorboard as tboard
 from alexnet_cli.runtime import distributed as distmod
 from alexnet_cli.runtime.context import Runtime, resolve_runtime
 from alexnet_cli.runtime.device import resolve_device
+from alexnet_cli.runtime.files import check_writable
 from alexnet_cli.training.loop import TrainingInterrupted, graceful_interrupts, train_step
 from alexnet_cli.training.lrfind import find_lr, set_lr
 from alexnet_cli.training.run import Run
@@ -59,6 +60,8 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     # Resume: the saved settings, but for the data path, --epochs and where and how it runs now.
     checkpoint, cfg = resume(cfg)
     epochs = _epochs(cfg)
+    if dist.is_main:  # a read-only place fails now, not after the index, the cache and the model
+        check_writable(cfg.output or RUNS_ROOT, "the run folder")
     # Runtime: the checks that need no data come first, so that a wrong option fails in a second.
     runtime = _runtime(cfg, choice, observer)
     # Data: listed from the folders' index (bad files named), then decoded into the cache where it fits;
@@ -205,6 +208,7 @@ def _write_config(folder: RunFolder, cfg: TrainConfig, epochs: int, data: Traini
     config = {**cfg.to_dict(), **data.augmentation.to_dict(), "epochs": epochs, "output": folder.path.as_posix(),
               "resume": None, "world_size": dist.world_size}
     folder.write_json("config.json", {**config, "tool_version": __version__, "validation": data.val_source,
+                                      "validation_folder": str(data.val_dir) if data.val_dir else None,
                                       "class_names": list(data.classes)})
     if data.split is not None:
         folder.write_json("split.json", data.split.record(cfg.seed))

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from alexnet_cli.artifacts.checkpoint import Checkpoint, load_checkpoint
-from alexnet_cli.config.settings import DEFAULT_EPOCHS, TrainConfig
+from alexnet_cli.config.settings import DEFAULT_EPOCHS, RESUME_TAKES, TrainConfig
 from alexnet_cli.data import folders as datamod
 from alexnet_cli.data import loading
 from alexnet_cli.data.augment import Augmentation, imbalance_warning, rgb_pca
@@ -41,14 +41,10 @@ def resume(cfg: TrainConfig) -> tuple[Checkpoint | None, TrainConfig]:
     for key in ("data", "val", "output"):
         if saved.get(key) is not None:
             saved[key] = Path(saved[key])
-    overrides: dict[str, Any] = dict(
-        device=cfg.device, no_cuda=cfg.no_cuda, precision=cfg.precision, workers=cfg.workers,
-        log_interval=cfg.log_interval, cache=cfg.cache,
-        resume=cfg.resume, epochs=cfg.epochs or saved.get("epochs"),
-        output=cfg.output or Path(cfg.resume).parent,
-    )
-    if cfg.data is not None:
-        overrides["data"] = cfg.data
+    overrides: dict[str, Any] = {name: getattr(cfg, name) for name in RESUME_TAKES}  # the rest is the run's own
+    overrides.update(epochs=cfg.epochs or saved.get("epochs"), output=cfg.output or Path(cfg.resume).parent)
+    if cfg.data is None:
+        del overrides["data"]
     saved.setdefault("frame", "crop")  # a run from before --frame cropped, whatever its images
     try:
         resumed = replace(TrainConfig(**saved), **overrides)
@@ -98,6 +94,7 @@ class TrainingData:
     preprocess: Preprocess
     cache: ImageCache | None  # None when off, or when the images did not fit
     augmentation: Augmentation = Augmentation()
+    val_dir: Path | None = None  # the validation folder: --val, or the sibling val/ found
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -116,6 +113,8 @@ def list_folders(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
     train = listed(cfg.data)
     if len(train.classes) < 2:
         raise DataError(f"{cfg.data} has only one class ({train.classes[0]}): a classifier needs at least two")
+    datamod.refuse_empty_classes(train)
+    datamod.say_loose_images(Path(cfg.data), observer.warn)
     if checkpoint is not None and tuple(train.classes) != checkpoint.class_names:
         raise DataError(
             f"the data's classes ({', '.join(train.classes)}) differ from the checkpoint's "
@@ -126,13 +125,18 @@ def list_folders(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
         val_dir = datamod.find_sibling_validation(Path(cfg.data))
     val = None
     if val_dir is not None:
-        found = datamod.find_classes(Path(val_dir))
+        found = datamod.class_names(Path(val_dir), datamod.find_classes(Path(val_dir)))
         if set(found) != set(train.classes):
             raise DataError(
                 f"validation classes differ from training classes: {val_dir} has {', '.join(found)}, "
                 f"{cfg.data} has {', '.join(train.classes)}"
             )
         val = listed(val_dir, classes=train.classes)
+        datamod.say_loose_images(Path(val_dir), observer.warn)
+        unmeasured = datamod.empty_classes(val)
+        if unmeasured:
+            observer.warn(f"{val_dir} has no validation image for {', '.join(unmeasured)}: validation does not "
+                          "measure that class")
     for skipped in train.skipped + (val.skipped if val else ()):
         observer.warn(f"skipped {skipped}")
     return Folders(train, val, Path(val_dir) if val_dir is not None else None)
@@ -160,7 +164,8 @@ def prepare_data(cfg: TrainConfig, folders: Folders, checkpoint: Checkpoint | No
     if imbalance and cfg.class_weights == "none" and not cfg.balanced_sampler:
         observer.warn(imbalance)
     augmentation = Augmentation.from_config(cfg, _colour_pca(cfg, checkpoint, train, preprocess, cache, observer))
-    return TrainingData(train, val, val_source, split, preprocess, cache, augmentation)
+    return TrainingData(train, val, val_source, split, preprocess, cache, augmentation,
+                        folders.val_dir if val is not None and split is None and folders.val is not None else None)
 
 
 def _validation(cfg: TrainConfig, train: datamod.ImageSet, val: datamod.ImageSet | None, val_dir: Path | None,
@@ -176,6 +181,15 @@ def _validation(cfg: TrainConfig, train: datamod.ImageSet, val: datamod.ImageSet
         observer.warn("no validation set (--val-split 0): best.pt follows the training accuracy")
         return train, None, "none", None
     train_part, val = datamod.stratified_split(train, fraction, cfg.seed)
+    if len(val) == 0:
+        observer.warn(f"the {fraction:.0%} split of {cfg.data} holds out no image (no class has two): training "
+                      "without validation, so best.pt is the epoch of the best training accuracy (give --val DIR "
+                      "to measure it)")
+        return train, None, "none (no class has two images to hold one out)", None
+    unmeasured = [name for name, n in zip(val.classes, val.counts()) if n == 0]
+    if unmeasured:
+        observer.warn(f"no held-out image for {', '.join(unmeasured)} (one image each, kept for training): "
+                      "validation does not measure that class")
     return train_part, val, f"a {fraction:.0%} stratified split of {cfg.data} (seed {cfg.seed})", Split(fraction, val)
 
 

@@ -26,7 +26,7 @@ def reference(checkpoint_path, batch):
 
 
 def test_torchscript_export_agrees_with_pytorch(runner, checkpoint, tmp_path):
-    result = invoke(runner, ["export", str(checkpoint), "--format", "torchscript", "--output", "model.pt"])
+    result = invoke(runner, ["export", "--weights", str(checkpoint), "--format", "torchscript", "--output", "model.pt"])
     assert result.exit_code == 0, result.output
     assert "largest difference" in result.stderr
     loaded = torch.jit.load("model.pt")
@@ -40,7 +40,7 @@ def test_torchscript_export_agrees_with_pytorch(runner, checkpoint, tmp_path):
 def test_onnx_export_agrees_with_pytorch(runner, checkpoint, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    result = invoke(runner, ["export", str(checkpoint), "--format", "onnx"])
+    result = invoke(runner, ["export", "--weights", str(checkpoint), "--format", "onnx"])
     assert result.exit_code == 0, result.output
     exported = tmp_path / "best.onnx"
     session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
@@ -52,11 +52,11 @@ def test_onnx_export_agrees_with_pytorch(runner, checkpoint, tmp_path):
 
 def test_onnx_without_the_extra_says_how_to_get_it(runner, checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    result = invoke(runner, ["export", str(checkpoint), "--format", "onnx"])
+    result = invoke(runner, ["export", "--weights", str(checkpoint), "--format", "onnx"])
     assert result.exit_code == 2
     assert "pip install 'alexnet-cli[export]'" in result.stderr
 
 
 def test_unknown_format(runner, checkpoint):
-    result = invoke(runner, ["export", str(checkpoint), "--format", "tflite"])
+    result = invoke(runner, ["export", "--weights", str(checkpoint), "--format", "tflite"])
     assert result.exit_code == 2 and "unknown export format" in result.stderr

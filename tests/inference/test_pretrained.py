@@ -103,3 +103,12 @@ def test_pretrained_needs_the_torchvision_layout(runner, shapes):
     assert result.exit_code == 2 and "--pretrained needs --arch alexnet-torchvision" in result.stderr
     result = invoke(runner, ["train", str(shapes / "train"), "--freeze-features"])
     assert result.exit_code == 2 and "use it with --pretrained" in result.stderr
+
+
+def test_lr_find_takes_the_runtime_options_that_train_takes(runner, cached_weights, shapes):
+    """lr-find takes --pretrained, --no-cuda, --precision, --workers and --cache as train does."""
+    result = invoke(runner, ["lr-find", str(shapes / "train"), "--pretrained", "--image-size", "67", "--steps", "3",
+                             "--batch-size", "4", "--no-cuda", "--precision", "fp32", "--workers", "0",
+                             "--cache", "off"])
+    assert result.exit_code == 0, result.output
+    assert "precision: fp32" in result.stderr and "suggested --lr" in result.stderr

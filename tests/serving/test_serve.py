@@ -523,7 +523,7 @@ def _start_process(args: list[str], env: dict[str, str]) -> tuple[subprocess.Pop
 
 def test_sigterm_answers_the_requests_in_flight_then_exits_0(checkpoint):
     env = {**env_without_debug(), "ALEXNET_TEST_FORWARD_SECONDS": "0.4", "COLUMNS": "200"}
-    process, url = _start_process([str(checkpoint), "--port", "0", "--max-batch", "4", "--device", "cpu"],
+    process, url = _start_process(["--weights", str(checkpoint), "--port", "0", "--max-batch", "4", "--device", "cpu"],
                                   env)
     try:
         async def in_flight():
@@ -602,7 +602,7 @@ def test_serve_says_what_is_missing_without_its_extra(runner, monkeypatch, check
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "uvicorn" else find_spec(name, *args))
-    result = invoke(runner, ["serve", str(checkpoint)])
+    result = invoke(runner, ["serve", "--weights", str(checkpoint)])
     assert result.exit_code == 2 and "pip install 'alexnet-cli[serve]'" in result.output
 
 
@@ -611,6 +611,6 @@ def test_serve_names_a_port_it_cannot_take(runner, checkpoint):
 
     with bind("127.0.0.1", 0) as taken:
         port = taken.getsockname()[1]
-        result = invoke(runner, ["serve", str(checkpoint), "--port", str(port), "--device", "cpu"])
+        result = invoke(runner, ["serve", "--weights", str(checkpoint), "--port", str(port), "--device", "cpu"])
     assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
     assert "Traceback" not in result.output
