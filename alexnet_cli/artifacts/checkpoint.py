@@ -121,10 +121,11 @@ class Checkpoint:
     state_dict: Mapping[str, Any]
     training: TrainingState | None = None
     path: Path | None = None  # where it was read from
+    display_names: tuple[str, ...] = ()  # what each class is shown as (class_names.json), where it differs
 
     # The keys of a payload, in the order written: the model half, then TrainingState's fields.
-    MODEL_KEYS = ("format_version", "tool_version", "arch", "num_classes", "class_names", "preprocess", "dropout",
-                  "model")
+    MODEL_KEYS = ("format_version", "tool_version", "arch", "num_classes", "class_names", "display_names",
+                  "preprocess", "dropout", "model")
 
     @classmethod
     def payload_keys(cls) -> tuple[str, ...]:
@@ -133,6 +134,11 @@ class Checkpoint:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """What each output is shown as: its display name, else its folder's name."""
+        return self.display_names or self.class_names
 
     def build(self):
         """The model with these weights, on the CPU, in eval mode."""
@@ -148,6 +154,7 @@ class Checkpoint:
             "arch": self.arch,
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
+            "display_names": list(self.display_names),
             "preprocess": self.preprocess.to_dict(),
             "dropout": self.dropout,
             "model": {name: tensor.detach().cpu() for name, tensor in self.state_dict.items()},
@@ -173,6 +180,7 @@ class Checkpoint:
                 state_dict=data["model"],
                 training=TrainingState.from_payload(data),
                 path=path,
+                display_names=tuple(str(c) for c in data.get("display_names") or ()),  # none before 0.3.0
             )
         except (KeyError, TypeError, ValueError, AlexNetError) as exc:
             raise CheckpointError(f"{path} is a damaged checkpoint: missing or bad field {exc}") from None
@@ -180,6 +188,9 @@ class Checkpoint:
             raise CheckpointError(f"{path} is for an unknown architecture {checkpoint.arch!r}")
         if not checkpoint.class_names:
             raise CheckpointError(f"{path} has no class names")
+        if checkpoint.display_names and len(checkpoint.display_names) != checkpoint.num_classes:
+            raise CheckpointError(f"{path} is a damaged checkpoint: {len(checkpoint.display_names)} display names "
+                                  f"for {checkpoint.num_classes} classes")
         return checkpoint
 
     def save(self, path: str | Path) -> None:

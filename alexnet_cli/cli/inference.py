@@ -61,6 +61,9 @@ def evaluate(
     run: Annotated[Path | None, typer.Option(
         help="A run folder (runs/train-N): its best.pt, and without DATA the images it held out for validation.")
     ] = None,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="torchvision's ImageNet weights, on DATA's WordNet-ID folders (n01440764, ...).")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help=INFER_BATCH_HELP)] = EvaluateConfig.batch_size,
     top_k: Annotated[
         int, typer.Option(help="Also report top-k accuracy when there are more than k classes.")
@@ -86,7 +89,7 @@ def evaluate(
             check_writable(save_errors, "--save-errors")
         cfg = EvaluateConfig(data=data, weights=weights, batch_size=batch_size, workers=workers, device=device,
                              no_cuda=no_cuda, precision=precision, top_k=top_k, strict=strict,
-                             save_errors=save_errors, tta=tta, run=run)
+                             save_errors=save_errors, tta=tta, run=run, pretrained=pretrained)
         report = run_evaluation(cfg, RichObserver()).to_dict()
         if as_json:
             console.print_json(report)

@@ -104,6 +104,9 @@ def train(
     class_weights: Annotated[str, typer.Option(help=CLASS_WEIGHTS_HELP)] = TrainConfig.class_weights,
     balanced_sampler: Annotated[bool, typer.Option(
         "--balanced-sampler", help="Draw each class equally often (with replacement), seeded per epoch.")] = False,
+    class_names_file: Annotated[Path | None, typer.Option(
+        "--class-names", help="A JSON object from each class folder to the name to show (the first of a list).",
+        show_default="class_names.json in DATA or its parent, if there is one")] = None,
 ) -> None:
     """Train on an ImageFolder tree, validating every epoch; writes a run folder with best.pt and last.pt."""
     from alexnet_cli.training import train as run_training

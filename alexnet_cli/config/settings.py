@@ -128,6 +128,7 @@ class TrainConfig:
     balanced_sampler: bool = False
     lr_find: bool = False  # --lr find: run the LR range test first and train at its suggestion
     recipe: str | None = None  # recipes.RECIPES: what it expanded to is in the other fields
+    class_names_file: Path | None = None  # --class-names FILE; None: class_names.json beside the data, if any
 
     def __post_init__(self) -> None:
         arch_info(self.arch)
@@ -221,9 +222,13 @@ class EvaluateConfig:
     save_errors: Path | None = None  # link the misclassified images into DIR/<true>__as__<pred>/
     tta: str = "none"  # vocabulary.TTA_MODES
     run: Path | None = None  # a run folder: its best.pt, and without DATA the images it validated on
+    pretrained: bool = False  # torchvision's ImageNet weights, on DATA's WordNet-ID folders
 
     def __post_init__(self) -> None:
         check_tta(self.tta)
+        if self.pretrained and (self.weights is not None or self.run is not None or self.data is None):
+            raise ConfigError("--pretrained evaluates torchvision's ImageNet weights on a folder: alexnet evaluate "
+                              "DATA --pretrained, without --weights or --run")
         if self.data is None and self.run is None:
             raise ConfigError("give the folder to evaluate on, alexnet evaluate DATA, or a run folder, "
                               "alexnet evaluate --run runs/NAME (the images it held out)")

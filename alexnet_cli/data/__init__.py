@@ -1,6 +1,7 @@
 """The data path, in the order data flows through it:
 
   folders.py    class folders, the checked list of a folder's images (an ImageSet), validation splits
+  names.py      names as text any output holds, classes in Unicode NFC, display names (class_names.json)
   index.py      a folder's index, kept in the user's cache: only new and changed files are opened again
   samples.py    paths and labels as flat tensors, cheap to share with loader processes
   images.py     decoding one file, or naming why it cannot be used

@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import random
-import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from alexnet_cli.data.images import (
     scan_threads,
     visible_folders,
 )
+from alexnet_cli.data.names import class_name, class_names
 from alexnet_cli.data.samples import Paths, Strings
 from alexnet_cli.errors import DataError
 from alexnet_cli.observer import Progress, no_progress
@@ -84,26 +84,10 @@ def find_classes(root: Path) -> list[str]:
     return classes
 
 
-def printable(name: str) -> str:
-    """A file or folder name as text that every output can hold: the bytes of a name that is not valid UTF-8
-    (which Python reads as lone surrogates) written as \\xNN, so `caf\\xe9.jpg` for Latin-1's "café.jpg"."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def class_name(folder: str) -> str:
-    """A class folder's name as a class: printable, and Unicode NFC, so that "café" written either way (macOS
-    writes NFD) is one class, and matches a checkpoint's."""
-    return unicodedata.normalize("NFC", printable(folder))
-
-
-def class_names(root: Path, folders: Sequence[str]) -> list[str]:
-    """The class names of `folders`; DataError when two folders are one name written two ways."""
-    names = [class_name(folder) for folder in folders]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise DataError(f"{root} has two class folders named {twice[0]}, written two ways in Unicode (NFC and NFD): "
-                        "merge them")
-    return names
+def _some(names: Sequence[str], shown: int = 8) -> str:
+    """Names for one line: the first few, and how many more."""
+    more = f" and {len(names) - shown:,} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, strict: bool = False,
@@ -131,8 +115,7 @@ def load_image_folder(root: str | Path, classes: Sequence[str] | None = None, st
         unknown = sorted(set(names) - {class_name(name) for name in classes})
         if unknown:
             raise DataError(
-                f"{root} has classes the model does not know: {', '.join(unknown)} "
-                f"(it knows {', '.join(classes)})"
+                f"{root} has classes the model does not know: {_some(unknown)} (it knows {_some(classes)})"
             )
     if check == "none":
         listing = indexmod.walk(root, found, stat=False)

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet_cli.artifacts.checkpoint import load_checkpoint
-from alexnet_cli.artifacts.run_folder import HeldOut, held_out, resolve_weights
+from alexnet_cli.artifacts.run_folder import HeldOut, held_out
 from alexnet_cli.config.settings import EvaluateConfig
 from alexnet_cli.data import folders as datamod
 from alexnet_cli.data import loading
 from alexnet_cli.errors import DataError
+from alexnet_cli.inference.predict import Predictor, imagenet_predictor, load_predictor
 from alexnet_cli.inference.tta import eval_transforms as tta_transforms
 from alexnet_cli.inference.tta import forward as tta_forward
 from alexnet_cli.observer import Observer
@@ -32,12 +32,13 @@ SHOWN = 10
 
 @dataclass
 class EvalResult:
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...]  # as shown: each class's display name, else its folder's
     images: int
     loss: float
     confusion: list[list[int]]  # confusion[true][predicted]
     k: int
     topk_correct: int | None  # None where there are not more than k classes
+    class_folders: tuple[str, ...] = ()  # the class folders, where they differ from the names shown
 
     @property
     def accuracy(self) -> float:
@@ -95,6 +96,7 @@ class EvalResult:
             f"top{self.k}_error": 1 - topk if topk is not None else None,
             "macro_f1": sum(row["f1"] for row in present) / max(1, len(present)),
             "class_names": list(self.class_names),
+            "class_folders": list(self.class_folders or self.class_names),
             "worst_classes": self.worst_classes(per_class),
             "most_confused": self.most_confused(),
             "per_class": per_class,
@@ -174,29 +176,40 @@ def evaluate_model(model: nn.Module, loader: Iterable[Any], runtime: Runtime, nu
 def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, cfg.workers)
     held = held_out(cfg.run) if cfg.data is None and cfg.run is not None else None  # before the checkpoint
-    weights = Path(cfg.run) / "best.pt" if cfg.run is not None else cfg.weights
-    checkpoint = load_checkpoint(resolve_weights(weights, observer))
+    source = _predictor(cfg, observer)
     runtime.report(observer)
-    images = _images(cfg, held, checkpoint.class_names, observer)
+    images = _images(cfg, held, source.class_names, observer)
     for skipped in images.skipped:
         observer.warn(f"skipped {skipped}")
-    model = prepare_for_inference(checkpoint.build(), runtime.device, runtime.precision)
-    dataset = loading.ImageDataset(images.paths, images.labels, tta_transforms(checkpoint.preprocess, cfg.tta),
-                                   draft_size=checkpoint.preprocess.resize_size)
+    model = prepare_for_inference(source.model, runtime.device, runtime.precision)
+    dataset = loading.ImageDataset(images.paths, images.labels, tta_transforms(source.preprocess, cfg.tta),
+                                   draft_size=source.preprocess.resize_size)
     loader = loading.make_loader(dataset, loading.LoaderSettings.for_runtime(runtime, cfg.batch_size, observer.warn,
                                                                              DECODE_THREADS))
     predictions: list[tuple[int, int, int]] | None = [] if cfg.save_errors is not None else None
     with loader:
         settings = EvalSettings(k=cfg.top_k, tta=cfg.tta,
                                 on_failed=lambda failed: loading.report_unreadable(failed, cfg.strict, observer))
-        result = evaluate_model(model, loader, runtime, checkpoint.num_classes, settings, predictions)
-    result.class_names = checkpoint.class_names
+        result = evaluate_model(model, loader, runtime, len(source.class_names), settings, predictions)
+    result.class_names, result.class_folders = source.labels, source.class_names
     if predictions is not None and cfg.save_errors is not None:
-        saved = save_errors(cfg.save_errors, images.paths, predictions, checkpoint.class_names)
+        saved = save_errors(cfg.save_errors, images.paths, predictions, source.labels)
         observer.info(f"misclassified: {saved} images linked into {cfg.save_errors}/<true>__as__<predicted>/")
     if images.skipped:
         observer.warn(f"{len(images.skipped)} files skipped")
     return result
+
+
+def _predictor(cfg: EvaluateConfig, observer: Observer) -> Predictor:
+    """The model to evaluate: --pretrained's ImageNet weights, with DATA's WordNet-ID folders in their output
+    order, or a checkpoint (--run's best.pt, --weights, or the newest run's)."""
+    if cfg.pretrained:
+        from alexnet_cli.data.sources.imagenet import wnid_order
+
+        assert cfg.data is not None
+        return imagenet_predictor(wnid_order(cfg.data))
+    weights = Path(cfg.run) / "best.pt" if cfg.run is not None else cfg.weights
+    return load_predictor(weights, False, observer)
 
 
 def _images(cfg: EvaluateConfig, held: HeldOut | None, classes: Sequence[str], observer: Observer
@@ -225,7 +238,7 @@ def save_errors(folder: Path, paths: Sequence[str], predictions: Sequence[tuple[
     for index, true, predicted in predictions:
         if true == predicted:
             continue
-        target_dir = Path(folder) / f"{class_names[true]}__as__{class_names[predicted]}"
+        target_dir = Path(folder) / f"{_folder_safe(class_names[true])}__as__{_folder_safe(class_names[predicted])}"
         target_dir.mkdir(parents=True, exist_ok=True)
         source = Path(paths[index])
         target = target_dir / source.name
@@ -236,3 +249,8 @@ def save_errors(folder: Path, paths: Sequence[str], predictions: Sequence[tuple[
         link_or_copy(source, target)
         placed += 1
     return placed
+
+
+def _folder_safe(name: str) -> str:
+    """A class's shown name as part of a folder name: no path separator (a display name may hold one)."""
+    return name.replace("/", "-").replace("\\", "-").replace("\0", "") or "class"

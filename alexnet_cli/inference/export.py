@@ -53,6 +53,7 @@ def metadata(checkpoint: Checkpoint, fmt: str) -> dict[str, Any]:
         "format": fmt,
         "arch": checkpoint.arch,
         "class_names": list(checkpoint.class_names),
+        "labels": list(checkpoint.labels),  # what each output is shown as (its display name, else its folder)
         "preprocess": checkpoint.preprocess.to_dict(),
         "input": {"name": "image", "shape": ["N", 3, size, size], "dtype": "float32",
                   "description": "RGB, resized and centre-cropped, scaled to [0, 1], then normalised"},

@@ -16,6 +16,7 @@ from alexnet_cli.config.settings import PredictConfig
 from alexnet_cli.data import folders as datamod
 from alexnet_cli.data import loading
 from alexnet_cli.data.images import open_image
+from alexnet_cli.data.names import printable
 from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import DataError
 from alexnet_cli.inference import gradcam as explain
@@ -30,33 +31,51 @@ from alexnet_cli.runtime.files import atomic_write
 @dataclass(frozen=True)
 class Predictor:
     model: nn.Module
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...]  # the class folders, as the outputs index them
     preprocess: Preprocess
     source: str
+    display_names: tuple[str, ...] = ()  # what each class is shown as, where it differs (class_names.json)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.display_names or self.class_names
 
 
-def ranked(values: list[float], classes: list[int], class_names: tuple[str, ...]) -> dict[str, Any]:
+def ranked(values: list[float], classes: list[int], labels: tuple[str, ...],
+           folders: tuple[str, ...] | None = None) -> dict[str, Any]:
     """One image's record, best first: label, confidence and the top-k labels with their probabilities (what
-    `predict --json` prints per image, less its path, and what `alexnet serve` answers)."""
-    top_k = [{"label": class_names[c], "probability": p} for p, c in zip(values, classes)]
-    return {"label": top_k[0]["label"], "confidence": top_k[0]["probability"], "top_k": top_k}
+    `predict --json` prints per image, less its path, and what `alexnet serve` answers). Each label is the
+    class's display name; with `folders`, "class" keeps its folder's name beside it."""
+    top_k = [{"label": labels[c], **({"class": folders[c]} if folders else {}), "probability": p}
+             for p, c in zip(values, classes)]
+    head = {"label": top_k[0]["label"], **({"class": folders[classes[0]]} if folders else {})}
+    return {**head, "confidence": top_k[0]["probability"], "top_k": top_k}
 
 
 def load_predictor(weights: Path | None, pretrained: bool, observer: Observer) -> Predictor:
     """A trained checkpoint (the newest run's best.pt by default), or torchvision's ImageNet weights."""
     if pretrained:
-        from torchvision.models import AlexNet_Weights
-
-        spec = AlexNet_Weights.IMAGENET1K_V1
-        transforms = spec.transforms()  # the weights' own preprocessing, not ours
-        preprocess = Preprocess(
-            image_size=transforms.crop_size[0], resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
-            std=tuple(transforms.std), interpolation=transforms.interpolation.value,
-        )
-        model = build_model("alexnet-torchvision", pretrained=True).eval()
-        return Predictor(model, tuple(spec.meta["categories"]), preprocess, "ImageNet weights (IMAGENET1K_V1)")
+        return imagenet_predictor()
     checkpoint = load_checkpoint(resolve_weights(weights, observer, alternative=" or --pretrained for ImageNet"))
-    return Predictor(checkpoint.build(), checkpoint.class_names, checkpoint.preprocess, str(checkpoint.path))
+    return Predictor(checkpoint.build(), checkpoint.class_names, checkpoint.preprocess, str(checkpoint.path),
+                     checkpoint.display_names)
+
+
+def imagenet_predictor(folders: tuple[str, ...] = ()) -> Predictor:
+    """torchvision's ImageNet weights, with their own preprocessing. Its classes are shown by torchvision's
+    names; `folders`, the WordNet IDs in output order, are the class folders of an ImageNet folder."""
+    from torchvision.models import AlexNet_Weights
+
+    spec = AlexNet_Weights.IMAGENET1K_V1
+    transforms = spec.transforms()  # the weights' own preprocessing, not ours
+    preprocess = Preprocess(
+        image_size=transforms.crop_size[0], resize_size=transforms.resize_size[0], mean=tuple(transforms.mean),
+        std=tuple(transforms.std), interpolation=transforms.interpolation.value,
+    )
+    model = build_model("alexnet-torchvision", pretrained=True).eval()
+    categories = tuple(spec.meta["categories"])
+    return Predictor(model, folders or categories, preprocess, "ImageNet weights (IMAGENET1K_V1)",
+                     categories if folders else ())
 
 
 def _write_explanation(explain, path: str, cam, preprocess, folder: Path, result: dict[str, Any],
@@ -109,7 +128,8 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
             probabilities = logits.float().softmax(dim=1)
             top = probabilities.topk(k, dim=1)
             for row, (index, values, classes) in enumerate(zip(indices, top.values.tolist(), top.indices.tolist())):
-                result = {"path": datamod.printable(paths[index]), **ranked(values, classes, predictor.class_names)}
+                result = {"path": printable(paths[index]),
+                          **ranked(values, classes, predictor.labels, predictor.class_names)}
                 if explain_dir is not None:
                     result["explanation"] = str(_write_explanation(
                         explain, paths[index], cams[row], predictor.preprocess, explain_dir, result, taken))

@@ -75,7 +75,8 @@ class Output:
 class ServedModel:
     def __init__(self, predictor: Predictor, runtime: Runtime) -> None:
         self.predictor, self.runtime = predictor, runtime
-        self.class_names = predictor.class_names
+        self.class_names = predictor.labels  # what each output is shown as (its display name, else its folder)
+        self.class_folders = predictor.class_names
         self.preprocess = predictor.preprocess
         self.model = prepare_for_inference(predictor.model, runtime.device, runtime.precision)
         self.forward = batched_forward(self.model, runtime)
@@ -152,10 +153,11 @@ class ServedModel:
     def record(self, output: Output, top_k: int) -> dict[str, Any]:
         """predict --json's record for one image (less its path): label, confidence, top-k."""
         top = output.probabilities.topk(min(top_k, len(self.class_names)))
-        return ranked(top.values.tolist(), top.indices.tolist(), self.class_names)
+        return ranked(top.values.tolist(), top.indices.tolist(), self.class_names, self.class_folders)
 
     def metadata(self) -> dict[str, Any]:
         """What a client needs to know: the classes in output order, and the preprocessing."""
-        return {"classes": list(self.class_names), **self.preprocess.to_dict(),
+        return {"classes": list(self.class_names), "class_folders": list(self.class_folders),
+                **self.preprocess.to_dict(),
                 "device": str(self.runtime.device), "precision": self.runtime.precision.name,
                 "tool_version": __version__}

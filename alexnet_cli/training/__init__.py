@@ -209,7 +209,8 @@ def _write_config(folder: RunFolder, cfg: TrainConfig, epochs: int, data: Traini
               "resume": None, "world_size": dist.world_size}
     folder.write_json("config.json", {**config, "tool_version": __version__, "validation": data.val_source,
                                       "validation_folder": str(data.val_dir) if data.val_dir else None,
-                                      "class_names": list(data.classes)})
+                                      "class_names": list(data.classes),
+                                      "display_names": list(data.display_names)})
     if data.split is not None:
         folder.write_json("split.json", data.split.record(cfg.seed))
     return config

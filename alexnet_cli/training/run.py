@@ -62,8 +62,8 @@ class Run:
         return stopped
 
     def checkpoint(self, partial: dict[str, Any] | None = None):
-        return self.parts.checkpoint(self.cfg, self.data.classes, self.data.preprocess, self.state, self.config,
-                                     self.runtime.device, partial)
+        return self.parts.checkpoint(self.cfg, (self.data.classes, self.data.display_names), self.data.preprocess,
+                                     self.state, self.config, self.runtime.device, partial)
 
     def stop(self, progress: EpochProgress, iterations: int, interrupts: list[int]) -> TrainingInterrupted:
         """Save where a signal stopped the run, so that --resume continues from the next step; the error that
@@ -88,7 +88,8 @@ class Run:
         """Record the epoch, save last.pt (and best.pt), report."""
         row, improved = self.state.record(progress.epoch, progress, result, lr)
         confusion = None if result is None else {  # the best epoch's, for the plots
-            "epoch": progress.epoch, "class_names": list(self.data.classes), "confusion_matrix": result.confusion}
+            "epoch": progress.epoch, "class_names": list(self.data.display_names or self.data.classes),
+            "confusion_matrix": result.confusion}
         self.folder.save_epoch(self.checkpoint(), self.state.history, improved, confusion, self.observer)
         self.observer.epoch_end(row, self.epochs, improved)
 

@@ -16,7 +16,7 @@ from torch.utils.data import WeightedRandomSampler
 from alexnet_cli.artifacts.checkpoint import Checkpoint, load_checkpoint
 from alexnet_cli.config.settings import DEFAULT_EPOCHS, RESUME_TAKES, TrainConfig
 from alexnet_cli.data import folders as datamod
-from alexnet_cli.data import loading
+from alexnet_cli.data import loading, names
 from alexnet_cli.data.augment import Augmentation, imbalance_warning, rgb_pca
 from alexnet_cli.data.cache import ImageCache, make_cache
 from alexnet_cli.data.images import open_image
@@ -38,7 +38,7 @@ def resume(cfg: TrainConfig) -> tuple[Checkpoint | None, TrainConfig]:
         raise CheckpointError(f"{checkpoint.path} holds weights but no training state, so it cannot be resumed")
     saved: dict[str, Any] = {k: v for k, v in checkpoint.training.config.items()
                              if k in TrainConfig.__dataclass_fields__}
-    for key in ("data", "val", "output"):
+    for key in ("data", "val", "output", "class_names_file"):
         if saved.get(key) is not None:
             saved[key] = Path(saved[key])
     overrides: dict[str, Any] = {name: getattr(cfg, name) for name in RESUME_TAKES}  # the rest is the run's own
@@ -95,6 +95,7 @@ class TrainingData:
     cache: ImageCache | None  # None when off, or when the images did not fit
     augmentation: Augmentation = Augmentation()
     val_dir: Path | None = None  # the validation folder: --val, or the sibling val/ found
+    display_names: tuple[str, ...] = ()  # each class's name from class_names.json, where there is one
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -125,7 +126,7 @@ def list_folders(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
         val_dir = datamod.find_sibling_validation(Path(cfg.data))
     val = None
     if val_dir is not None:
-        found = datamod.class_names(Path(val_dir), datamod.find_classes(Path(val_dir)))
+        found = names.class_names(Path(val_dir), datamod.find_classes(Path(val_dir)))
         if set(found) != set(train.classes):
             raise DataError(
                 f"validation classes differ from training classes: {val_dir} has {', '.join(found)}, "
@@ -165,7 +166,22 @@ def prepare_data(cfg: TrainConfig, folders: Folders, checkpoint: Checkpoint | No
         observer.warn(imbalance)
     augmentation = Augmentation.from_config(cfg, _colour_pca(cfg, checkpoint, train, preprocess, cache, observer))
     return TrainingData(train, val, val_source, split, preprocess, cache, augmentation,
-                        folders.val_dir if val is not None and split is None and folders.val is not None else None)
+                        folders.val_dir if val is not None and split is None and folders.val is not None else None,
+                        _display_names(cfg, train.classes, observer))
+
+
+def _display_names(cfg: TrainConfig, classes: tuple[str, ...], observer: Observer) -> tuple[str, ...]:
+    """The classes' display names (--class-names, or class_names.json beside the data), said in one line."""
+    assert cfg.data is not None
+    found = names.display_names(Path(cfg.data), classes, cfg.class_names_file)
+    if found.source is None:
+        return ()
+    named = len(classes) - len(found.missing)
+    observer.info(f"class names: from {found.source}, e.g. {classes[0]} -> {found.names[0]}")
+    if found.missing:
+        observer.warn(f"{found.source} names {named:,} of {len(classes):,} classes: the others show their folder's "
+                      f"name ({', '.join(found.missing[:5])}{' ...' if len(found.missing) > 5 else ''})")
+    return found.names
 
 
 def _validation(cfg: TrainConfig, train: datamod.ImageSet, val: datamod.ImageSet | None, val_dir: Path | None,

@@ -307,11 +307,13 @@ class TrainingParts:
         return group.get("initial_lr", self.scheduler.base_lrs[0]) * \
             self.scheduler.lr_lambdas[0]((epoch - 1) * self.steps_per_epoch)
 
-    def checkpoint(self, cfg: TrainConfig, class_names, preprocess: Preprocess, state: RunState,
-                   config: dict[str, Any], device, partial: dict[str, Any] | None = None) -> Checkpoint:
-        """Everything evaluate, predict and --resume need, as it stands now."""
+    def checkpoint(self, cfg: TrainConfig, names: tuple[tuple[str, ...], tuple[str, ...]], preprocess: Preprocess,
+                   state: RunState, config: dict[str, Any], device, partial: dict[str, Any] | None = None
+                   ) -> Checkpoint:
+        """Everything evaluate, predict and --resume need, as it stands now. `names`: the class folders, and
+        their display names (or ())."""
         return Checkpoint(
-            arch=cfg.arch, class_names=tuple(class_names), preprocess=preprocess, dropout=cfg.dropout,
+            arch=cfg.arch, class_names=names[0], display_names=names[1], preprocess=preprocess, dropout=cfg.dropout,
             state_dict=self.model.state_dict() if self.ema is None else self.ema.module.state_dict(),
             training=TrainingState(
                 epoch=state.epoch,

@@ -36,3 +36,29 @@ def test_readme_links_point_to_files():
     for target in [part.split(")", 1)[0] for part in readme.split("](")[1:]]:
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def _keys(value, path=""):
+    """Every key path of a JSON value: top-level keys, and those of the objects in its lists."""
+    if isinstance(value, dict):
+        return {f"{path}{key}" for key in value} | {k for key, v in value.items() for k in _keys(v, f"{path}{key}.")}
+    if isinstance(value, list):
+        return set().union(*(_keys(item, path) for item in value)) if value else set()
+    return set()
+
+
+def test_evaluation_md_shows_the_json_keys_evaluate_writes():
+    """docs/evaluation.md's --json example holds exactly the keys that `alexnet evaluate --json` writes, for a
+    model of 3 classes (so top-5 is null, as there)."""
+    import json
+
+    from alexnet_cli.inference.evaluate import EvalResult
+
+    page = (ROOT / "docs" / "evaluation.md").read_text()
+    example = json.loads(page.split("## `--json`", 1)[1].split("```json\n", 1)[1].split("```", 1)[0])
+    result = EvalResult(class_names=("circle", "square", "triangle"), images=18, loss=1.1,
+                        confusion=[[0, 0, 6], [0, 0, 6], [0, 0, 6]], k=5, topk_correct=None)
+    written = json.loads(json.dumps(result.to_dict()))
+    assert _keys(example) == _keys(written)
+    assert example["confusion_matrix"] == written["confusion_matrix"] and example["images"] == written["images"]
+    assert example["most_confused"] == written["most_confused"]

@@ -86,7 +86,11 @@ def test_data_imagenet_lays_out_train_val_and_the_class_names(runner, archives):
     assert val == {"n01440764": ["ILSVRC2012_val_00000002.JPEG", "ILSVRC2012_val_00000003.JPEG",
                                  "ILSVRC2012_val_00000005.JPEG"],
                    "n01443537": ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000004.JPEG"]}
-    assert json.loads((root / "class_names.json").read_text()) == WNIDS
+    assert json.loads((root / "class_names.json").read_text()) == {wnid: words.split(", ") for wnid, words in
+                                                                    WNIDS.items()}
+    from alexnet_cli.data.names import display_names
+
+    assert display_names(root / "train", tuple(WNIDS)).names == ("tench", "goldfish")  # what training shows
     assert not list(root.glob("*.partial")) and not list((root / "train").glob("*.tar"))  # nothing left over
     assert "imagenet/train: 6 images in 2 classes (unpacked now)" in result.stderr
     assert "--recipe paper --epochs 90" in result.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from support.helpers import invoke
+from support.helpers import invoke, one_error_line
 from torchvision.models import AlexNet_Weights
 
 WEIGHTS = AlexNet_Weights.IMAGENET1K_V1
@@ -112,3 +112,64 @@ def test_lr_find_takes_the_runtime_options_that_train_takes(runner, cached_weigh
                              "--cache", "off"])
     assert result.exit_code == 0, result.output
     assert "precision: fp32" in result.stderr and "suggested --lr" in result.stderr
+
+
+def _imagenet_tree(root, with_images: dict[int, int]) -> list[str]:
+    """1,000 WordNet-ID folders in ImageNet's order (its first and last IDs are real, the rest made up but sorted
+    between them), with random images in the folders of `with_images` (position -> count)."""
+    wnids = ["n01440764", *[f"n0150{i:04d}" for i in range(998)], "n15075141"]
+    torch.manual_seed(2)
+    for position, wnid in enumerate(wnids):
+        (root / wnid).mkdir(parents=True)
+        for i in range(with_images.get(position, 0)):
+            pixels = (torch.rand(180, 240, 3) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / wnid / f"{i}.jpg", quality=90)
+    return wnids
+
+
+def test_evaluate_pretrained_maps_imagenets_classes_to_wordnet_folders(runner, cached_weights, tmp_path):
+    """The 1,000 folders in their order are the 1,000 outputs: evaluate's accuracy equals torchvision's own
+    pipeline image by image, and its names are torchvision's."""
+    images_in = {0: 2, 7: 2, 500: 2, 999: 2}
+    wnids = _imagenet_tree(tmp_path / "val", images_in)
+    result = invoke(runner, ["evaluate", str(tmp_path / "val"), "--pretrained", "--json", "--workers", "0",
+                             "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 8 and report["class_folders"] == wnids
+    assert report["class_names"] == WEIGHTS.meta["categories"]
+
+    categories, mistakes, right = WEIGHTS.meta["categories"], {}, 0
+    with torch.no_grad():
+        for position in images_in:
+            for path in sorted((tmp_path / "val" / wnids[position]).iterdir()):
+                predicted = int(cached_weights(WEIGHTS.transforms()(Image.open(path).convert("RGB"))[None]).argmax())
+                right += predicted == position
+                if predicted != position:
+                    pair = (categories[position], categories[predicted])
+                    mistakes[pair] = mistakes.get(pair, 0) + 1
+    assert report["accuracy"] == pytest.approx(right / 8)
+    assert {(cell["true"], cell["predicted"]): cell["count"] for cell in report["most_confused"]} == mistakes
+    assert mistakes  # random weights: the cells compared are not all empty
+
+
+def test_evaluate_pretrained_refuses_folders_that_are_not_imagenets(runner, cached_weights, tmp_path, shapes):
+    result = invoke(runner, ["evaluate", str(shapes / "val"), "--pretrained"])
+    assert result.exit_code == 3, result.output
+    assert "class folders are not ImageNet's WordNet IDs (circle, square)" in one_error_line(result)
+
+    wnids = _imagenet_tree(tmp_path / "in" / "val", {3: 1})
+    for wnid in wnids[10:]:
+        (tmp_path / "in" / "val" / wnid).rmdir()
+    result = invoke(runner, ["evaluate", str(tmp_path / "in" / "val"), "--pretrained"])
+    assert result.exit_code == 3 and "has 10 of ImageNet's 1,000 class folders and no class_names.json" in \
+        one_error_line(result)
+
+    # With class_names.json beside it, as `alexnet data imagenet` writes it, ten folders are enough.
+    (tmp_path / "in" / "class_names.json").write_text(json.dumps({wnid: [f"name {i}"] for i, wnid in enumerate(wnids)}))
+    result = invoke(runner, ["evaluate", str(tmp_path / "in" / "val"), "--pretrained", "--json", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 1
+
+    result = invoke(runner, ["evaluate", str(tmp_path / "in" / "val"), "--pretrained", "--weights", "x.pt"])
+    assert result.exit_code == 2 and "without --weights or --run" in one_error_line(result)

@@ -131,7 +131,7 @@ def test_predict_answers_predict_json_record_for_a_multipart_upload_or_raw_bytes
     raw = client.post("/predict?top_k=1", content=image, headers={"content-type": "image/png"})
     assert multipart.status_code == raw.status_code == 200, (multipart.text, raw.text)
     record = multipart.json()
-    assert set(record) == {"label", "confidence", "top_k"}
+    assert set(record) == {"label", "class", "confidence", "top_k"}
     assert [row["label"] for row in record["top_k"]] and record["top_k"][0]["label"] == record["label"]
     assert record["label"] in server.model.class_names
     assert len(record["top_k"]) == 5

@@ -83,7 +83,7 @@ def prepare_imagenet(root: str | Path, source: str | Path, report_line=lambda li
             report.unpacked.append(split)
         classes = [entry for entry in os.scandir(target) if entry.is_dir()]
         report.counts[split] = (len(classes), sum(len(os.listdir(entry.path)) for entry in classes))
-    names = {wnid: ", ".join(names) for wnid, names in sorted(wnid_to_names.items())}
+    names = {wnid: list(names) for wnid, names in sorted(wnid_to_names.items())}  # the first is shown
     atomic_write_text(root / NAMES_FILE, json.dumps(names, indent=1, ensure_ascii=False) + "\n")
     return report
 
@@ -111,3 +111,39 @@ def _room_for(archive: Path, root: Path) -> None:
     if free < needed:
         raise DataError(f"{root} has {free / 1e9:,.1f} GB free; unpacking {archive.name} needs about "
                         f"{needed / 1e9:,.1f} GB")
+
+
+# ImageNet-1k's classes in the order its models' outputs count them: the WordNet IDs, sorted (as an
+# ImageFolder of the training set sorts its folders). These two ends tell that list from any other.
+WNID = re.compile(r"n\d{8}")
+FIRST_WNID, LAST_WNID, CLASSES = "n01440764", "n15075141", 1000
+
+
+def wnid_order(folder: str | Path) -> tuple[str, ...]:
+    """The 1,000 WordNet IDs in output order, for ImageNet weights evaluated on `folder`: from class_names.json
+    in it or its parent (`alexnet data imagenet` writes one), else from its folders when all 1,000 are there.
+    DataError, in one line, when its folders are not ImageNet's."""
+    folder = Path(folder)
+    folders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir()) if folder.is_dir() else []
+    strangers = [name for name in folders if not WNID.fullmatch(name)]
+    if strangers or not folders:
+        raise DataError(f"{folder}'s class folders are not ImageNet's WordNet IDs ({', '.join(strangers[:3]) or 'none'}"
+                        f"): --pretrained evaluates torchvision's 1,000 ImageNet classes, on folders named "
+                        f"{FIRST_WNID} ... {LAST_WNID}")
+    order: list[str] = folders
+    for names in (folder / NAMES_FILE, folder.parent / NAMES_FILE):
+        try:
+            keys = sorted(json.loads(names.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            continue
+        if len(keys) == CLASSES and all(WNID.fullmatch(str(key)) for key in keys):
+            order = keys
+            break
+    if len(order) != CLASSES:
+        raise DataError(f"{folder} has {len(folders):,} of ImageNet's {CLASSES:,} class folders and no "
+                        f"{NAMES_FILE} beside it to place them in the weights' order (alexnet data imagenet "
+                        "writes one)")
+    if (order[0], order[-1]) != (FIRST_WNID, LAST_WNID):
+        raise DataError(f"{folder}'s {CLASSES:,} WordNet IDs are not ImageNet-1k's ({order[0]} ... {order[-1]}, where "
+                        f"ImageNet's run {FIRST_WNID} ... {LAST_WNID})")
+    return tuple(order)

@@ -1,0 +1,75 @@
+"""Class and file names: as text every output can hold (names that are not UTF-8), as classes (Unicode NFC),
+and as they are shown (display names from class_names.json or --class-names)."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexnet_cli.errors import DataError
+
+
+def printable(name: str) -> str:
+    """A file or folder name as text that every output can hold: the bytes of a name that is not valid UTF-8
+    (which Python reads as lone surrogates) written as \\xNN, so `caf\\xe9.jpg` for Latin-1's "café.jpg"."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def class_name(folder: str) -> str:
+    """A class folder's name as a class: printable, and Unicode NFC, so that "café" written either way (macOS
+    writes NFD) is one class, and matches a checkpoint's."""
+    return unicodedata.normalize("NFC", printable(folder))
+
+
+def class_names(root: Path, folders: Sequence[str]) -> list[str]:
+    """The class names of `folders`; DataError when two folders are one name written two ways."""
+    names = [class_name(folder) for folder in folders]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"{root} has two class folders named {twice[0]}, written two ways in Unicode (NFC and NFD): "
+                        "merge them")
+    return names
+
+
+NAMES_FILE = "class_names.json"  # folder -> display name, as `alexnet data imagenet` writes it
+
+
+@dataclass(frozen=True)
+class DisplayNames:
+    names: tuple[str, ...]  # one per class, or () where there are none
+    source: str | None  # the file they came from
+    missing: tuple[str, ...] = ()  # classes the file does not name: they show their folder's name
+
+
+def display_names(root: Path, classes: Sequence[str], names_file: Path | None = None) -> DisplayNames:
+    """Each class's display name from `names_file` (--class-names), else from class_names.json in DATA or its
+    parent (where `alexnet data imagenet` writes it beside train/ and val/): a JSON object from folder name to
+    a name, or to a list of names of which the first is shown. A file given that cannot be read, or that names
+    none of the classes, is a DataError; one found beside the data is passed over then."""
+    candidates = [Path(names_file)] if names_file else [Path(root) / NAMES_FILE, Path(root).parent / NAMES_FILE]
+    for path in candidates:
+        if not path.is_file() and names_file is None:
+            continue
+        try:
+            mapping = {class_name(str(k)): v[0] if isinstance(v, list) else v
+                       for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+            if not all(isinstance(v, str) for v in mapping.values()):
+                raise ValueError("each name is a string, or a list of strings")
+        except (OSError, ValueError, AttributeError, IndexError) as exc:
+            if names_file is None:
+                continue
+            raise DataError(f"cannot read --class-names {path}: {getattr(exc, 'strerror', None) or exc} (give a "
+                            "JSON object from each class folder to its name)") from None
+        if not any(name in mapping for name in classes):
+            if names_file is None:
+                continue
+            raise DataError(f"--class-names {path} names none of the classes of {root} ({', '.join(classes[:3])}"
+                            f"{', ...' if len(classes) > 3 else ''})")
+        shown = [unicodedata.normalize("NFC", mapping.get(name, name)) for name in classes]
+        taken = [label for label in shown if shown.count(label) > 1]
+        shown = [f"{label} ({name})" if label in taken else label for label, name in zip(shown, classes)]
+        return DisplayNames(tuple(shown), str(path), tuple(name for name in classes if name not in mapping))
+    return DisplayNames((), None)
