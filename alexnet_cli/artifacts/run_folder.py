@@ -15,7 +15,7 @@ from typing import Any
 
 from alexnet_cli.artifacts.background import CheckpointWriter, copy_containers
 from alexnet_cli.artifacts.checkpoint import Checkpoint, save_checkpoint
-from alexnet_cli.errors import AlexNetError, CheckpointError
+from alexnet_cli.errors import AlexNetError, CheckpointError, OutputError
 from alexnet_cli.observer import Observer
 from alexnet_cli.runtime.files import atomic_write_text, publish_copy
 
@@ -156,7 +156,7 @@ class RunFolder:
             if improved:
                 try:
                     publish_copy(self.last, self.best)
-                except CheckpointError as exc:  # a locked best.pt must not end a run that can go on
+                except OutputError as exc:  # a locked best.pt must not end a run that can go on
                     warn(f"{exc}; best.pt was not updated, last.pt holds epoch {epoch}")
                 if confusion is not None:
                     write_json(self.path / "confusion.json", confusion)

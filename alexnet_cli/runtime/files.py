@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from alexnet_cli.errors import CheckpointError, OutputError
+from alexnet_cli.errors import OutputError
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object],
@@ -47,7 +47,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object],
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise CheckpointError(f"could not write {path}: {exc.strerror or exc}") from None
+            raise OutputError(f"could not write {path}: {exc.strerror or exc}") from None
         raise
     if not durable or os.name == "nt":  # Windows cannot open a folder to fsync it; NTFS journals the rename
         return
@@ -96,7 +96,7 @@ def publish_copy(source: str | Path, target: str | Path) -> None:
     A hard link shares the file until `source` is next replaced: os.replace gives `source` a new inode and
     leaves `target` holding the old one, which is exactly the snapshot wanted. Where links are not
     supported, the file is copied beside the target and renamed over it. A target held open elsewhere
-    (PermissionError on Windows, whose NTFS has hard links) is tried again; CheckpointError if it stays so,
+    (PermissionError on Windows, whose NTFS has hard links) is tried again; OutputError if it stays so,
     or if the copy fails, with the previous target left as it was.
     """
     source, target = Path(source), Path(target)
@@ -106,7 +106,7 @@ def publish_copy(source: str | Path, target: str | Path) -> None:
             return
         except PermissionError as exc:
             if attempt + 1 == PUBLISH_ATTEMPTS:
-                raise CheckpointError(f"could not replace {target}: {exc.strerror or exc} (is another program "
+                raise OutputError(f"could not replace {target}: {exc.strerror or exc} (is another program "
                                       "holding it open?)") from None
             time.sleep(PUBLISH_WAIT)
 
@@ -120,7 +120,7 @@ def _publish_once(source: Path, target: Path) -> None:
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, PermissionError):  # a full disk, say
-            raise CheckpointError(f"could not write {target}: {exc.strerror or exc}") from None
+            raise OutputError(f"could not write {target}: {exc.strerror or exc}") from None
         raise
 
 

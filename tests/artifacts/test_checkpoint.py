@@ -9,7 +9,7 @@ import torch
 from support.helpers import ROOT, TEST_ARCH
 
 from alexnet_cli.artifacts.checkpoint import load_checkpoint, save_checkpoint
-from alexnet_cli.errors import CheckpointError
+from alexnet_cli.errors import CheckpointError, OutputError
 from alexnet_cli.models.alexnet import build_model
 from alexnet_cli.runtime.files import atomic_write, publish_copy
 
@@ -23,7 +23,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         file.write(b"partial bytes")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(CheckpointError, match="No space left on device"):
+    with pytest.raises(OutputError, match="No space left on device"):
         atomic_write(target, half_then_fail)
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.pt"]  # the temp file is gone too

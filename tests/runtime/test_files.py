@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alexnet_cli.errors import CheckpointError
+from alexnet_cli.errors import OutputError
 from alexnet_cli.runtime import files
 from alexnet_cli.runtime.files import atomic_write, atomic_write_text, link_or_copy, publish_copy
 
@@ -21,7 +21,7 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
         file.write(b"half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(CheckpointError, match="could not write .*metrics.csv: No space left on device"):
+    with pytest.raises(OutputError, match="could not write .*metrics.csv: No space left on device"):
         atomic_write(target, fails)
     assert target.read_text() == "one\n" and os.listdir(target.parent) == ["metrics.csv"]  # no temp file left
 
