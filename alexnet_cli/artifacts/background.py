@@ -11,7 +11,8 @@ training). The first forward and backward pass of the next epoch, or its validat
 The containers around the tensors (dicts, lists, the metrics history) are copied when a write is handed over.
 
 At most one write is in flight: handing over the next one, a save on a signal, and the end of the run wait
-for it. A failed write raises its error (OutputError for a full disk) at the first of those, or at the next optimizer step.
+for it. A failed write raises its error (OutputError for a full disk) at the first of those, or at the next
+optimizer step.
 """
 
 from __future__ import annotations

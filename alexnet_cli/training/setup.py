@@ -174,6 +174,8 @@ def _display_names(cfg: TrainConfig, classes: tuple[str, ...], observer: Observe
     """The classes' display names (--class-names, or class_names.json beside the data), said in one line."""
     assert cfg.data is not None
     found = names.display_names(Path(cfg.data), classes, cfg.class_names_file)
+    for reason in found.passed_over:
+        observer.warn(f"class names: passed over {reason}")
     if found.source is None:
         return ()
     named = len(classes) - len(found.missing)

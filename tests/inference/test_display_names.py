@@ -117,3 +117,15 @@ def test_two_folders_that_would_show_one_name_keep_apart(tmp_path):
     (tmp_path / "class_names.json").write_text(json.dumps({"a": "same", "b": "same", "c": "other"}))
     found = display_names(tmp_path, ["a", "b", "c"])
     assert found.names == ("same (a)", "same (b)", "other") and found.source == str(tmp_path / "class_names.json")
+
+
+def test_a_class_names_file_beside_the_data_that_cannot_be_used_is_named(tmp_path):
+    from alexnet_cli.data.names import display_names
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "class_names.json").write_text("[1, 2]")
+    (tmp_path / "class_names.json").write_text(json.dumps({"zebra": "a zebra"}))
+    found = display_names(tmp_path / "data", ["a", "b"])
+    assert found.names == () and found.source is None
+    assert [reason.split(": ", 1)[1] for reason in found.passed_over] == [
+        "not a JSON object from each class folder to its name", "it names none of the classes"]
