@@ -130,9 +130,10 @@ def predict(
             as_json = not as_csv
         from alexnet_cli.runtime.files import check_writable
 
-        for place, what in ((output.parent if output else None, "--output"), (explain, "--explain")):
-            if place is not None:
-                check_writable(place, what)
+        if output is not None:
+            check_writable(output, "--output", is_file=True)
+        if explain is not None:
+            check_writable(explain, "--explain")
         cfg = PredictConfig(inputs=tuple(inputs), weights=weights, pretrained=pretrained, top_k=top_k,
                             batch_size=batch_size, workers=workers, device=device, no_cuda=no_cuda,
                             precision=precision, strict=strict, explain=explain, tta=tta)
@@ -160,12 +161,13 @@ def export(
     """Write the model with softmax included, plus its class names and preprocessing as JSON; checks the result."""
     from alexnet_cli.artifacts.checkpoint import load_checkpoint
     from alexnet_cli.artifacts.run_folder import resolve_weights
+    from alexnet_cli.inference.export import default_output
     from alexnet_cli.inference.export import export as run_export
     from alexnet_cli.runtime.files import check_writable
 
     with boundary():
         path = resolve_weights(checkpoint(old_weights, weights), RichObserver())
-        check_writable((output or path).parent, "the exported model")
+        check_writable(output or default_output(path, fmt), "the exported model", is_file=True)
         result = run_export(load_checkpoint(path), fmt, output)
         console.info(f"wrote {result.model_path} and {result.metadata_path}")
         console.info(f"checked against PyTorch on a {'x'.join(map(str, result.sample_shape))} batch: "

@@ -175,7 +175,7 @@ def lr_find(
         if plot is not None:
             from alexnet_cli.runtime.files import check_writable
 
-            check_writable(plot.parent, "--plot")
+            check_writable(plot, "--plot", is_file=True)
         if recipe is not None:
             console.info(describe_recipe(recipe, from_recipe))
         result = run_lr_find(cfg, RichObserver(), steps=steps, start=start, end=end)

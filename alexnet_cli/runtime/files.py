@@ -61,13 +61,14 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object],
         pass
 
 
-def check_writable(path: str | Path, what: str) -> None:
-    """OutputError, naming `what`, unless files can be made in the folder `path` (made later if missing):
+def check_writable(path: str | Path, what: str, *, is_file: bool = False) -> None:
+    """OutputError, naming `what`, unless files can be made in the folder `path` (made later if missing), or
+    with `is_file`, the file `path` can be written in its folder:
     said before any data work, so that a read-only place fails in a second rather than after the index,
     the cache and the model. The nearest folder that exists must be a writable folder on a writable
     filesystem."""
     path = Path(path)
-    existing = path.absolute()
+    existing = (path.parent if is_file else path).absolute()
     while not os.path.lexists(existing) and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
