@@ -62,3 +62,25 @@ def test_evaluation_md_shows_the_json_keys_evaluate_writes():
     assert _keys(example) == _keys(written)
     assert example["confusion_matrix"] == written["confusion_matrix"] and example["images"] == written["images"]
     assert example["most_confused"] == written["most_confused"]
+
+
+def _quick_start() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```", 2)[1]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_quick_start_is_two_lines_that_need_neither_python_nor_a_pip_that_installs_into_the_system():
+    """Debian 12 and Ubuntu 24.04 have no `python` command, and their pip refuses the system Python (PEP 668):
+    both lines make a virtual environment with `python3` and its pip, and run what they installed from it.
+    .ci/run runs the test line verbatim; .ci/quickstart-pep668 runs both in a shell that enforces PEP 668."""
+    lines = _quick_start()
+    assert len(lines) == 2, lines
+    for line in lines:
+        commands = [part.split()[0] for part in line.split("&&")]
+        assert not {"python", "pip", "alexnet"} & set(commands), line  # python3, and what .venv/bin holds
+        assert line.startswith("python3 -m venv --without-pip") and "python3 -m pip --python .venv/bin/python" in line
+    assert lines[0].endswith(".venv/bin/alexnet demo") and lines[1].endswith(".venv/bin/python -m pytest -q")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert lines[1] in ci.splitlines()
+    assert "_quick_start" not in ci and (ROOT / ".ci" / "quickstart-pep668").is_file()
