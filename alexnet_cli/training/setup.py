@@ -160,6 +160,8 @@ def prepare_data(cfg: TrainConfig, folders: Folders, checkpoint: Checkpoint | No
             cache = None
     saved_split = Path(cfg.output) / "split.json" if checkpoint is not None and cfg.output else None
     train, val, val_source, split = _validation(cfg, train, val, folders.val_dir, saved_split, observer)
+    if val is None and cfg.patience is not None:
+        observer.warn(f"--patience {cfg.patience} is off: without validation no epoch is better than another")
     observer.data_summary(train.classes, train.counts(), val.counts() if val else None, val_source)
     imbalance = imbalance_warning(dict(zip(train.classes, train.counts())))
     if imbalance and cfg.class_weights == "none" and not cfg.balanced_sampler:
@@ -196,13 +198,12 @@ def _validation(cfg: TrainConfig, train: datamod.ImageSet, val: datamod.ImageSet
         return train_part, val, f"the saved split {saved_split}", None
     fraction = 0.1 if cfg.val_split is None else cfg.val_split
     if fraction == 0:
-        observer.warn("no validation set (--val-split 0): best.pt follows the training accuracy")
+        observer.warn("no validation set (--val-split 0): best.pt is the last epoch")
         return train, None, "none", None
     train_part, val = datamod.stratified_split(train, fraction, cfg.seed)
     if len(val) == 0:
         observer.warn(f"the {fraction:.0%} split of {cfg.data} holds out no image (no class has two): training "
-                      "without validation, so best.pt is the epoch of the best training accuracy (give --val DIR "
-                      "to measure it)")
+                      "without validation, so best.pt is the last epoch (give --val DIR to measure)")
         return train, None, "none (no class has two images to hold one out)", None
     unmeasured = [name for name, n in zip(val.classes, val.counts()) if n == 0]
     if unmeasured:

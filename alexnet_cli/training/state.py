@@ -85,8 +85,9 @@ class RunState:
 
     def record(self, epoch: int, progress: EpochProgress, result: EvalResult | None, lr: float
                ) -> tuple[dict[str, Any], bool]:
-        """Close an epoch: its metrics row, and whether it is the best so far (validation accuracy, then loss;
-        the training figures where there is no validation set)."""
+        """Close an epoch: its metrics row, and whether it is the best so far (validation accuracy, then loss).
+        Without a validation set, nothing tells one epoch from another: each is the best so far, so best.pt is
+        the last epoch (and the score reported is its training accuracy)."""
         train_loss = progress.loss_sum / max(1, progress.images)
         row: dict[str, Any] = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": progress.correct / max(1, progress.images),
@@ -97,7 +98,8 @@ class RunState:
         if result is not None:
             row.update(val_loss=result.loss, val_acc=result.accuracy, val_images=result.images)
         score = (row["val_acc"], row["val_loss"]) if result is not None else (row["train_acc"], train_loss)
-        improved = score[0] > self.best_acc or (score[0] == self.best_acc and score[1] < self.best_loss)
+        improved = result is None or score[0] > self.best_acc or (score[0] == self.best_acc and
+                                                                 score[1] < self.best_loss)
         self.epoch = epoch
         self.history.append(row)
         if improved:

@@ -65,17 +65,21 @@ def test_loose_images_beside_the_class_folders_are_named(runner, tmp_path):
 
 def test_a_split_that_would_hold_out_nothing_trains_without_validation_and_says_so(runner, tmp_path):
     """Two classes of one image each: the 10% split holds out nothing. The run says so before it trains and
-    keeps best.pt by training accuracy; no epoch reports a validation accuracy of 0%."""
+    keeps the last epoch as best.pt; no epoch reports a validation accuracy of 0%."""
     for name, shade in (("a", 10), ("b", 240)):
         _image(tmp_path / "data" / name / "only.png", shade)
-    result = invoke(runner, ["train", str(tmp_path / "data"), "--epochs", "1", "--output", "run", *FAST_TRAIN])
+    result = invoke(runner, ["train", str(tmp_path / "data"), "--epochs", "3", "--output", "run", *FAST_TRAIN])
     assert result.exit_code == 0, result.output
     stderr = " ".join(result.stderr.split())
-    assert "holds out no image (no class has two): training without validation" in stderr
-    assert stderr.index("holds out no image") < stderr.index("Epoch [1/1]")
+    assert "holds out no image (no class has two): training without validation, so best.pt is the last epoch" in \
+        stderr
+    assert stderr.index("holds out no image") < stderr.index("Epoch [1/3]")
     assert "val acc" not in stderr
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
-    assert rows[0]["val_acc"] == "" and not (tmp_path / "run" / "split.json").exists()
+    assert [row["val_acc"] for row in rows] == ["", "", ""] and not (tmp_path / "run" / "split.json").exists()
+    import torch
+
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 3  # the last epoch
     assert "alexnet evaluate TEST_DATA --weights run/best.pt" in stderr
 
 
