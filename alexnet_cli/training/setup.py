@@ -138,6 +138,9 @@ def list_folders(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
         if unmeasured:
             observer.warn(f"{val_dir} has no validation image for {', '.join(unmeasured)}: validation does not "
                           "measure that class")
+        single = [name for name, n in zip(train.classes, train.counts()) if n == 1]
+        if single:  # (a split names them itself: they keep their one image for training)
+            observer.warn(f"one training image only in {', '.join(single)}: the model sees little of that class")
     for skipped in train.skipped + (val.skipped if val else ()):
         observer.warn(f"skipped {skipped}")
     return Folders(train, val, Path(val_dir) if val_dir is not None else None)

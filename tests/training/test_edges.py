@@ -91,6 +91,16 @@ def test_a_class_with_one_image_is_named_as_unmeasured(runner, tmp_path):
     assert "no held-out image for lonely (one image each, kept for training)" in " ".join(result.stderr.split())
 
 
+def test_a_class_with_one_training_image_beside_a_validation_folder_is_named(runner, tmp_path):
+    solid_folder(tmp_path / "data" / "train", per_class=3, seed=0)
+    solid_folder(tmp_path / "data" / "val", per_class=1, seed=1)
+    _image(tmp_path / "data" / "train" / "grey" / "one.png", 128)
+    _image(tmp_path / "data" / "val" / "grey" / "two.png", 120)
+    result = invoke(runner, ["train", str(tmp_path / "data" / "train"), "--epochs", "1", *FAST_TRAIN])
+    assert result.exit_code == 0, result.output
+    assert "one training image only in grey: the model sees little of that class" in " ".join(result.stderr.split())
+
+
 def test_evaluate_run_uses_exactly_the_images_the_split_held_out(runner, tmp_path):
     """After a run that split validation off DATA, the hint is `alexnet evaluate --run RUN`, and that evaluates
     the held-out images alone (never DATA, which holds the training images too)."""
