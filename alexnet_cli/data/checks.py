@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from alexnet_cli.data import folders as datamod
+from alexnet_cli.data.names import printable
 
 # Shorter than this, an image is blown up more than 3x to reach a 227 crop: worth a look.
 SMALL_SIDE = 75
@@ -95,4 +96,14 @@ def check(cfg: CheckConfig) -> dict[str, Any]:
         + len(report["duplicates_train_val"]) + (1 if report["val_classes_differ"] else 0)
         + len(report["empty_classes"]) + len(report["loose_images"])
     )
-    return report
+    return _printable(report)  # paths as text every output holds (data/names.py)
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    return value

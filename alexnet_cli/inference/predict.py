@@ -131,8 +131,8 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
                 result = {"path": printable(paths[index]),
                           **ranked(values, classes, predictor.labels, predictor.class_names)}
                 if explain_dir is not None:
-                    result["explanation"] = str(_write_explanation(
-                        explain, paths[index], cams[row], predictor.preprocess, explain_dir, result, taken))
+                    result["explanation"] = printable(str(_write_explanation(
+                        explain, paths[index], cams[row], predictor.preprocess, explain_dir, result, taken)))
                 results.append(result)
     if not results:
         raise DataError(f"none of the {len(paths)} files could be read as an image")

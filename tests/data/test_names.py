@@ -46,6 +46,21 @@ def test_a_file_name_that_is_not_utf8_passes_through_predict(runner, trained_run
     result.stdout.encode("utf-8")  # nothing left that a UTF-8 stream refuses
 
 
+def test_predict_explain_and_check_with_a_name_that_is_not_utf8(runner, trained_run, odd_names):
+    result = invoke(runner, ["predict", "odd", "--weights", "run/best.pt", "--workers", "0", "--explain", "cams",
+                             "--json"])
+    assert result.exit_code == 0, result.output
+    assert any("caf\\xe9__" in row["explanation"] for row in json.loads(result.stdout))
+    (odd_names / "a").mkdir()
+    (odd_names / "b").mkdir()
+    os.replace(odd_names / f"{LATIN1_CAFE}.png", odd_names / "a" / f"{LATIN1_CAFE}.png")
+    os.replace(odd_names / "plain.png", odd_names / "b" / "plain.png")
+    (odd_names / "a" / f"{LATIN1_CAFE}-broken.png").write_bytes(b"not an image")
+    result = invoke(runner, ["check", "odd", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "odd/a/caf\\xe9-broken.png: " in json.loads(result.stdout)["train"][0]["skipped"][0]
+
+
 def test_predict_output_file_with_a_name_that_is_not_utf8(runner, trained_run, odd_names):
     result = invoke(runner, ["predict", str(odd_names), "--weights", str(trained_run / "best.pt"), "--workers", "0",
                              "--output", "out.csv"])
