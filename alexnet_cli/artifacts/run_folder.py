@@ -15,7 +15,7 @@ from typing import Any
 
 from alexnet_cli.artifacts.background import CheckpointWriter, copy_containers
 from alexnet_cli.artifacts.checkpoint import Checkpoint, save_checkpoint
-from alexnet_cli.errors import AlexNetError, CheckpointError, OutputError
+from alexnet_cli.errors import AlexNetError, CheckpointError, ConfigError, OutputError
 from alexnet_cli.observer import Observer
 from alexnet_cli.runtime.files import atomic_write_text, publish_copy
 
@@ -70,6 +70,20 @@ def resolve_weights(weights: Path | None, observer: Observer, alternative: str =
     path = newest_checkpoint(alternative=alternative)
     observer.info(f"using the newest run's checkpoint: {path}")
     return path
+
+
+RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.csv")
+
+
+def refuse_a_run_there(output: Path | None) -> None:
+    """ConfigError when --output names a folder that already holds a run: a new run would write over its
+    checkpoints. Said before any data work; nothing is changed."""
+    if output is None or not Path(output).is_dir():
+        return
+    found = [name for name in RUN_FILES if (Path(output) / name).exists()]
+    if found:
+        raise ConfigError(f"--output {output} already holds a run ({', '.join(found)}): resume it with --resume "
+                          f"{Path(output) / 'last.pt'}, or give another --output; nothing was changed")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_cli import __version__
-from alexnet_cli.artifacts.run_folder import RUNS_ROOT, RunFolder
+from alexnet_cli.artifacts.run_folder import RUNS_ROOT, RunFolder, refuse_a_run_there
 from alexnet_cli.config.settings import DEFAULT_EPOCHS, TrainConfig
 from alexnet_cli.data.preprocess import Preprocess
 from alexnet_cli.errors import ConfigError
@@ -62,6 +62,8 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
     epochs = _epochs(cfg)
     if dist.is_main:  # a read-only place fails now, not after the index, the cache and the model
         check_writable(cfg.output or RUNS_ROOT, "the run folder")
+        if checkpoint is None:
+            refuse_a_run_there(cfg.output)
     # Runtime: the checks that need no data come first, so that a wrong option fails in a second.
     runtime = _runtime(cfg, choice, observer)
     # Data: listed from the folders' index (bad files named), then decoded into the cache where it fits;

@@ -125,6 +125,9 @@ def list_folders(cfg: TrainConfig, checkpoint: Checkpoint | None, dist: distmod.
     if val_dir is None and cfg.val_split is None:
         val_dir = datamod.find_sibling_validation(Path(cfg.data))
     val = None
+    if val_dir is not None and Path(val_dir).resolve() == Path(cfg.data).resolve():
+        raise ConfigError(f"--val {val_dir} is the training folder itself: validation would measure the images "
+                          "it trains on (give a folder apart, or leave --val out to hold out a split)")
     if val_dir is not None:
         found = names.class_names(Path(val_dir), datamod.find_classes(Path(val_dir)))
         if set(found) != set(train.classes):

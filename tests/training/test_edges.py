@@ -217,3 +217,23 @@ def test_a_recipes_warm_up_shortens_to_fit_a_short_run():
     assert expand("modern", {"data": Path("d"), "epochs": 5})[1]["warmup_epochs"] == 1
     with pytest.raises(ConfigError, match="--warmup-epochs 1 leaves no epoch"):
         TrainConfig(**expand("modern", {"data": Path("d"), "epochs": 1, "warmup_epochs": 1})[0])
+
+
+def test_a_new_run_never_writes_over_a_run_in_its_output_folder(runner, tmp_path):
+    data = solid_folder(tmp_path / "data", per_class=3, seed=0)
+    result = invoke(runner, ["train", str(data), "--epochs", "1", "--val-split", "0", "--output", "run", *FAST_TRAIN])
+    assert result.exit_code == 0, result.output
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.pt", "config.json")}
+    result = invoke(runner, ["train", str(data), "--epochs", "2", "--output", "run", *FAST_TRAIN])
+    assert result.exit_code == 2, result.output
+    assert "--output run already holds a run (last.pt, best.pt, config.json, metrics.csv): resume it with " \
+           "--resume run/last.pt" in one_error_line(result)
+    assert "index:" not in result.stderr
+    assert before == {name: (tmp_path / "run" / name).read_bytes() for name in before}
+
+
+def test_validation_on_the_training_folder_itself_is_refused(runner, tmp_path):
+    data = solid_folder(tmp_path / "data", per_class=3, seed=0)
+    result = invoke(runner, ["train", str(data), "--val", str(tmp_path / "data" / "."), *FAST_TRAIN])
+    assert result.exit_code == 2 and "is the training folder itself" in one_error_line(result), result.output
+
