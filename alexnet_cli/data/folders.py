@@ -81,6 +81,12 @@ def find_classes(root: Path) -> list[str]:
     classes = visible_folders(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
         raise DataError(f"{root} has no class subfolders: lay images out as {root}/<class>/<image>.jpg")
+    seen: dict[tuple[int, int], str] = {}
+    for name in classes:  # a link from one class folder to another would give its images two labels
+        status = os.stat(root / name)
+        other = seen.setdefault((status.st_dev, status.st_ino), name)
+        if other != name:
+            raise DataError(f"{root}: the class folders {other} and {name} are one folder (a link): keep one")
     return classes
 
 

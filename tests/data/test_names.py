@@ -125,3 +125,13 @@ def test_a_symlink_cycle_is_followed_once(runner, tmp_path):
     _image(outside / "x.png")
     os.symlink(outside, data / "b" / "linked")
     assert load_image_folder(data).counts() == [3, 4]  # a link out of the tree is followed, once
+
+
+def test_two_class_folders_that_are_one_folder_are_refused(runner, tmp_path):
+    for i in range(2):
+        _image(tmp_path / "data" / "a" / f"{i}.png")
+    _image(tmp_path / "data" / "c" / "x.png")
+    os.symlink(tmp_path / "data" / "a", tmp_path / "data" / "b")
+    result = invoke(runner, ["train", str(tmp_path / "data"), *FAST_TRAIN])
+    assert result.exit_code == 3 and "the class folders a and b are one folder (a link)" in one_error_line(result)
+
