@@ -45,6 +45,22 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload; past it, 413.")] = ServeConfig.max_upload_mb,
     top_k: Annotated[int, typer.Option(help="Classes /predict lists when ?top_k= is not given.")
                      ] = ServeConfig.top_k,
+    max_pixels: Annotated[int | None, typer.Option(
+        help="Pixels an upload may decode to (a JPEG's after its draft), checked from its header; past it, 400.",
+        show_default="what a quarter of the available memory holds, at most 40,000,000")] = None,
+    max_connections: Annotated[int, typer.Option(help="Connections open at once; past it, 503.")
+                               ] = ServeConfig.max_connections,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may take once its body has arrived; past "
+                                                "it, 504, and ready turns false while a forward pass runs longer.")
+                       ] = ServeConfig.timeout,
+    drain_seconds: Annotated[float, typer.Option(help="After SIGTERM, how long the requests in flight get.")
+                             ] = ServeConfig.drain_seconds,
+    head_timeout: Annotated[float, typer.Option(help="Seconds a request head may take to arrive; past it, the "
+                                                     "connection closes.")] = ServeConfig.head_timeout,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a body may take to arrive; past it, 408.")
+                            ] = ServeConfig.body_timeout,
+    docs: Annotated[bool, typer.Option("--docs", help="Serve the OpenAPI page at /docs (it loads scripts from a "
+                                                      "CDN).")] = False,
     device: DeviceOption = ServeConfig.device,
     no_cuda: NoCudaOption = False,
     precision: PrecisionOption = ServeConfig.precision,
@@ -55,7 +71,9 @@ def serve(
         cfg = ServeConfig(weights=checkpoint(old_weights, weights), pretrained=pretrained, name=name, host=host,
                           port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           max_upload_mb=max_upload_mb, top_k=top_k, device=device, no_cuda=no_cuda,
-                          precision=precision)
+                          precision=precision, max_pixels=max_pixels, max_connections=max_connections,
+                          timeout=timeout, drain_seconds=drain_seconds, docs=docs, head_timeout=head_timeout,
+                          body_timeout=body_timeout)
         require_extra("alexnet serve needs its extra", "serve", SERVE_MODULES)
         from alexnet_cli.serving.server import serve as run_server
 

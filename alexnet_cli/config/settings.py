@@ -288,7 +288,18 @@ class ServeConfig:
     device: str = "auto"
     no_cuda: bool = False
     precision: str = "auto"
-    drain_seconds: float = 30.0  # after SIGTERM, how long requests in flight get to be answered
+    # After SIGTERM, how long requests in flight get to be answered: under Kubernetes' default grace period
+    # of 30 s, so that the server exits on its own before it is killed.
+    drain_seconds: float = 20.0
+    # The pixels an upload may decode to (a JPEG's after its draft), checked from its header. None: what a
+    # quarter of the available memory holds for every decoding thread at once, at 24 bytes a pixel at the
+    # peak of a decode (an RGBA PNG's, measured), and at most MAX_PIXELS.
+    max_pixels: int | None = None
+    max_connections: int = 256  # open connections; past it, 503 (uvicorn's limit_concurrency)
+    docs: bool = False  # the OpenAPI page at /docs, off unless asked for
+    timeout: float = 30.0  # the longest a request may take once its body has arrived; past it, 504
+    head_timeout: float = 10.0  # the longest a request head may take to arrive; past it, the connection closes
+    body_timeout: float = 30.0  # the longest a body may take to arrive; past it, 408
 
     def __post_init__(self) -> None:
         if self.weights is not None and self.pretrained:
@@ -298,7 +309,10 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port is 0 to 65535, got {self.port}")
         for option, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue),
-                              ("--max-upload-mb", self.max_upload_mb), ("--top-k", self.top_k)):
+                              ("--max-upload-mb", self.max_upload_mb), ("--top-k", self.top_k),
+                              ("--max-connections", self.max_connections), ("--timeout", self.timeout),
+                              ("--max-pixels", self.max_pixels or 1), ("--drain-seconds", self.drain_seconds),
+                              ("--head-timeout", self.head_timeout), ("--body-timeout", self.body_timeout)):
             _positive(option, value)
         if self.max_wait_ms < 0:
             raise ConfigError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")

@@ -87,9 +87,11 @@ def pillow_warnings():
 
 
 def open_image_in_scope(path: str | Path | BinaryIO, draft_size: int | None, name: str | None = None,
-                        formats: tuple[str, ...] | None = None) -> Image.Image:
+                        formats: tuple[str, ...] | None = None, check=None) -> Image.Image:
     """open_image, inside pillow_warnings(). `name` is what a message calls the image (its path by default);
-    `formats` limits the formats Pillow tries (every format it knows by default)."""
+    `formats` limits the formats Pillow tries (every format it knows by default). `check(width, height)`, if
+    given, may refuse the image from its header (raising UnreadableImage), after the JPEG draft and before a
+    pixel is decoded."""
     name = name or str(path)
     try:
         with Image.open(path, formats=formats) as image:
@@ -100,6 +102,8 @@ def open_image_in_scope(path: str | Path | BinaryIO, draft_size: int | None, nam
                     f"{image.width}x{image.height} pixels is over the limit of {Image.MAX_IMAGE_PIXELS}")
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
+            if check is not None:
+                check(image.width, image.height)
             image.load()  # decode now: a truncated file fails here, not later in a transform
             return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombWarning as exc:
@@ -134,16 +138,23 @@ UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 MAX_ASPECT_RATIO = 50
 
 
-def open_upload(data: bytes, draft_size: int | None = None) -> Image.Image:
+def open_upload(data: bytes, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Bytes sent over the network, opened as open_image opens a file (inside pillow_warnings()), in the
-    UPLOAD_FORMATS alone; a message calls them "the upload". Nothing about them is ever used as a path."""
+    UPLOAD_FORMATS alone; a message calls them "the upload". Nothing about them is ever used as a path. The
+    shape and `max_pixels` (the pixels decoded: a JPEG's after its draft) are checked from the header, before
+    the decode that they bound."""
     if not data:
         raise UnreadableImage("the upload: empty file")
-    image = open_image_in_scope(io.BytesIO(data), draft_size, name="the upload", formats=UPLOAD_FORMATS)
-    if max(image.size) > MAX_ASPECT_RATIO * min(image.size):
-        raise UnreadableImage(f"the upload: {image.width}x{image.height} pixels, one side over {MAX_ASPECT_RATIO} "
-                              f"times the other")
-    return image
+
+    def check(width: int, height: int) -> None:
+        if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+            raise UnreadableImage(f"the upload: {width}x{height} pixels, one side over {MAX_ASPECT_RATIO} times "
+                                  "the other")
+        if max_pixels is not None and width * height > max_pixels:
+            raise UnreadableImage(f"the upload: {width}x{height} pixels to decode, over the server's limit of "
+                                  f"{max_pixels:,} (--max-pixels)")
+
+    return open_image_in_scope(io.BytesIO(data), draft_size, name="the upload", formats=UPLOAD_FORMATS, check=check)
 
 
 def scan_threads() -> int:

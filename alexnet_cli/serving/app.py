@@ -6,13 +6,15 @@ the app's lifespan starts and stops the batcher. Each request is refused at its 
 a full queue or an unknown model is that request's 4xx/503, and the next request is served as before.
 """
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from alexnet_cli import __version__
 from alexnet_cli.errors import first_line
@@ -21,6 +23,10 @@ from alexnet_cli.serving.metrics import CountRequests
 from alexnet_cli.serving.routes import ROUTERS
 from alexnet_cli.serving.service import Service
 from alexnet_cli.serving.uploads import DRAIN_FACTOR, RequestError, discard_body
+
+LOG = logging.getLogger("alexnet.serve")
+CLOSE = {"Connection": "close"}  # after a refusal whose body was not read whole
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection before its answer
 
 
 def create_app(service: Service) -> FastAPI:
@@ -32,16 +38,43 @@ def create_app(service: Service) -> FastAPI:
         finally:
             await service.stop()
 
-    model = service.model
+    model, cfg = service.model, service.cfg
+    # No file path in any answer: the description names the model, not the checkpoint it came from. The
+    # OpenAPI page (and its schema) only with --docs: it loads its scripts from a CDN.
     app = FastAPI(title="alexnet serve", version=__version__, lifespan=lifespan,
-                  description=f"{model.source}: {len(model.class_names)} classes. The page is at /, the Open "
+                  docs_url="/docs" if cfg.docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if cfg.docs else None,
+                  description=f"'{cfg.name}': {len(model.class_names)} classes. The page is at /, the Open "
                               f"Inference Protocol under /v2, Prometheus metrics at /metrics.")
     app.state.service = service
     for router in ROUTERS:
         app.include_router(router)
     add_error_handlers(app, service.cfg.max_upload_bytes)
+    app.add_middleware(InternalErrors)
+    app.add_middleware(HeadLimit)
     app.add_middleware(CountRequests, metrics=service.metrics)
     return app
+
+
+HEAD_LIMIT = 16 * 1024  # bytes of request line and headers; h11's own limit holds only a head sent in pieces
+
+
+class HeadLimit:
+    """ASGI middleware: a request whose head (path, query and headers) is over HEAD_LIMIT bytes is refused
+    with 431, before any route runs."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+                len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > HEAD_LIMIT:
+                response = error(431, f"the request head is {size:,} bytes, over the limit of {HEAD_LIMIT:,}",
+                                 CLOSE)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -54,13 +87,13 @@ def add_error_handlers(app: FastAPI, limit: int) -> None:
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
-        await discard_body(request, DRAIN_FACTOR * limit)
-        return error(exc.status, exc.message, exc.headers)
+        whole = await discard_body(request, DRAIN_FACTOR * limit)
+        return error(exc.status, exc.message, {**exc.headers, **({} if whole else CLOSE)})
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        await discard_body(request, limit)
-        return error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+        whole = await discard_body(request, limit)
+        return error(503, str(exc), {"Retry-After": str(exc.retry_after), **({} if whole else CLOSE)})
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -72,6 +105,39 @@ def add_error_handlers(app: FastAPI, limit: int) -> None:
                              for e in exc.errors())
         return error(422, problems or "invalid request")
 
-    @app.exception_handler(Exception)
-    async def failed(request: Request, exc: Exception) -> JSONResponse:
-        return error(500, f"internal error: {type(exc).__name__}: {first_line(exc)}")
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        """The client went away mid-upload: its fault, logged at info and counted as 499, not as a 5xx."""
+        LOG.info("%s %s: the client disconnected before its request arrived", request.method, request.url.path)
+        return Response(status_code=CLIENT_GONE)
+
+
+
+class InternalErrors:
+    """ASGI middleware: a fault of the server's own (a forward pass that failed, a bug) is logged whole and
+    answered 500 without its internals, and goes no further, so the connection stays open for the client's
+    next request (Starlette's last-resort handler re-raises, and uvicorn then closes it). The batcher goes on
+    with the next batch."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_started(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception as exc:
+            LOG.error("%s %s failed: %s: %s", scope["method"], scope["path"], type(exc).__name__, first_line(exc),
+                      exc_info=exc)
+            if started:
+                raise
+            response = error(500, "internal error: the server could not answer this request (its log says why)")
+            await response(scope, receive, send)

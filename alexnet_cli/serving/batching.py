@@ -68,9 +68,14 @@ class Batcher:
     """run_batch(items) -> one output per item, called on the forward thread with up to max_batch items."""
 
     def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch: int, max_wait_s: float,
-                 max_queue: int, on_batch: Callable[[int, float], None] | None = None) -> None:
+                 max_queue: int, on_batch: Callable[[int, float], None] | None = None,
+                 kind: Callable[[Any], object] = lambda item: None) -> None:
         self.run_batch, self.max_batch, self.max_wait_s, self.max_queue = run_batch, max_batch, max_wait_s, max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
+        # Items of one kind share a batch (a Grad-CAM request and plain ones do not): one kind's failure or its
+        # slower pass never reaches the other's callers.
+        self.kind = kind
+        self.busy_since: float | None = None  # when the forward pass in progress began (health.py's watch)
         self.admitted = 0  # images admitted and not yet answered: the queue's depth
         self.coming = 0  # of those, not yet submitted (being read or decoded)
         self._pending: deque[_Entry] = deque()
@@ -138,11 +143,10 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             await self._gather()
-            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-            batch = [entry for entry in batch if not entry.future.done()]  # a caller that went away
+            batch = [entry for entry in self._take() if not entry.future.done()]  # less callers that went away
             if not batch:
                 continue
-            started = time.monotonic()
+            started = self.busy_since = time.monotonic()
             try:
                 outputs = await loop.run_in_executor(self._forward, self.run_batch, [e.item for e in batch])
             except Exception as exc:  # every caller of the batch hears of it; the loop goes on
@@ -150,11 +154,29 @@ class Batcher:
                     if not entry.future.done():
                         entry.future.set_exception(exc)
                 continue
+            finally:
+                self.busy_since = None
             self._seconds_per_batch = time.monotonic() - started
             self.on_batch(len(batch), self._seconds_per_batch)
             for entry, output in zip(batch, outputs):
                 if not entry.future.done():
                     entry.future.set_result(output)
+
+    def _take(self) -> list[_Entry]:
+        """Up to max_batch pending entries of the first one's kind, in order; the others stay for the next."""
+        kind = self.kind(self._pending[0].item)
+        taken: list[_Entry] = []
+        kept: deque[_Entry] = deque()
+        while self._pending and len(taken) < self.max_batch:
+            entry = self._pending.popleft()
+            (taken if self.kind(entry.item) == kind else kept).append(entry)
+        self._pending.extendleft(reversed(kept))
+        return taken
+
+    @property
+    def running(self) -> bool:
+        """Whether the batcher's task is alive (it ends only when stopped, or by a bug)."""
+        return self._task is not None and not self._task.done()
 
     async def _gather(self) -> None:
         """Wait for more images while the batch has room, more are on their way, and the first one has waited

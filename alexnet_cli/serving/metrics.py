@@ -1,8 +1,9 @@
 """Prometheus metrics at GET /metrics: requests by route and status, their latency, the batch sizes the
 forward pass ran at, and the queue's depth. Each app has its own registry: nothing process-wide.
 
-Routes are labelled by their template (/v2/models/{name}/infer), never by the path a client sent, so a client
-cannot grow the number of series; a path that matches no route counts as "unmatched".
+Routes are labelled by their template (/v2/models/{name}/infer), never by the path a client sent, and methods
+by a fixed set (any other is "other"), so a client cannot grow the number of series; a path that matches no
+route counts as "unmatched".
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -61,5 +63,6 @@ class CountRequests:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)

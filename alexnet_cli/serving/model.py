@@ -21,17 +21,31 @@ from torch import nn
 
 from alexnet_cli import __version__
 from alexnet_cli.config.settings import ServeConfig
+from alexnet_cli.data.cache import available_memory
 from alexnet_cli.data.images import open_upload
 from alexnet_cli.data.preprocess import PixelBatch, Pixels
 from alexnet_cli.inference import gradcam as explain
 from alexnet_cli.inference.predict import Predictor, load_predictor, ranked
 from alexnet_cli.models.alexnet import AlexNet
 from alexnet_cli.observer import Observer
-from alexnet_cli.runtime.context import Runtime, prepare_for_inference, resolve_runtime, to_device
+from alexnet_cli.runtime.context import DECODE_THREADS, Runtime, prepare_for_inference, resolve_runtime, to_device
 
 # The Grad-CAM overlay is drawn on the image scaled to at most this many pixels a side: enough for a page,
 # and a PNG of a phone photo at full size would be megabytes of base64.
 OVERLAY_SIDE = 448
+# --max-pixels when it is not given: a quarter of the available memory shared by the decoding threads, at the
+# peak a decode reaches per pixel (24 bytes for an RGBA PNG, 12 for RGB, measured with ru_maxrss through
+# open_upload and the transforms), and never over MAX_PIXELS (a 48-megapixel phone JPEG decodes at a fraction
+# of that after its draft; other formats decode whole).
+PEAK_BYTES_PER_PIXEL = 24
+MAX_PIXELS = 40_000_000
+
+
+def default_max_pixels(decoding_threads: int) -> int:
+    memory = available_memory()
+    if memory is None:
+        return MAX_PIXELS
+    return max(1_000_000, min(MAX_PIXELS, memory // 4 // (decoding_threads * PEAK_BYTES_PER_PIXEL)))
 
 
 def batched_forward(model: nn.Module, runtime: Runtime) -> nn.Module:
@@ -73,8 +87,8 @@ class Output:
 
 
 class ServedModel:
-    def __init__(self, predictor: Predictor, runtime: Runtime) -> None:
-        self.predictor, self.runtime = predictor, runtime
+    def __init__(self, predictor: Predictor, runtime: Runtime, max_pixels: int | None = None) -> None:
+        self.predictor, self.runtime, self.max_pixels = predictor, runtime, max_pixels
         self.class_names = predictor.labels  # what each output is shown as (its display name, else its folder)
         self.class_folders = predictor.class_names
         self.preprocess = predictor.preprocess
@@ -87,7 +101,7 @@ class ServedModel:
         runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, 0)
         predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
         runtime.report(observer)
-        return cls(predictor, runtime)
+        return cls(predictor, runtime, cfg.max_pixels or default_max_pixels(DECODE_THREADS))
 
     @property
     def source(self) -> str:
@@ -98,10 +112,12 @@ class ServedModel:
     def decode(self, data: bytes, explain: bool = False) -> Sample:
         """An upload's bytes as the model's input, or UnreadableImage saying why not (empty, not an image,
         damaged, a decompression bomb)."""
-        image = open_upload(data, draft_size=self.preprocess.resize_size)  # as predict decodes it
+        # One decode: as predict decodes it, or, for Grad-CAM, at a JPEG draft large enough for the picture too.
+        image = open_upload(data, draft_size=max(OVERLAY_SIDE, self.preprocess.resize_size) if explain
+                            else self.preprocess.resize_size, max_pixels=self.max_pixels)
         picture = None
-        if explain:  # decoded again, larger: the model's draft may be smaller than the picture to draw on
-            picture = open_upload(data, draft_size=OVERLAY_SIDE)
+        if explain:
+            picture = image.copy()
             picture.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
         return Sample(self.transform(image), picture)
 
@@ -118,7 +134,9 @@ class ServedModel:
     # -- on the forward thread ------------------------------------------------------------------------------
 
     def run(self, samples: list[Sample]) -> list[Output]:
-        """One forward pass for the samples without Grad-CAM, and one with gradients for those with it."""
+        """One forward pass for the samples, with gradients for those that asked for Grad-CAM. The batcher
+        gives it batches of one kind (Batcher's `kind`): a Grad-CAM that fails, or its backward pass, never
+        holds up or fails a plain request."""
         outputs: dict[int, Output] = {}
         plain = [i for i, sample in enumerate(samples) if sample.picture is None]
         explained = [i for i, sample in enumerate(samples) if sample.picture is not None]

@@ -23,10 +23,26 @@ from alexnet_cli.serving.uploads import RequestError
 INPUT = "image"
 OUTPUTS = ("label", "confidence", "probabilities")
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary extension's: the JSON's length, then binary data
+# What a request's JSON may hold, counted before it is parsed (json.loads holds Python's lock while it works,
+# so a body of millions of elements, or of nesting a thousand deep, would stall the event loop for seconds): its
+# structural characters, `[`, `{` and `,`. A request of N images holds a few dozen and N more.
+JSON_ELEMENTS = 256
+
+
+def _digits(value: str, what: str) -> int:
+    """A header that holds a length: ASCII digits only ("²" and "١" are digits to str.isdigit, not to int)."""
+    value = value.strip()
+    if not value or not value.isascii() or not value.isdigit():
+        raise RequestError(400, f"{what} is not a number: {value[:20]!r}")
+    return int(value)
 
 
 def model_metadata(name: str, num_classes: int, parameters: dict[str, Any]) -> dict[str, Any]:
-    """$metadata_model_response: the input and outputs, and (in `parameters`) the classes and preprocessing."""
+    """$metadata_model_response: the input and outputs, and (in `parameters`) the classes and preprocessing.
+    The protocol's parameters hold strings, numbers and booleans only: a list or an object (the classes, the
+    mean) is written as its JSON, a string."""
+    parameters = {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict, tuple)) else value
+                  for key, value in parameters.items()}
     return {
         "name": name, "versions": ["1"], "platform": "pytorch",
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
@@ -52,10 +68,14 @@ def _flat(values) -> list:
 
 
 def _bytes_elements(data: bytes, count: int) -> list[bytes]:
-    """BYTES as binary data: each element's length (uint32, little-endian), then its bytes."""
+    """BYTES as binary data: each element's length (uint32, little-endian), then its bytes. Refused as soon as
+    it holds more elements than its shape says, so the work is bounded by the shape, not by the body."""
     elements: list[bytes] = []
     offset = 0
     while offset < len(data):
+        if len(elements) == count:
+            raise RequestError(400, f"input '{INPUT}': its binary data holds more than the {count} elements its "
+                                    "shape says")
         if offset + 4 > len(data):
             raise RequestError(400, f"input '{INPUT}': its binary data ends inside an element's length")
         (length,) = struct.unpack_from("<I", data, offset)
@@ -72,12 +92,19 @@ def _bytes_elements(data: bytes, count: int) -> list[bytes]:
 
 
 def parse_infer(body: bytes, header_length: str | None, max_images: int) -> InferRequest:
-    """$inference_request, in JSON or JSON followed by binary tensor data."""
+    """$inference_request, in JSON or JSON followed by binary tensor data. Every bound is checked before the
+    work it bounds: the JSON's size in elements before it is parsed, the images per request (`max_images`,
+    --max-batch) before any is decoded from base64 or split from binary data."""
     binary = b""
     if header_length is not None:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise RequestError(400, f"{HEADER_LENGTH} is {header_length[:20]!r}, for a body of {len(body)} bytes")
-        body, binary = body[:int(header_length)], body[int(header_length):]
+        length = _digits(header_length, HEADER_LENGTH)
+        if length > len(body):
+            raise RequestError(400, f"{HEADER_LENGTH} is {length}, for a body of {len(body)} bytes")
+        body, binary = body[:length], body[length:]
+    elements = body.count(b"[") + body.count(b"{") + body.count(b",")
+    if elements > JSON_ELEMENTS + 2 * max_images:
+        raise RequestError(400, f"the inference request's JSON holds {elements:,} arrays, objects and elements; an "
+                                f"inference request of at most {max_images} images needs far fewer")
     try:
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -101,7 +128,7 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
                                 f"{str(shape)[:40]}")
     count = shape[0]
     if count > max_images:
-        raise RequestError(413, f"{count} images in one request; at most {max_images} (--max-queue)")
+        raise RequestError(400, f"{count} images in one request; at most {max_images} (--max-batch)")
     parameters = _parameters(tensor)
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
@@ -140,23 +167,33 @@ def _request_id(request: dict) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _boolean(parameters: dict, key: str, default: bool) -> bool:
+    """A boolean parameter, as the protocol has it: true or false in JSON, not "false" (which is truthy)."""
+    value = parameters.get(key, default)
+    if type(value) is not bool:
+        raise RequestError(400, f"parameter '{key}' is true or false, not {str(value)[:20]!r}")
+    return value
+
+
 def _requested_outputs(request: dict) -> list[tuple[str, bool]]:
-    all_binary = bool(_parameters(request).get("binary_data_output", False))
+    all_binary = _boolean(_parameters(request), "binary_data_output", False)
     asked = request.get("outputs")
     if asked is None:
         return [(name, all_binary) for name in OUTPUTS]
     if not isinstance(asked, list):
         raise RequestError(400, "'outputs' is a list of {\"name\": ...}")
-    outputs = []
+    outputs: list[tuple[str, bool]] = []
     for output in asked:
         name = output.get("name") if isinstance(output, dict) else None
         if name not in OUTPUTS:
             raise RequestError(400, f"unknown output {str(name)[:40]!r}: this model's are {', '.join(OUTPUTS)}")
+        if any(name == seen for seen, _ in outputs):
+            raise RequestError(400, f"output '{name}' is asked for twice: name each output once")
         parameters = _parameters(output)
         if "classification" in parameters:
             raise RequestError(400, "the classification extension is not supported: ask for 'label' and "
                                     "'confidence', or 'probabilities'")
-        outputs.append((name, bool(parameters.get("binary_data", all_binary))))
+        outputs.append((name, _boolean(parameters, "binary_data", all_binary)))
     return outputs
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 # globals. Only the serve command imports this module.
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from alexnet_cli import __version__
 from alexnet_cli.serving import protocol
@@ -53,10 +54,15 @@ async def predict_one(request: Request, service: Served,
                       explain: bool = Query(False, description="Add the Grad-CAM overlay, a PNG data URL.")
                       ) -> JSONResponse:
     """One image, as a multipart `image` file or as the body: predict --json's record for it."""
+    classes = len(service.model.class_names)
+    if top_k is not None and top_k > classes:
+        raise RequestError(400, f"top_k={top_k}: the model has {classes} classes")
+    # The body first, then a place in the queue.
+    data = await image_bytes(request, service.cfg.max_upload_bytes, service.cfg.body_timeout)
     ticket = service.admit()
     try:
-        data = await image_bytes(request, service.cfg.max_upload_bytes)
-        return JSONResponse(await service.predict(ticket, data, top_k or service.cfg.top_k, explain))
+        return JSONResponse(await service.within_timeout(
+            service.predict(ticket, data, top_k or service.cfg.top_k, explain)))
     finally:
         ticket.close()
 
@@ -68,13 +74,17 @@ async def exposition(service: Served) -> Response:
 
 
 @health.get("/live")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+async def live(service: Served) -> JSONResponse:
+    """200 while the server can serve or recover; 503 when it cannot (its batcher has died): restart it."""
+    alive = service.live()
+    return JSONResponse({"live": alive}, status_code=200 if alive else 503)
 
 
 @health.get("/ready")
-async def ready() -> dict[str, bool]:
-    return {"ready": True}
+async def ready(service: Served) -> JSONResponse:
+    """200 when it takes traffic; 503, with the reason, while draining, or with a dead or stuck batcher."""
+    is_ready, why = service.ready()
+    return JSONResponse({"ready": is_ready, **({"reason": why} if why else {})}, status_code=200 if is_ready else 503)
 
 
 def known(service: Service, name: str, version: str = "1") -> None:
@@ -102,9 +112,11 @@ async def model_metadata(service: Served, name: str, version: str = "1") -> dict
 
 @inference_protocol.get("/models/{name}/ready")
 @inference_protocol.get("/models/{name}/versions/{version}/ready")
-async def model_ready(service: Served, name: str, version: str = "1") -> dict[str, object]:
+async def model_ready(service: Served, name: str, version: str = "1") -> JSONResponse:
     known(service, name, version)
-    return {"name": service.cfg.name, "ready": True}
+    is_ready, why = service.ready()
+    return JSONResponse({"name": service.cfg.name, "ready": is_ready, **({"reason": why} if why else {})},
+                        status_code=200 if is_ready else 503)
 
 
 @inference_protocol.post("/models/{name}/infer")
@@ -115,12 +127,14 @@ async def infer(request: Request, service: Served, name: str, version: str = "1"
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise RequestError(415, "compressed requests are not supported: send them without Content-Encoding")
     cfg, model = service.cfg, service.model
-    ticket = service.admit()
+    # The body first, then a place in the queue: a slow sender holds a connection (--max-connections), never
+    # a queue slot. Parsing runs on a thread, within bounds checked before it (protocol.parse_infer).
+    body = await read_body(request, cfg.max_upload_bytes, cfg.body_timeout)
+    parsed = await run_in_threadpool(protocol.parse_infer, body, request.headers.get(protocol.HEADER_LENGTH),
+                                     cfg.max_batch)
+    ticket = service.admit(len(parsed.images))
     try:
-        body = await read_body(request, cfg.max_upload_bytes)
-        parsed = protocol.parse_infer(body, request.headers.get(protocol.HEADER_LENGTH), cfg.max_queue)
-        ticket.grow(len(parsed.images) - 1)
-        outputs = await service.classify(ticket, parsed.images)
+        outputs = await service.within_timeout(service.classify(ticket, parsed.images))
     finally:
         ticket.close()
     probabilities = [output.probabilities.tolist() for output in outputs]

@@ -1,24 +1,35 @@
 """`alexnet serve`: load and warm the model, bind, say where it listens, serve until SIGTERM or Ctrl-C.
 
-SIGTERM drains: uvicorn stops accepting connections, answers the requests in flight (for up to
---drain-seconds), runs the app's shutdown, and the process exits 0, as a container's orchestrator expects.
+SIGTERM drains in two steps. First readiness turns false (503 from /v2/health/ready) while the server still
+answers, for READY_FALSE_SECONDS, so that a load balancer stops sending before the listener closes. Then
+uvicorn stops accepting connections and answers the requests in flight for up to --drain-seconds (under
+Kubernetes' default grace period of 30 s); the app's shutdown cancels decodes still queued, and the process
+exits 0, as a container's orchestrator expects. A second signal stops at once.
+
+The HTTP parser is pinned to h11 (uvicorn would switch to httptools where it is installed, which has no limit
+on a request head's size), with its limit on an incomplete request head, and --max-connections caps the
+connections open at once (uvicorn's limit_concurrency: past it, 503).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import signal
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from typing import cast
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from alexnet_cli.config.settings import ServeConfig
 from alexnet_cli.data.images import pillow_warnings
 from alexnet_cli.errors import ConfigError
 from alexnet_cli.observer import Observer
-from alexnet_cli.serving.app import create_app
+from alexnet_cli.serving.app import HEAD_LIMIT, create_app
 from alexnet_cli.serving.model import ServedModel
 from alexnet_cli.serving.service import Service
 
@@ -51,6 +62,88 @@ def sigterm_exits_cleanly():
         signal.signal(signal.SIGTERM, previous)
 
 
+class HeadTimeout(H11Protocol):
+    """h11, with a time limit on each request head, from the connection's start (or the end of its last
+    answer) to the head's last byte: a byte at a time does not renew it, as it renews uvicorn's keep-alive
+    timer. A connection that has sent no whole head in `head_seconds` is closed, so idle sockets cannot hold
+    the places of --max-connections for ever. The body has a limit of its own (uploads.read_body)."""
+
+    head_seconds = 10.0  # set per server by uvicorn_config (--head-timeout)
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.head_seconds, self._head_too_slow)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_head_timer", None) is not None:
+            self._head_timer.cancel()  # type: ignore[union-attr]
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm()  # a whole head has arrived: the request is running
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request's head gets its own time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+READY_FALSE_SECONDS = 2.0  # after SIGTERM: not ready, still serving; then the listener closes
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with SIGTERM's first step: readiness false for a moment before uvicorn's own drain."""
+
+    def __init__(self, config: uvicorn.Config, service: Service, pause: float = READY_FALSE_SECONDS) -> None:
+        super().__init__(config)
+        self.service, self.pause = service, pause
+
+    def handle_exit(self, sig, frame) -> None:
+        if sig == signal.SIGTERM and not self.service.draining:
+            self.service.draining = True
+            timer = threading.Timer(self.pause, super().handle_exit, (sig, frame))
+            timer.daemon = True
+            timer.start()
+            return
+        super().handle_exit(sig, frame)
+
+
+def uvicorn_config(app, cfg: ServeConfig) -> uvicorn.Config:
+    """How uvicorn runs the app: h11 pinned with its head limits (size, and time: --head-timeout), the
+    connection cap, the drain's length."""
+    protocol = type("HeadTimeout", (HeadTimeout,), {"head_seconds": cfg.head_timeout})
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http=protocol,
+                          h11_max_incomplete_event_size=HEAD_LIMIT, limit_concurrency=cfg.max_connections,
+                          # uvicorn annotates an int, and waits with asyncio.wait_for, which takes seconds as a float
+                          timeout_graceful_shutdown=cast(int, cfg.drain_seconds))
+
+
+def exposed(host: str) -> bool:
+    """Whether binding `host` reaches beyond this machine: every address but a loopback one ("0", "" and a LAN
+    address do)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "", "0", a name: it may be anything
+        return True
+
+
 def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -61,19 +154,20 @@ def serve(cfg: ServeConfig, observer: Observer) -> None:
     warm = model.warm_up(cfg.max_batch)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
-    app = create_app(Service(model, cfg))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            # uvicorn annotates an int, and waits with asyncio.wait_for, which takes seconds as a float
-                            timeout_graceful_shutdown=cast(int, cfg.drain_seconds))
-    if cfg.host in ("0.0.0.0", "::"):
-        observer.warn("listening on every interface, with no authentication: put a proxy in front of it "
-                      "(docs/serve.md)")
+    service = Service(model, cfg)
+    config = uvicorn_config(create_app(service), cfg)
+    if exposed(cfg.host):
+        observer.warn(f"listening on {cfg.host or 'every interface'}, reachable from other machines, with no "
+                      "authentication: put a proxy in front of it (docs/serve.md)")
     observer.info(f"model '{cfg.name}': {len(model.class_names)} classes, input {model.preprocess.image_size} px, "
                   f"batches of up to {cfg.max_batch} (waiting up to {cfg.max_wait_ms:g} ms), queue of "
                   f"{cfg.max_queue}; warm-up {warm:.1f} s")
+    observer.info(f"uploads decode to at most {model.max_pixels:,} pixels (--max-pixels); at most "
+                  f"{cfg.max_connections} connections (--max-connections); {cfg.timeout:g} s a request (--timeout)")
+    api = "the API at /docs, " if cfg.docs else ""
     observer.info(f"listening on {url(host, port)} (ready in {time.perf_counter() - started:.1f} s): the page "
-                  f"at /, the API at /docs, metrics at /metrics; Ctrl-C or SIGTERM to stop")
+                  f"at /, {api}metrics at /metrics; Ctrl-C or SIGTERM to stop")
     # Pillow's warnings filters are process-wide: set once for the server's life, not per request (images.py)
     with sock, pillow_warnings(), sigterm_exits_cleanly():
-        uvicorn.Server(config).run(sockets=[sock])
+        DrainingServer(config, service).run(sockets=[sock])
     observer.info("stopped")

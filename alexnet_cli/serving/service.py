@@ -4,6 +4,7 @@ at once), decode them on threads, let the batcher run them, and make the answers
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,16 +22,43 @@ class Service:
         self.model, self.cfg = model, cfg
         self.metrics = Metrics(lambda: self.batcher.admitted, cfg.max_queue)
         self.batcher = Batcher(model.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue,
-                               on_batch=self.metrics.observe_batch)
+                               on_batch=self.metrics.observe_batch, kind=lambda sample: sample.picture is not None)
         # Pillow decodes without holding the GIL: these threads decode while the forward thread computes.
         self.decoding = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="alexnet-decode")
+        self.draining = False  # set on SIGTERM: ready turns false while the requests in flight are answered
 
     async def start(self) -> None:
         await self.batcher.start()
 
     async def stop(self) -> None:
+        """After the drain: decodes still queued are cancelled, not waited for."""
+        self.decoding.shutdown(wait=False, cancel_futures=True)
         await self.batcher.stop()
-        self.decoding.shutdown(wait=True)
+
+    # -- health ---------------------------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        """False when the server cannot recover: its batcher has died."""
+        return self.batcher.running
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether to send it traffic, and why not: draining, a dead batcher, or a forward pass that has run
+        past --timeout."""
+        if self.draining:
+            return False, "draining after SIGTERM"
+        if not self.batcher.running:
+            return False, "the batcher has stopped"
+        busy = self.batcher.busy_since
+        if busy is not None and time.monotonic() - busy > self.cfg.timeout:
+            return False, f"a forward pass has run for over {self.cfg.timeout:g} s (--timeout)"
+        return True, ""
+
+    async def within_timeout(self, work):
+        """`work` (a coroutine), or 504 when it takes longer than --timeout."""
+        try:
+            return await asyncio.wait_for(work, self.cfg.timeout)
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"the request took longer than {self.cfg.timeout:g} s (--timeout)") from None
 
     def admit(self, images: int = 1) -> Ticket:
         """A place in the queue, or Overloaded (503) at once."""

@@ -20,7 +20,7 @@ RAW_TYPES = ("application/octet-stream",)  # besides image/*
 # A body refused for its size is still read, up to this many times the limit, and thrown away: a client that
 # sends its whole body before it reads the answer (most do) then sees the 413 instead of a reset connection.
 DRAIN_FACTOR = 2
-BODY_SECONDS = 30.0  # the longest a body may take to arrive
+BODY_SECONDS = 30.0  # the longest a body may take to arrive, where the caller gives no --body-timeout
 DISCARD_SECONDS = 5.0  # the longest a refused body is read for, to be thrown away
 
 
@@ -38,32 +38,36 @@ def declared_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not value.strip().isascii() or not value.strip().isdigit():
         raise RequestError(400, f"Content-Length is not a number: {value[:40]!r}")
     return int(value)
 
 
-async def discard_body(request: Request, limit: int) -> None:
+async def discard_body(request: Request, limit: int) -> bool:
     """Read and drop what is left of the body, up to `limit` bytes and DISCARD_SECONDS, so that the answer
-    reaches a client that is still sending. Past either, the connection is closed after the answer."""
+    reaches a client that is still sending. Returns whether the whole body was read: where it was not, the
+    answer closes the connection (the rest of the body must not be read as the next request)."""
     try:
         declared = declared_length(request)
     except RequestError:
-        return
+        return False
     if declared is not None and declared > limit:
-        return
+        return False
 
-    async def drop() -> None:
+    async def drop() -> bool:
         read = 0
         async for chunk in request.stream():
             read += len(chunk)
             if read > limit:
-                return
+                return False
+        return True
 
     try:
-        await asyncio.wait_for(drop(), DISCARD_SECONDS)
-    except Exception:  # too slow, the client went away, or the body was already read: nothing more to drop
-        return
+        return await asyncio.wait_for(drop(), DISCARD_SECONDS)
+    except RuntimeError:  # Starlette's "Stream consumed": the handler read it all already
+        return True
+    except Exception:  # too slow, or the client went away
+        return False
 
 
 async def read_body(request: Request, limit: int, seconds: float | None = None) -> bytes:
@@ -97,23 +101,31 @@ async def _one_chunk(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
-async def image_bytes(request: Request, limit: int) -> bytes:
+async def image_bytes(request: Request, limit: int, seconds: float | None = None) -> bytes:
     """The image of a POST /predict: a multipart form with an `image` file (curl -F image=@cat.jpg), or the
     image's own bytes as the body (Content-Type image/* or application/octet-stream)."""
     content_type = request.headers.get("content-type", "")
     kind = content_type.split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        return await _multipart_image(request, await read_body(request, limit))
+        return await _multipart_image(request, await read_body(request, limit, seconds))
     if kind.startswith("image/") or kind in RAW_TYPES:
-        return await read_body(request, limit)
+        return await read_body(request, limit, seconds)
     shown = f"Content-Type {kind!r}" if kind else "no Content-Type"
     raise RequestError(415, f"{shown}: send multipart/form-data with an '{IMAGE_FIELD}' file (curl -F "
                             f"{IMAGE_FIELD}=@cat.jpg), or the image's bytes as image/* or application/octet-stream")
 
 
+class InMemoryParser(MultiPartParser):
+    """Starlette's parser, with its file parts kept in memory however large (it spools a part over 1 MB to a
+    temporary file): the whole body is in memory already, within --max-upload-mb, and nothing is written to disk
+    (a read-only root filesystem serves as well)."""
+
+    spool_max_size = 1 << 62
+
+
 async def _multipart_image(request: Request, body: bytes) -> bytes:
     # One file, a few other fields at most: a form of thousands of parts is refused while it is parsed.
-    parser = MultiPartParser(request.headers, _one_chunk(body), max_files=1, max_fields=8)
+    parser = InMemoryParser(request.headers, _one_chunk(body), max_files=1, max_fields=8)
     try:
         form = await parser.parse()
     except MultiPartException as exc:

@@ -1,0 +1,365 @@
+"""alexnet serve against cheap hostile clients: work bounded by what was sent, slow senders, images that decode
+to gigabytes, client faults answered as client faults, health that tells the truth, and what operators expect.
+Each server binds 127.0.0.1; every load here is bounded in count and time."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from support.serving import Server, one_line_error, png_bytes
+
+INFER = "/v2/models/alexnet/infer"
+
+
+def _solid_png(width: int, height: int) -> bytes:
+    """A PNG of one colour: a few kilobytes that decode to width x height pixels."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _infer_json(images: list[bytes], **extra) -> dict:
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
+                        "data": [base64.b64encode(i).decode() for i in images]}], **extra}
+
+
+@pytest.fixture(scope="module")
+def small(checkpoint):
+    """A server with a small queue and batch, for the tests that reach its limits."""
+    running = Server(checkpoint, max_batch=2, max_queue=2, max_connections=12, max_pixels=400_000)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def http(small):
+    with httpx.Client(base_url=small.url, timeout=10) as client:
+        yield client
+
+
+# -- 1. work bounded by what was sent --------------------------------------------------------------------------
+
+def test_protocol_refuses_past_each_bound_with_400(http):
+    image = png_bytes(1)
+    cases = {
+        "output 'label' is asked for twice": _infer_json([image], outputs=[{"name": "label"}, {"name": "label"}]),
+        "3 images in one request; at most 2 (--max-batch)": _infer_json([image] * 3),
+        "parameter 'binary_data' is true or false": _infer_json(
+            [image], outputs=[{"name": "label", "parameters": {"binary_data": "false"}}]),
+    }
+    for message, body in cases.items():
+        response = http.post(INFER, json=body)
+        assert response.status_code == 400 and message in one_line_error(response), (message, response.text)
+    response = http.post("/predict?top_k=65", content=image, headers={"content-type": "image/png"})
+    assert response.status_code == 400 and "top_k=65: the model has 64 classes" in one_line_error(response)
+
+
+def test_json_and_binary_whose_parse_would_grow_with_the_body_are_refused_before_it(http):
+    """A body of 400,000 elements is refused from a count of its brackets and commas, in milliseconds; the
+    binary extension stops splitting once it has more elements than the shape says."""
+    for body in (b"[" + b"0," * 400_000 + b"0]", b"[" * 200_000 + b"]" * 200_000):  # under --max-upload-mb
+        started = time.perf_counter()
+        response = http.post(INFER, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and "arrays, objects and elements" in one_line_error(response)
+        assert time.perf_counter() - started < 1.0
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": 400_000}}]}).encode()
+    binary = struct.pack("<I", 0) * 100_000  # a hundred thousand empty elements for a shape of one
+    response = http.post(INFER, content=header + binary,
+                         headers={"Inference-Header-Content-Length": str(len(header)),
+                                  "content-type": "application/octet-stream"})
+    assert response.status_code == 400 and "more than the 1 elements its shape says" in one_line_error(response)
+    # "²" is a digit to str.isdigit and not to int(): it was a 500. Headers arrive as Latin-1.
+    for value in ("²".encode("latin-1"), "١٢".encode(), b"12a"):
+        response = http.post(INFER, content=header, headers={"Inference-Header-Content-Length": value})
+        assert response.status_code == 400 and "is not a number" in one_line_error(response), response.text
+
+
+# -- 2. slow clients ------------------------------------------------------------------------------------------
+
+def _slow_upload(url: str, length: int = 50_000) -> socket.socket:
+    """A connection that sends its head and a little of its body, then nothing."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {length}"
+                 f"\r\n\r\n".encode() + b"\x89PNG")
+    return sock
+
+
+def test_slow_uploads_hold_no_place_in_the_queue(small, http):
+    """More slow senders than --max-queue: every good request is still answered 200, none 503."""
+    slow = [_slow_upload(small.url) for _ in range(small.cfg.max_queue + 2)]
+    try:
+        time.sleep(0.2)
+        for seed in range(3):
+            response = http.post("/predict", content=png_bytes(seed), headers={"content-type": "image/png"})
+            assert response.status_code == 200, response.text
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_idle_connections_are_capped_and_closed_when_their_head_is_late(checkpoint):
+    """Sockets that connect and send nothing, or a head a byte at a time: past --max-connections a new request
+    is refused (503); each idle one is closed when --head-timeout runs out, and the server serves again."""
+    server = Server(checkpoint, max_connections=6, head_timeout=1.0)
+    host, port = server.url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(6)]
+    dribble = socket.create_connection((host, int(port)))
+    try:
+        time.sleep(0.2)
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/health/live").status_code == 503
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a byte every 0.2 s does not renew the head's time: the server closes it
+            for _ in range(40):
+                dribble.sendall(b"G")
+                time.sleep(0.2)
+        assert time.monotonic() - started < 3
+        for sock in idle:
+            sock.settimeout(2)
+            assert sock.recv(100) == b""  # closed by the server
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/health/live").status_code == 200
+    finally:
+        for sock in [*idle, dribble]:
+            sock.close()
+        server.stop()
+
+
+def test_a_refusal_that_did_not_read_the_body_closes_the_connection(http):
+    response = http.post("/predict", content=b"x" * (3 * 1024 * 1024), headers={"content-type": "image/png"})
+    assert response.status_code == 413 and response.headers.get("connection") == "close"
+    response = http.post("/predict", content=b"not an image", headers={"content-type": "image/png"})
+    assert response.status_code == 400 and response.headers.get("connection") != "close"  # read whole: kept
+
+
+def test_the_parser_is_pinned_with_its_head_limit(small):
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from alexnet_cli.serving.server import HEAD_LIMIT, uvicorn_config
+
+    config = uvicorn_config(None, small.cfg)
+    assert issubclass(config.http, H11Protocol) and config.h11_max_incomplete_event_size == HEAD_LIMIT
+    with httpx.Client(base_url=small.url, timeout=10) as fresh:
+        response = fresh.get("/v2/health/live", headers={"x-long": "a" * (HEAD_LIMIT + 1024)})
+    assert response.status_code in (400, 431)
+
+
+# -- 3. images ------------------------------------------------------------------------------------------------
+
+def test_max_pixels_and_the_shape_are_checked_from_the_header_before_any_decode(monkeypatch):
+    from PIL import Image, ImageFile
+
+    from alexnet_cli.data.images import UnreadableImage, open_upload, pillow_warnings
+
+    big, long = png_bytes(3, size=800), png_bytes(4, size=(3000, 20))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded before the check"))
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded before the check"))
+    with pillow_warnings():
+        with pytest.raises(UnreadableImage, match="800x800 pixels to decode, over the server's limit of 400,000"):
+            open_upload(big, draft_size=256, max_pixels=400_000)
+        with pytest.raises(UnreadableImage, match="3000x20 pixels, one side over"):
+            open_upload(long, draft_size=256)
+
+
+def test_an_image_over_max_pixels_is_a_400_and_explain_decodes_once(small, http, monkeypatch):
+    response = http.post("/predict", content=_solid_png(800, 800), headers={"content-type": "image/png"})
+    assert response.status_code == 400 and "(--max-pixels)" in one_line_error(response)
+    from alexnet_cli.serving import model as served
+
+    calls = []
+    real = served.open_upload
+    monkeypatch.setattr(served, "open_upload", lambda *a, **k: calls.append(1) or real(*a, **k))
+    response = http.post("/predict?explain=1", content=png_bytes(6), headers={"content-type": "image/png"})
+    assert response.status_code == 200 and "explanation" in response.json() and calls == [1]
+
+
+def test_the_peak_memory_of_a_worst_case_decode_stays_within_its_stated_bound(tmp_path):
+    """docs/serve.md: a decode peaks at PEAK_BYTES_PER_PIXEL bytes a pixel of --max-pixels at most (an RGBA PNG,
+    the worst measured), so N decoding threads hold at most N times that. Measured in a process of its own."""
+    code = """
+import io, resource
+from PIL import Image
+from alexnet_cli.data.images import open_upload, pillow_warnings
+from alexnet_cli.data.preprocess import Preprocess
+from alexnet_cli.serving.model import PEAK_BYTES_PER_PIXEL
+side = 2000
+buffer = io.BytesIO(); Image.new("RGBA", (side, side), (10, 200, 30, 40)).save(buffer, format="PNG")
+data = buffer.getvalue(); del buffer
+transform = Preprocess.for_arch(227, 227).eval_transforms()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with pillow_warnings():
+    transform(open_upload(data, draft_size=256, max_pixels=side * side))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(peak, PEAK_BYTES_PER_PIXEL * side * side)
+"""
+    peak, bound = map(int, subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                          text=True, timeout=60).stdout.split())
+    assert peak <= bound, (peak, bound)
+
+
+# -- 4. errors where they belong --------------------------------------------------------------------------------
+
+def test_a_client_that_disconnects_mid_upload_is_a_499_not_a_5xx(small, http):
+    sock = _slow_upload(small.url, length=100_000)
+    time.sleep(0.2)
+    sock.close()
+    time.sleep(0.3)
+    series = [line for line in http.get("/metrics").text.splitlines() if line.startswith("alexnet_requests_total")]
+    assert any('status="499"' in line for line in series)
+    assert not any('status="5' in line and 'route="/predict"' in line for line in series)
+
+
+def test_a_failing_forward_pass_is_a_500_without_internals_and_the_next_is_served(small, http, monkeypatch):
+    real = small.model.run
+
+    def fails_once(samples):
+        monkeypatch.setattr(small.model, "run", real)
+        raise RuntimeError("/secret/path/weights.pt: CUDA error")
+
+    monkeypatch.setattr(small.model, "run", fails_once)
+    small.service.batcher.run_batch = lambda samples: small.model.run(samples)
+    try:
+        response = http.post("/predict", content=png_bytes(7), headers={"content-type": "image/png"})
+        assert response.status_code == 500 and "/secret" not in response.text and "CUDA" not in response.text
+        assert http.post("/predict", content=png_bytes(8), headers={"content-type": "image/png"}).status_code == 200
+    finally:
+        small.service.batcher.run_batch = small.model.run
+
+
+def test_a_failing_grad_cam_fails_only_the_requests_that_asked_for_it(small, monkeypatch):
+    from alexnet_cli.inference import gradcam
+
+    monkeypatch.setattr(gradcam, "grad_cam", lambda *a: (_ for _ in ()).throw(RuntimeError("backward failed")))
+
+    async def both():
+        async with httpx.AsyncClient(base_url=small.url, timeout=10) as client:
+            explain = client.post("/predict?explain=1", content=png_bytes(9), headers={"content-type": "image/png"})
+            plain = client.post("/predict", content=png_bytes(10), headers={"content-type": "image/png"})
+            return await asyncio.gather(explain, plain)
+
+    import asyncio
+
+    explained, plain = asyncio.run(both())
+    assert explained.status_code == 500 and plain.status_code == 200
+
+
+# -- 5. health ------------------------------------------------------------------------------------------------
+
+def test_a_request_past_timeout_is_a_504_and_ready_turns_false_while_the_pass_runs(checkpoint):
+    import threading
+
+    server = Server(checkpoint, timeout=1.0)
+    real = server.service.batcher.run_batch
+
+    def slow(samples):
+        time.sleep(2.0)
+        return real(samples)
+
+    server.service.batcher.run_batch = slow
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http, \
+                httpx.Client(base_url=server.url, timeout=10) as first:
+            answer: dict = {}
+            started = time.perf_counter()
+            thread = threading.Thread(target=lambda: answer.setdefault("r", first.post(
+                "/predict", content=png_bytes(11), headers={"content-type": "image/png"})))
+            thread.start()
+            time.sleep(1.5)
+            ready = http.get("/v2/health/ready")
+            thread.join()
+            assert answer["r"].status_code == 504 and "--timeout" in one_line_error(answer["r"])
+            assert 0.9 < time.perf_counter() - started < 1.9
+            assert ready.status_code == 503 and "--timeout" in ready.json()["reason"]
+            assert http.get("/v2/health/live").status_code == 200
+            time.sleep(0.8)
+            assert http.get("/v2/health/ready").status_code == 200  # the pass ended: ready again
+    finally:
+        server.stop()
+
+
+def test_a_dead_batcher_makes_live_and_ready_false(checkpoint):
+    server = Server(checkpoint)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/health/ready").status_code == 200
+            server.server.config.loaded_app  # noqa: B018  (the app is up)
+            loop_task = server.service.batcher._task
+            loop_task.get_loop().call_soon_threadsafe(loop_task.cancel)
+            time.sleep(0.2)
+            assert client.get("/v2/health/live").status_code == 503
+            ready = client.get("/v2/health/ready")
+            assert ready.status_code == 503 and ready.json()["reason"] == "the batcher has stopped"
+    finally:
+        server.stop()
+
+
+# -- 6. what operators expect ---------------------------------------------------------------------------------
+
+def test_invented_methods_add_no_metric_series(small, http):
+    before = len(http.get("/metrics").text.splitlines())
+    for i in range(20):
+        http.request(f"BREW{i}", "/predict")
+    lines = http.get("/metrics").text.splitlines()
+    assert not any("BREW" in line for line in lines)
+    assert len(lines) <= before + 4  # one "other" series, at most a few new statuses
+
+
+def test_docs_are_off_unless_asked_for_and_no_answer_holds_a_file_path(checkpoint, small, http):
+    assert http.get("/docs").status_code == 404 and http.get("/openapi.json").status_code == 404
+    with_docs = Server(checkpoint, docs=True)
+    try:
+        with httpx.Client(base_url=with_docs.url, timeout=10) as client:
+            assert client.get("/docs").status_code == 200
+            openapi = client.get("/openapi.json").text
+        assert str(checkpoint) not in openapi and str(checkpoint.parent) not in openapi
+    finally:
+        with_docs.stop()
+    for path in ("/", "/v2", "/v2/models/alexnet", "/v2/health/ready", "/metrics"):
+        assert str(checkpoint.parent) not in http.get(path).text, path
+
+
+def test_every_bind_beyond_loopback_is_named():
+    from alexnet_cli.serving.server import exposed
+
+    assert not exposed("127.0.0.1") and not exposed("::1") and not exposed("localhost") and not exposed("127.0.0.2")
+    for host in ("0.0.0.0", "0", "", "::", "192.168.1.5", "example.org"):
+        assert exposed(host), host
+
+
+def test_multipart_uploads_stay_in_memory(checkpoint, monkeypatch, tmp_path):
+    """A 2 MB multipart part (Starlette spools parts over 1 MB to a temporary file) with no usable temporary
+    folder: answered, so nothing was written to disk."""
+    import tempfile
+
+    big = png_bytes(12, size=900)
+    assert len(big) > 1024 * 1024
+    server = Server(checkpoint, max_upload_mb=4, max_pixels=2_000_000)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    try:
+        with httpx.Client(base_url=server.url, timeout=20) as client:
+            response = client.post("/predict", files={"image": ("big.png", big, "image/png")})
+        assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+
+
+# -- 7. the protocol, to the letter ---------------------------------------------------------------------------
+
+def test_model_metadata_parameters_hold_only_strings_numbers_and_booleans(http):
+    parameters = http.get("/v2/models/alexnet").json()["parameters"]
+    assert parameters and all(type(value) in (str, int, float, bool) for value in parameters.values()), parameters
+    assert len(json.loads(parameters["classes"])) == 64
