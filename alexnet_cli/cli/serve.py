@@ -61,6 +61,13 @@ def serve(
                             ] = ServeConfig.body_timeout,
     docs: Annotated[bool, typer.Option("--docs", help="Serve the OpenAPI page at /docs (it loads scripts from a "
                                                       "CDN).")] = False,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="ALEXNET_API_KEY", show_envvar=True, show_default="none",
+        help="A token every request but health and metrics must send as Authorization: Bearer TOKEN.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="An origin a browser page may call the server from, such as https://example.org (repeat it for "
+             "more).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No access log line per request.")] = False,
     device: DeviceOption = ServeConfig.device,
     no_cuda: NoCudaOption = False,
     precision: PrecisionOption = ServeConfig.precision,
@@ -73,7 +80,8 @@ def serve(
                           max_upload_mb=max_upload_mb, top_k=top_k, device=device, no_cuda=no_cuda,
                           precision=precision, max_pixels=max_pixels, max_connections=max_connections,
                           timeout=timeout, drain_seconds=drain_seconds, docs=docs, head_timeout=head_timeout,
-                          body_timeout=body_timeout)
+                          body_timeout=body_timeout, api_key=api_key, cors_origins=tuple(cors_origin or ()),
+                          quiet=quiet)
         require_extra("alexnet serve needs its extra", "serve", SERVE_MODULES)
         from alexnet_cli.serving.server import serve as run_server
 

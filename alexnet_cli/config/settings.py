@@ -298,6 +298,9 @@ class ServeConfig:
     max_connections: int = 256  # open connections; past it, 503 (uvicorn's limit_concurrency)
     docs: bool = False  # the OpenAPI page at /docs, off unless asked for
     timeout: float = 30.0  # the longest a request may take once its body has arrived; past it, 504
+    api_key: str | None = None  # a bearer token every request but health and metrics must carry
+    cors_origins: tuple[str, ...] = ()  # origins a browser may call it from (--cors-origin)
+    quiet: bool = False  # no access log line per request
     head_timeout: float = 10.0  # the longest a request head may take to arrive; past it, the connection closes
     body_timeout: float = 30.0  # the longest a body may take to arrive; past it, 408
 
@@ -316,6 +319,12 @@ class ServeConfig:
             _positive(option, value)
         if self.max_wait_ms < 0:
             raise ConfigError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise ConfigError("--api-key is at least 16 characters (a token such as `python3 -c 'import secrets; "
+                              "print(secrets.token_urlsafe())'`)")
+        for origin in self.cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"--cors-origin is an origin such as https://example.org, got {origin!r}")
         if self.max_queue < self.max_batch:
             raise ConfigError(f"--max-queue ({self.max_queue}) must hold at least one batch (--max-batch "
                               f"{self.max_batch})")

@@ -28,8 +28,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object],
     folder index): the rename alone still means that no file is ever seen half-written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only place, a file in the way: the caller's OutputError, as a write's
+        raise OutputError(f"could not write {path}: {exc.strerror or exc}") from None
     try:
         # mkstemp makes the file private (0600); give it the mode of the file it replaces, or the usual 0644.
         # Windows has no os.fchmod before Python 3.13, and its modes are only a read-only flag: leave it be.

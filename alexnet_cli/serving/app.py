@@ -6,12 +6,14 @@ the app's lifespan starts and stops the batcher. Each request is refused at its 
 a full queue or an unknown model is that request's 4xx/503, and the next request is served as before.
 """
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -51,9 +53,34 @@ def create_app(service: Service) -> FastAPI:
         app.include_router(router)
     add_error_handlers(app, service.cfg.max_upload_bytes)
     app.add_middleware(InternalErrors)
+    if cfg.api_key:
+        app.add_middleware(BearerToken, token=cfg.api_key)
     app.add_middleware(HeadLimit)
     app.add_middleware(CountRequests, metrics=service.metrics)
+    if cfg.cors_origins:  # outermost: a browser's preflight is answered before the token is asked for
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"])
     return app
+
+
+OPEN_PATHS = ("/v2/health/", "/metrics")  # what an orchestrator and Prometheus reach without the token
+
+
+class BearerToken:
+    """ASGI middleware: with --api-key, every request but health and metrics carries `Authorization: Bearer
+    KEY`; others get 401. The comparison takes the same time however much of the key matches."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not scope["path"].startswith(OPEN_PATHS):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = error(401, "this server needs its token: send Authorization: Bearer <--api-key>",
+                                 {"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 HEAD_LIMIT = 16 * 1024  # bytes of request line and headers; h11's own limit holds only a head sent in pieces

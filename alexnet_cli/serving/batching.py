@@ -69,12 +69,14 @@ class Batcher:
 
     def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch: int, max_wait_s: float,
                  max_queue: int, on_batch: Callable[[int, float], None] | None = None,
-                 kind: Callable[[Any], object] = lambda item: None) -> None:
+                 kind: Callable[[Any], object] = lambda item: None,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         self.run_batch, self.max_batch, self.max_wait_s, self.max_queue = run_batch, max_batch, max_wait_s, max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
         # Items of one kind share a batch (a Grad-CAM request and plain ones do not): one kind's failure or its
         # slower pass never reaches the other's callers.
         self.kind = kind
+        self.on_wait = on_wait or (lambda seconds: None)  # each item's wait, from submission to its pass
         self.busy_since: float | None = None  # when the forward pass in progress began (health.py's watch)
         self.admitted = 0  # images admitted and not yet answered: the queue's depth
         self.coming = 0  # of those, not yet submitted (being read or decoded)
@@ -147,6 +149,8 @@ class Batcher:
             if not batch:
                 continue
             started = self.busy_since = time.monotonic()
+            for entry in batch:
+                self.on_wait(started - entry.arrived)
             try:
                 outputs = await loop.run_in_executor(self._forward, self.run_batch, [e.item for e in batch])
             except Exception as exc:  # every caller of the batch hears of it; the loop goes on

@@ -8,10 +8,21 @@ route counts as "unmatched".
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -33,6 +44,12 @@ class Metrics:
               "the forward pass).", registry=self.registry).set_function(queue_depth)
         Gauge("alexnet_queue_limit", "--max-queue: past it, requests are refused with 503.",
               registry=self.registry).set(max_queue)
+        self.queue_wait = Histogram("alexnet_queue_wait_seconds", "Time from an image's decode to the start of "
+                                    "its forward pass.", buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.decode_seconds = Histogram("alexnet_decode_duration_seconds", "Time to decode one upload.",
+                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        # The process's memory, open files and CPU time (process_resident_memory_bytes, process_open_fds, ...).
+        ProcessCollector(registry=self.registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -42,8 +59,13 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+ACCESS = logging.getLogger("alexnet.access")  # one line a request; serve prints it unless --quiet
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # an incoming X-Request-ID is echoed only if it looks like one
+
+
 class CountRequests:
-    """ASGI middleware (app.add_middleware(CountRequests, metrics=...)) that counts and times every request."""
+    """ASGI middleware (app.add_middleware(CountRequests, metrics=...)) that counts and times every request,
+    gives it a request ID (the client's X-Request-ID, or a new one), sends that ID back, and logs one line."""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -52,17 +74,25 @@ class CountRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500  # 500 unless a response starts
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
         async def send_status(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
+            seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(route).observe(seconds)
+            client = (scope.get("client") or ("-",))[0]
+            ACCESS.info('%s "%s %s" %d %.1f ms id=%s', client, scope["method"][:16], scope["path"][:200], status,
+                        seconds * 1000, request_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import signal
 import socket
 import threading
@@ -30,6 +31,7 @@ from alexnet_cli.data.images import pillow_warnings
 from alexnet_cli.errors import ConfigError
 from alexnet_cli.observer import Observer
 from alexnet_cli.serving.app import HEAD_LIMIT, create_app
+from alexnet_cli.serving.metrics import ACCESS
 from alexnet_cli.serving.model import ServedModel
 from alexnet_cli.serving.service import Service
 
@@ -133,6 +135,15 @@ def uvicorn_config(app, cfg: ServeConfig) -> uvicorn.Config:
                           timeout_graceful_shutdown=cast(int, cfg.drain_seconds))
 
 
+def access_log_to_stderr() -> None:
+    """The access log's lines (metrics.ACCESS: client, method, path, status, time, request ID) on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    ACCESS.addHandler(handler)
+    ACCESS.setLevel(logging.INFO)
+    ACCESS.propagate = False
+
+
 def exposed(host: str) -> bool:
     """Whether binding `host` reaches beyond this machine: every address but a loopback one ("0", "" and a LAN
     address do)."""
@@ -157,8 +168,11 @@ def serve(cfg: ServeConfig, observer: Observer) -> None:
     service = Service(model, cfg)
     config = uvicorn_config(create_app(service), cfg)
     if exposed(cfg.host):
-        observer.warn(f"listening on {cfg.host or 'every interface'}, reachable from other machines, with no "
-                      "authentication: put a proxy in front of it (docs/serve.md)")
+        guard = "a token (--api-key)" if cfg.api_key else "no authentication"
+        observer.warn(f"listening on {cfg.host or 'every interface'}, reachable from other machines, with {guard} "
+                      "and no TLS: put a proxy in front of it (docs/serve.md)")
+    if not cfg.quiet:
+        access_log_to_stderr()
     observer.info(f"model '{cfg.name}': {len(model.class_names)} classes, input {model.preprocess.image_size} px, "
                   f"batches of up to {cfg.max_batch} (waiting up to {cfg.max_wait_ms:g} ms), queue of "
                   f"{cfg.max_queue}; warm-up {warm:.1f} s")

@@ -22,7 +22,8 @@ class Service:
         self.model, self.cfg = model, cfg
         self.metrics = Metrics(lambda: self.batcher.admitted, cfg.max_queue)
         self.batcher = Batcher(model.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue,
-                               on_batch=self.metrics.observe_batch, kind=lambda sample: sample.picture is not None)
+                               on_batch=self.metrics.observe_batch, kind=lambda sample: sample.picture is not None,
+                               on_wait=self.metrics.queue_wait.observe)
         # Pillow decodes without holding the GIL: these threads decode while the forward thread computes.
         self.decoding = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="alexnet-decode")
         self.draining = False  # set on SIGTERM: ready turns false while the requests in flight are answered
@@ -65,10 +66,13 @@ class Service:
         return self.batcher.admit(images)
 
     async def _decode(self, data: bytes, explain: bool, which: str = ""):
+        started = time.perf_counter()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.decoding, self.model.decode, data, explain)
         except UnreadableImage as exc:  # "the upload: not an image (...)": refused, as the client's error
             raise RequestError(400, f"{which}{exc}") from None
+        finally:
+            self.metrics.decode_seconds.observe(time.perf_counter() - started)
 
     async def predict(self, ticket: Ticket, data: bytes, top_k: int, explain: bool) -> dict[str, Any]:
         """POST /predict's answer: predict --json's record for the image, with the Grad-CAM overlay if asked."""

@@ -54,3 +54,11 @@ def test_link_or_copy_falls_back_from_hard_link_to_symbolic_link_to_copy(tmp_pat
     # A snapshot is never a symbolic link: that would follow the source's next version.
     publish_copy(source, tmp_path / "best.jpg")
     assert not (tmp_path / "best.jpg").is_symlink() and (tmp_path / "best.jpg").read_bytes() == b"jpeg"
+
+
+def test_a_place_that_cannot_hold_the_file_is_an_output_error(tmp_path):
+    """The folder cannot be made (a file is in the way): OutputError, which callers that may fail quietly (the
+    bf16 measurement's cache) catch, not a bare OSError."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputError, match="could not write .*afile/sub/x.json"):
+        atomic_write_text(tmp_path / "afile" / "sub" / "x.json", "{}")

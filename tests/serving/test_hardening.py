@@ -363,3 +363,63 @@ def test_model_metadata_parameters_hold_only_strings_numbers_and_booleans(http):
     parameters = http.get("/v2/models/alexnet").json()["parameters"]
     assert parameters and all(type(value) in (str, int, float, bool) for value in parameters.values()), parameters
     assert len(json.loads(parameters["classes"])) == 64
+
+
+# -- 6. the token, CORS, the access log and the process metrics ---------------------------------------------------
+
+def test_api_key_guards_everything_but_health_and_metrics(checkpoint):
+    token = "a-token-of-24-characters"
+    server = Server(checkpoint, api_key=token, cors_origins=("https://example.org",))
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for path in ("/", "/v2", "/v2/models/alexnet"):
+                response = client.get(path)
+                assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer", path
+            wrong = client.post("/predict", content=png_bytes(1), headers={"content-type": "image/png",
+                                                                           "authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and "--api-key" in one_line_error(wrong)
+            right = client.post("/predict", content=png_bytes(1), headers={"content-type": "image/png",
+                                                                           "authorization": f"Bearer {token}"})
+            assert right.status_code == 200
+            assert client.get("/v2/health/ready").status_code == 200 and client.get("/metrics").status_code == 200
+            preflight = client.options("/predict", headers={"origin": "https://example.org",
+                                                             "access-control-request-method": "POST",
+                                                             "access-control-request-headers": "authorization"})
+            assert preflight.status_code == 200
+            assert preflight.headers["access-control-allow-origin"] == "https://example.org"
+            other = client.options("/predict", headers={"origin": "https://evil.example",
+                                                         "access-control-request-method": "POST"})
+            assert "access-control-allow-origin" not in other.headers
+    finally:
+        server.stop()
+
+
+def test_short_tokens_and_odd_origins_are_refused(checkpoint):
+    from alexnet_cli.config.settings import ServeConfig
+    from alexnet_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        ServeConfig(api_key="short")
+    with pytest.raises(ConfigError, match="--cors-origin is an origin"):
+        ServeConfig(cors_origins=("example.org",))
+
+
+def test_each_request_gets_an_id_and_one_access_log_line(http, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="alexnet.access"):
+        given = http.get("/v2/health/live", headers={"x-request-id": "abc-123"})
+        made = http.get("/v2/health/live")
+        hostile = http.get("/v2/health/live", headers={"x-request-id": "x" * 300})
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(made.headers["x-request-id"]) == 32 and len(hostile.headers["x-request-id"]) == 32
+    lines = [record.getMessage() for record in caplog.records if record.name == "alexnet.access"]
+    assert any('"GET /v2/health/live" 200' in line and line.endswith("id=abc-123") for line in lines), lines
+
+
+def test_metrics_include_the_process_and_the_queue_wait_and_decode_time(http):
+    http.post("/predict", content=png_bytes(13), headers={"content-type": "image/png"})
+    text = http.get("/metrics").text
+    for name in ("process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total",
+                 "alexnet_queue_wait_seconds_count", "alexnet_decode_duration_seconds_count"):
+        assert name in text, name

@@ -440,9 +440,13 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(checkpoint):
                         break
                     await asyncio.sleep(0.02)
                 process.send_signal(signal.SIGTERM)
-                return await asyncio.gather(*requests)
+                await asyncio.sleep(0.3)
+                # Not ready first, while the listener is still open: a load balancer stops sending.
+                ready = await http.get("/v2/health/ready")
+                return await asyncio.gather(*requests), ready
 
-        responses = asyncio.run(in_flight())
+        responses, ready = asyncio.run(in_flight())
+        assert ready.status_code == 503 and ready.json() == {"ready": False, "reason": "draining after SIGTERM"}
         assert [r.status_code for r in responses] == [200] * 8
         assert process.wait(30) == 0
         with pytest.raises(httpx.ConnectError):  # it took no more requests
