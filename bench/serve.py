@@ -2,6 +2,7 @@
 
     python bench/serve.py                    # the default alexnet at 227 and at 67 pixels, 1/8/32/64 clients
     python bench/serve.py --image-size 227 --seconds 10 --overload-seconds 30
+    python bench/serve.py --hostile --image-size 227 --baseline CHECKOUT    # bench/hostile.py
 
 The plain handler is FastAPI's documented shape: a `def` endpoint taking an UploadFile, the model loaded once,
 torchvision's transforms, one forward pass at batch 1 per request (FastAPI runs it on its thread pool, so
@@ -395,8 +396,8 @@ def one_size(image_size: int, args, images: list[bytes], folder: Path) -> dict:
         finally:
             stop(process)
     print("alexnet serve:", flush=True)
-    served, url = start([sys.executable, "-m", "alexnet_cli", "serve", str(checkpoint), "--port", "0",
-                         "--device", "cpu", "--precision", args.precision])
+    served, url = start([sys.executable, "-m", "alexnet_cli", "serve", "--weights", str(checkpoint), "--port", "0",
+                         "--device", "cpu", "--precision", args.precision, "--quiet"])
     overload = None
     try:
         served_rows = measure(url, images, args.clients, args.warm_up, args.seconds)
@@ -432,6 +433,79 @@ def report(result: dict) -> None:
               + f" | {_batch(served['mean_batch'])} |")
 
 
+def hostile_run(image_size: int, args, images: list[bytes], folder: Path) -> dict:
+    """--hostile: 8 good clients alone, then the same clients under the hostile mix (bench/hostile.py); with
+    --baseline, first the throughput at 32 clients of this tree's server against the baseline tree's, rounds
+    alternating."""
+    from hostile import good_clients, hostile_mix
+
+    checkpoint = folder / f"alexnet-{image_size}.pt"
+    make_checkpoint(checkpoint, image_size)
+    command = [sys.executable, "-m", "alexnet_cli", "serve", "--port", "0", "--device", "cpu", "--precision",
+               args.precision]
+    result: dict = {"image_size": image_size}
+    if args.baseline:
+        result["clean_32"] = clean_against_baseline(command, checkpoint, args, images)
+    served, url = start([*command, "--weights", str(checkpoint)])
+    drain(served)
+    try:
+        asyncio.run(good_clients(url, images, 8, args.warm_up, post))  # warm
+        result["clean"] = asyncio.run(good_clients(url, images, 8, args.seconds, post))
+        result["hostile"] = asyncio.run(hostile_mix(url, images, served.pid, args.seconds, 64, post, rss_mb))
+    finally:
+        stop(served)
+    return result
+
+
+def drain(process: subprocess.Popen) -> None:
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+
+
+def clean_against_baseline(command: list[str], checkpoint: Path, args, images: list[bytes]) -> dict:
+    """Requests/s at 32 clients, this tree's server and the baseline's (PYTHONPATH=--baseline), in alternating
+    rounds, each a fresh server."""
+    rates: dict[str, list[float]] = {"this tree": [], "baseline": []}
+    for _ in range(args.rounds):
+        for name in rates:
+            env = {**os.environ, "PYTHONPATH": str(args.baseline)} if name == "baseline" else None
+            process = subprocess.Popen([*command, "--weights", str(checkpoint)], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE,
+                                       text=True, env=env)
+            while "listening on http://" not in (line := process.stderr.readline()):
+                if not line and process.poll() is not None:
+                    raise SystemExit(f"the {name} server did not start")
+            url = line.split("listening on ")[1].split()[0]
+            drain(process)  # the access log, read and dropped: a full pipe would stall the server
+            try:
+                rates[name].append(asyncio.run(closed_loop(url, images, 32, args.warm_up, args.seconds))["per_second"])
+            finally:
+                stop(process)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {"rounds": rates, "median": medians, "ratio": medians["this tree"] / medians["baseline"]}
+
+
+def hostile_report(result: dict) -> None:
+    print(f"\n== hostile mix, alexnet at {result['image_size']} px")
+    if "clean_32" in result:
+        clean = result["clean_32"]
+        print(f"clean traffic, 32 clients: this tree {clean['median']['this tree']:.1f} requests/s, the baseline "
+              f"{clean['median']['baseline']:.1f} ({clean['ratio']:.3f}x; rounds {clean['rounds']})")
+    clean, hostile = result["clean"], result["hostile"]
+    good = hostile["good"]
+    print(f"8 good clients alone: {clean['per_second']:.1f} requests/s, p50 {clean['p50_ms']:.0f} ms, p99 "
+          f"{clean['p99_ms']:.0f} ms, statuses {clean['statuses']}")
+    print(f"8 good clients under the mix: {good['per_second']:.1f} requests/s, p50 {good['p50_ms']:.0f} ms, p99 "
+          f"{good['p99_ms']:.0f} ms ({good['p99_ms'] / clean['p99_ms']:.2f}x clean), statuses {good['statuses']}")
+    print(f"liveness: {hostile['live_probes']} probes, p99 {hostile['live_p99_ms']:.1f} ms")
+    print(f"RSS: {hostile['rss_start_mb']:.0f} MB at the start, peak {hostile['rss_peak_mb']:.0f} MB")
+    print(f"metric series: {hostile['series_before']} after the first second, {hostile['series_after']} at the end")
+    print(f"slow upload connections opened: {hostile['slow_connections_opened']}")
+    for name, statuses in hostile["hostile"].items():
+        print(f"  {name}: {statuses}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image-size", type=int, nargs="+", default=[227, 67])
@@ -445,6 +519,10 @@ def main() -> None:
     parser.add_argument("--plain-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--litserve-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--hostile", action="store_true", help="the hostile mix (bench/hostile.py) instead")
+    parser.add_argument("--baseline", type=Path, help="with --hostile: a source tree (a checkout) whose server "
+                        "the clean throughput at 32 clients is compared with")
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: alternating rounds")
     args = parser.parse_args()
     if args.plain_server:
         return run_plain_server(args.plain_server)
@@ -458,7 +536,16 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for image_size in args.image_size:
+            if args.hostile:
+                result = hostile_run(image_size, args, images, Path(folder))
+                hostile_report(result)
+                results.append(result)
+                continue
             results.append(one_size(image_size, args, images, Path(folder)))
+    if args.hostile:
+        if args.json:
+            args.json.write_text(json.dumps({"cpu": cpu_name(), "results": results}, indent=2))
+        return
     for result in results:
         report(result)
     if args.json:

@@ -55,10 +55,14 @@ class Service:
         return True, ""
 
     async def within_timeout(self, work):
-        """`work` (a coroutine), or 504 when it takes longer than --timeout."""
+        """`work` (a coroutine), or 504 when it takes longer than --timeout. asyncio.timeout where Python has it
+        (3.11): it runs the work in the request's own task, where wait_for would make a task a request."""
         try:
+            if hasattr(asyncio, "timeout"):
+                async with asyncio.timeout(self.cfg.timeout):
+                    return await work
             return await asyncio.wait_for(work, self.cfg.timeout)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, TimeoutError):
             raise RequestError(504, f"the request took longer than {self.cfg.timeout:g} s (--timeout)") from None
 
     def admit(self, images: int = 1) -> Ticket:

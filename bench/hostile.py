@@ -1,0 +1,152 @@
+"""The hostile mix of `python bench/serve.py --hostile` (docs/serve.md, "Load, faults and bad input").
+
+While 8 good clients post photos in a closed loop, these hit the same server at once:
+  - slow uploads: more connections than --max-queue, each sending its head and a byte of body a second;
+  - protocol requests naming one output a thousand times;
+  - PNGs of 8000x8000 pixels (under Pillow's limit of 89 million, a few hundred kB each), two at a time;
+  - deeply nested JSON bodies;
+  - requests with invented HTTP methods.
+A probe asks /v2/health/live every 20 ms. Reported: the good requests' statuses and p50/p99 against a clean run
+of the same clients just before, the probe's p99, the server's RSS, and the number of metric series after the
+mix's first second and at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import statistics
+import time
+
+
+def _quantiles(values: list[float]) -> tuple[float | None, float | None]:
+    ordered = sorted(values)
+    if not ordered:
+        return None, None
+    return 1000 * statistics.median(ordered), 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def big_png(side: int = 8000) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (40, 90, 160)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def series(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line.startswith("alexnet_requests_total{"))
+
+
+async def good_clients(url: str, images: list[bytes], clients: int, seconds: float, post) -> dict:
+    latencies, statuses = [], {}
+    end = time.monotonic() + seconds
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        async def client(index: int) -> None:
+            while time.monotonic() < end:
+                started = time.monotonic()
+                try:
+                    status, _ = await post(http, url, images[index % len(images)])
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    status = type(exc).__name__
+                statuses[status] = statuses.get(status, 0) + 1
+                latencies.append(time.monotonic() - started)
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+    p50, p99 = _quantiles(latencies)
+    return {"requests": len(latencies), "per_second": len(latencies) / seconds, "p50_ms": p50, "p99_ms": p99,
+            "statuses": statuses}
+
+
+async def _slow_upload(host: str, port: int, stop: asyncio.Event, opened: list[int]) -> None:
+    while not stop.is_set():
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            opened[0] += 1
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 1000000\r\n\r\n\x89PNG")
+            await writer.drain()
+            while not stop.is_set() and not reader.at_eof():
+                await asyncio.sleep(1.0)
+                writer.write(b"\0")
+                await writer.drain()
+        except OSError:
+            await asyncio.sleep(0.1)
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+async def _repeat(stop: asyncio.Event, statuses: dict, send) -> None:
+    import aiohttp
+
+    while not stop.is_set():
+        try:
+            status = await send()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            status = type(exc).__name__
+        statuses[status] = statuses.get(status, 0) + 1
+        await asyncio.sleep(0.01)
+
+
+async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, max_queue: int, post, rss_mb) -> dict:
+    import aiohttp
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stop = asyncio.Event()
+    opened = [0]
+    png = big_png()
+    dup = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}],
+                      "outputs": [{"name": "probabilities"}] * 1000}).encode()
+    nested = b"[" * 100_000 + b"]" * 100_000
+    hostile: dict[str, dict] = {"duplicate outputs": {}, "8000x8000 PNG": {}, "nested JSON": {},
+                                "invented methods": {}}
+    live: list[float] = []
+    rss = [rss_mb(pid)]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+        async def status_of(method: str, path: str, **kwargs) -> int:
+            async with http.request(method, f"{url}{path}", **kwargs) as response:
+                await response.read()
+                return response.status
+
+        async def probe() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                await status_of("GET", "/v2/health/live")
+                live.append(time.monotonic() - started)
+                await asyncio.sleep(0.02)
+
+        async def sample() -> None:
+            while not stop.is_set():
+                rss.append(rss_mb(pid))
+                await asyncio.sleep(0.25)
+
+        counter = iter(range(10**9))
+        tasks = [asyncio.ensure_future(_slow_upload(host, int(port), stop, opened)) for _ in range(max_queue + 8)]
+        tasks += [
+            asyncio.ensure_future(_repeat(stop, hostile["duplicate outputs"], lambda: status_of(
+                "POST", "/v2/models/alexnet/infer", data=dup, headers={"content-type": "application/json"}))),
+            *[asyncio.ensure_future(_repeat(stop, hostile["8000x8000 PNG"], lambda: status_of(
+                "POST", "/predict", data=png, headers={"content-type": "image/png"}))) for _ in range(2)],
+            asyncio.ensure_future(_repeat(stop, hostile["nested JSON"], lambda: status_of(
+                "POST", "/v2/models/alexnet/infer", data=nested, headers={"content-type": "application/json"}))),
+            asyncio.ensure_future(_repeat(stop, hostile["invented methods"], lambda: status_of(
+                f"BREW{next(counter)}", "/predict"))),
+            asyncio.ensure_future(probe()), asyncio.ensure_future(sample()),
+        ]
+        await asyncio.sleep(1.0)  # the slow uploads in place, and each kind of refusal counted once
+        await http.get(f"{url}/metrics")  # (its own series)
+        before = series(await (await http.get(f"{url}/metrics")).text())
+        good = await good_clients(url, images, 8, seconds, post)
+        after = series(await (await http.get(f"{url}/metrics")).text())  # before the slow uploads hang up (499s)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    _, live_p99 = _quantiles(live)
+    return {"good": good, "hostile": hostile, "slow_connections_opened": opened[0], "live_probes": len(live),
+            "live_p99_ms": live_p99, "rss_start_mb": rss[0], "rss_peak_mb": max(rss), "series_before": before,
+            "series_after": after}
