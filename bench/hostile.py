@@ -6,9 +6,10 @@ While 8 good clients post photos in a closed loop, these hit the same server at 
   - PNGs of 8000x8000 pixels (under Pillow's limit of 89 million, a few hundred kB each), two at a time;
   - deeply nested JSON bodies;
   - requests with invented HTTP methods.
-A probe asks /v2/health/live every 20 ms. Reported: the good requests' statuses and p50/p99 against a clean run
-of the same clients just before, the probe's p99, the server's RSS, and the number of metric series after the
-mix's first second and at its end.
+The attack runs in a process of its own, so that the good clients' event loop, whose latencies are measured, is
+not the one busy sending it. A probe asks /v2/health/live every 20 ms. Reported: the good requests' statuses
+and p50/p99 against a clean run of the same clients just before, the probe's p99, the server's RSS, and the
+number of metric series once every kind of hostile request has been answered and at the end.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ async def _repeat(stop: asyncio.Event, statuses: dict, send) -> None:
         await asyncio.sleep(0.01)
 
 
-async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, max_queue: int, post, rss_mb) -> dict:
+async def attack(url: str, seconds: float, max_queue: int) -> dict:
+    """The hostile requests alone, for `seconds`: what `--attack` runs, in a process of its own, so that the
+    good clients' event loop (whose latencies are measured) is not the one busy sending them."""
     import aiohttp
 
     host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -105,26 +108,11 @@ async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, m
     nested = b"[" * 100_000 + b"]" * 100_000
     hostile: dict[str, dict] = {"duplicate outputs": {}, "8000x8000 PNG": {}, "nested JSON": {},
                                 "invented methods": {}}
-    live: list[float] = []
-    rss = [rss_mb(pid)]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-
         async def status_of(method: str, path: str, **kwargs) -> int:
             async with http.request(method, f"{url}{path}", **kwargs) as response:
                 await response.read()
                 return response.status
-
-        async def probe() -> None:
-            while not stop.is_set():
-                started = time.monotonic()
-                await status_of("GET", "/v2/health/live")
-                live.append(time.monotonic() - started)
-                await asyncio.sleep(0.02)
-
-        async def sample() -> None:
-            while not stop.is_set():
-                rss.append(rss_mb(pid))
-                await asyncio.sleep(0.25)
 
         counter = iter(range(10**9))
         tasks = [asyncio.ensure_future(_slow_upload(host, int(port), stop, opened)) for _ in range(max_queue + 8)]
@@ -137,16 +125,69 @@ async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, m
                 "POST", "/v2/models/alexnet/infer", data=nested, headers={"content-type": "application/json"}))),
             asyncio.ensure_future(_repeat(stop, hostile["invented methods"], lambda: status_of(
                 f"BREW{next(counter)}", "/predict"))),
-            asyncio.ensure_future(probe()), asyncio.ensure_future(sample()),
         ]
-        await asyncio.sleep(1.0)  # the slow uploads in place, and each kind of refusal counted once
+        await asyncio.sleep(1.0)
+        print("ready", flush=True)  # every kind has been sent: the measured part begins
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {"hostile": {name: {str(k): v for k, v in statuses.items()} for name, statuses in hostile.items()},
+            "slow_connections_opened": opened[0]}
+
+
+async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, max_queue: int, post, rss_mb) -> dict:
+    """The good clients, a liveness probe and an RSS sampler here; the attack in a process of its own."""
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    stop = asyncio.Event()
+    live: list[float] = []
+    rss = [rss_mb(pid)]
+    attacker = subprocess.Popen([sys.executable, __file__, "--attack", url, "--seconds", str(seconds + 1),
+                                 "--max-queue", str(max_queue)], stdout=subprocess.PIPE, text=True)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        async def probe() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                async with http.get(f"{url}/v2/health/live") as response:
+                    await response.read()
+                live.append(time.monotonic() - started)
+                await asyncio.sleep(0.02)
+
+        async def sample() -> None:
+            while not stop.is_set():
+                rss.append(rss_mb(pid))
+                await asyncio.sleep(0.25)
+
+        tasks = [asyncio.ensure_future(probe()), asyncio.ensure_future(sample())]
+        assert attacker.stdout is not None
+        # The slow uploads in place, and each kind of refusal sent: the attacker says so.
+        await asyncio.get_running_loop().run_in_executor(None, attacker.stdout.readline)
+        await asyncio.sleep(0.5)
         await http.get(f"{url}/metrics")  # (its own series)
         before = series(await (await http.get(f"{url}/metrics")).text())
         good = await good_clients(url, images, 8, seconds, post)
         after = series(await (await http.get(f"{url}/metrics")).text())  # before the slow uploads hang up (499s)
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+    attacked = json.loads(attacker.communicate(timeout=120)[0])
     _, live_p99 = _quantiles(live)
-    return {"good": good, "hostile": hostile, "slow_connections_opened": opened[0], "live_probes": len(live),
-            "live_p99_ms": live_p99, "rss_start_mb": rss[0], "rss_peak_mb": max(rss), "series_before": before,
-            "series_after": after}
+    return {"good": good, **attacked, "live_probes": len(live), "live_p99_ms": live_p99, "rss_start_mb": rss[0],
+            "rss_peak_mb": max(rss), "series_before": before, "series_after": after}
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the attack alone (bench/serve.py --hostile starts it)")
+    parser.add_argument("--attack", required=True, help="the server's URL")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--max-queue", type=int, default=64)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(attack(args.attack, args.seconds, args.max_queue))))
+
+
+if __name__ == "__main__":
+    main()
