@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import statistics
 import time
 
@@ -135,8 +136,11 @@ async def attack(url: str, seconds: float, max_queue: int) -> dict:
             "slow_connections_opened": opened[0]}
 
 
-async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, max_queue: int, post, rss_mb) -> dict:
-    """The good clients, a liveness probe and an RSS sampler here; the attack in a process of its own."""
+async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, max_queue: int, post, rss_mb,
+                      nice: int = 0) -> dict:
+    """The good clients, a liveness probe and an RSS sampler here; the attack in a process of its own (at
+    `nice`, to tell what the attacker's own use of the shared cores costs the good clients). Reports the CPU
+    seconds the server and the attacker used."""
     import subprocess
     import sys
 
@@ -146,7 +150,8 @@ async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, m
     live: list[float] = []
     rss = [rss_mb(pid)]
     attacker = subprocess.Popen([sys.executable, __file__, "--attack", url, "--seconds", str(seconds + 1),
-                                 "--max-queue", str(max_queue)], stdout=subprocess.PIPE, text=True)
+                                 "--max-queue", str(max_queue)], stdout=subprocess.PIPE, text=True,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         async def probe() -> None:
             while not stop.is_set():
@@ -168,14 +173,24 @@ async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, m
         await asyncio.sleep(0.5)
         await http.get(f"{url}/metrics")  # (its own series)
         before = series(await (await http.get(f"{url}/metrics")).text())
+        cpu = (cpu_seconds(pid), cpu_seconds(attacker.pid))
         good = await good_clients(url, images, 8, seconds, post)
+        cpu = (cpu_seconds(pid) - cpu[0], cpu_seconds(attacker.pid) - cpu[1])
         after = series(await (await http.get(f"{url}/metrics")).text())  # before the slow uploads hang up (499s)
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
     attacked = json.loads(attacker.communicate(timeout=120)[0])
     _, live_p99 = _quantiles(live)
     return {"good": good, **attacked, "live_probes": len(live), "live_p99_ms": live_p99, "rss_start_mb": rss[0],
-            "rss_peak_mb": max(rss), "series_before": before, "series_after": after}
+            "rss_peak_mb": max(rss), "series_before": before, "series_after": after, "attacker_nice": nice,
+            "cpu_seconds": {"server": cpu[0], "attacker": cpu[1], "over": seconds}}
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU time so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -451,7 +451,8 @@ def hostile_run(image_size: int, args, images: list[bytes], folder: Path) -> dic
     try:
         asyncio.run(good_clients(url, images, 8, args.warm_up, post))  # warm
         result["clean"] = asyncio.run(good_clients(url, images, 8, args.seconds, post))
-        result["hostile"] = asyncio.run(hostile_mix(url, images, served.pid, args.seconds, 64, post, rss_mb))
+        result["hostile"] = asyncio.run(hostile_mix(url, images, served.pid, args.seconds, 64, post, rss_mb,
+                                                    args.attacker_nice))
     finally:
         stop(served)
     return result
@@ -502,6 +503,9 @@ def hostile_report(result: dict) -> None:
     print(f"RSS: {hostile['rss_start_mb']:.0f} MB at the start, peak {hostile['rss_peak_mb']:.0f} MB")
     print(f"metric series: {hostile['series_before']} after the first second, {hostile['series_after']} at the end")
     print(f"slow upload connections opened: {hostile['slow_connections_opened']}")
+    cpu = hostile["cpu_seconds"]
+    print(f"CPU over the {cpu['over']:g} s measured: the server {cpu['server']:.1f} s, the attacker (nice "
+          f"{hostile['attacker_nice']}) {cpu['attacker']:.1f} s")
     for name, statuses in hostile["hostile"].items():
         print(f"  {name}: {statuses}")
 
@@ -523,6 +527,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="with --hostile: a source tree (a checkout) whose server "
                         "the clean throughput at 32 clients is compared with")
     parser.add_argument("--rounds", type=int, default=3, help="with --baseline: alternating rounds")
+    parser.add_argument("--attacker-nice", type=int, default=0, help="with --hostile: the attacker's niceness")
     args = parser.parse_args()
     if args.plain_server:
         return run_plain_server(args.plain_server)
