@@ -64,6 +64,10 @@ def fit(cfg: TrainConfig, observer: Observer, dist: distmod.Dist = distmod.SINGL
         check_writable(cfg.output or RUNS_ROOT, "the run folder")
         if checkpoint is None:
             refuse_a_run_there(cfg.output)
+        output = Path(cfg.output or RUNS_ROOT).resolve()
+        if cfg.data is not None and output.is_relative_to(Path(cfg.data).resolve()):
+            raise ConfigError(f"the run folder {cfg.output or RUNS_ROOT} is inside the training folder {cfg.data}: "
+                              "its files would be read as a class next time; give --output outside it")
     # Runtime: the checks that need no data come first, so that a wrong option fails in a second.
     runtime = _runtime(cfg, choice, observer)
     # Data: listed from the folders' index (bad files named), then decoded into the cache where it fits;

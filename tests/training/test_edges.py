@@ -237,3 +237,10 @@ def test_validation_on_the_training_folder_itself_is_refused(runner, tmp_path):
     result = invoke(runner, ["train", str(data), "--val", str(tmp_path / "data" / "."), *FAST_TRAIN])
     assert result.exit_code == 2 and "is the training folder itself" in one_error_line(result), result.output
 
+
+def test_a_run_folder_inside_the_training_folder_is_refused(runner, tmp_path):
+    data = solid_folder(tmp_path / "data", per_class=3, seed=0)
+    result = invoke(runner, ["train", str(data), "--output", str(data / "dark" / "run"), *FAST_TRAIN])
+    assert result.exit_code == 2 and "is inside the training folder" in one_error_line(result), result.output
+    assert not (data / "dark" / "run").exists()
+
