@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ def class_name(folder: str) -> str:
 def class_names(root: Path, folders: Sequence[str]) -> list[str]:
     """The class names of `folders`; DataError when two folders are one name written two ways."""
     names = [class_name(folder) for folder in folders]
-    twice = sorted({name for name in names if names.count(name) > 1})
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
     if twice:
         raise DataError(f"{root} has two class folders named {twice[0]}, written two ways in Unicode (NFC and NFD): "
                         "merge them")
@@ -75,8 +76,8 @@ def display_names(root: Path, classes: Sequence[str], names_file: Path | None = 
             raise DataError(f"--class-names {path} names none of the classes of {root} ({', '.join(classes[:3])}"
                             f"{', ...' if len(classes) > 3 else ''})")
         shown = [unicodedata.normalize("NFC", mapping.get(name, name)) for name in classes]
-        taken = [label for label in shown if shown.count(label) > 1]
-        shown = [f"{label} ({name})" if label in taken else label for label, name in zip(shown, classes)]
+        counts = Counter(shown)  # (ImageNet has 1,000 classes: a count per name, not a scan per name)
+        shown = [f"{label} ({name})" if counts[label] > 1 else label for label, name in zip(shown, classes)]
         return DisplayNames(tuple(shown), str(path), tuple(name for name in classes if name not in mapping),
                             tuple(passed_over))
     return DisplayNames((), None, (), tuple(passed_over))

@@ -332,7 +332,8 @@ def test_docs_are_off_unless_asked_for_and_no_answer_holds_a_file_path(checkpoin
         assert str(checkpoint.parent) not in http.get(path).text, path
 
 
-def test_every_bind_beyond_loopback_is_named():
+def test_every_address_beyond_loopback_counts_as_exposed():
+    """serve warns when its --host is exposed(): a pure function of the address, so nothing is bound here."""
     from alexnet_cli.serving.server import exposed
 
     assert not exposed("127.0.0.1") and not exposed("::1") and not exposed("localhost") and not exposed("127.0.0.2")
