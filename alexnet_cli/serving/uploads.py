@@ -82,19 +82,18 @@ async def read_body(request: Request, limit: int, seconds: float | None = None) 
     chunks: list[bytes] = []
     size = 0
     seconds = BODY_SECONDS if seconds is None else seconds
-    deadline = asyncio.get_running_loop().time() + seconds
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - asyncio.get_running_loop().time()))
-        except StopAsyncIteration:
-            return b"".join(chunks)
-        except asyncio.TimeoutError:
-            raise RequestError(408, f"the upload took longer than {seconds:g} s to arrive") from None
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    # One deadline for the whole body (asyncio.timeout), not a task per chunk (wait_for): a large upload
+    # arrives in many chunks, and this is the cost every upload pays, good or hostile.
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"the upload took longer than {seconds:g} s to arrive") from None
+    return b"".join(chunks)
 
 
 async def _one_chunk(body: bytes) -> AsyncGenerator[bytes, None]:
