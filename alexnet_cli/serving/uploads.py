@@ -79,21 +79,24 @@ async def read_body(request: Request, limit: int, seconds: float | None = None) 
         too_large.message = (f"the upload is {_megabytes(declared)}, over the limit of {_megabytes(limit)} "
                              f"(--max-upload-mb)")
         raise too_large
-    chunks: list[bytes] = []
-    size = 0
     seconds = BODY_SECONDS if seconds is None else seconds
-    # One deadline for the whole body (asyncio.timeout), not a task per chunk (wait_for): a large upload
-    # arrives in many chunks, and this is the cost every upload pays, good or hostile.
+
+    async def collect() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # One deadline for the whole body, not one per chunk: a large upload arrives in many chunks, and a
+    # wait_for per chunk (a task each) was a cost every upload paid, good or hostile.
     try:
-        async with asyncio.timeout(seconds):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
-    except TimeoutError:
+        return await asyncio.wait_for(collect(), seconds)
+    except asyncio.TimeoutError:
         raise RequestError(408, f"the upload took longer than {seconds:g} s to arrive") from None
-    return b"".join(chunks)
 
 
 async def _one_chunk(body: bytes) -> AsyncGenerator[bytes, None]:
