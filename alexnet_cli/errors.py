@@ -51,6 +51,13 @@ class OutputError(AlexNetError):
     exit_code = 7
 
 
+class GateRefused(AlexNetError):
+    """A model that a gate refused to write: an int8 model that lost more accuracy than --max-drop, or gained
+    less speed than --min-speedup. Nothing was written."""
+
+    exit_code = 8
+
+
 class MissingExtra(ConfigError):
     """A feature whose packages come with an optional extra that is not installed. The message names the
     install line: `pip install 'alexnet-cli[EXTRA]'`."""

@@ -4,7 +4,7 @@ renders the result; this file is their table of contents, in the order `alexnet 
     app.py        the Typer app, --version, the error boundary, --recipe under the options given
     options.py    help texts and shown defaults, written from the constants that decide them
     train.py      train, lr-find, plot
-    inference.py  summary, evaluate, predict, export
+    inference.py  summary, evaluate, predict, export, benchmark
     demo.py       demo
     data.py       check, and the `data` group (pets, fashion-mnist, cifar10, imagenet)
     serve.py      serve
@@ -18,7 +18,7 @@ from __future__ import annotations
 from alexnet_cli.cli.app import app
 from alexnet_cli.cli.data import check, data_app
 from alexnet_cli.cli.demo import demo
-from alexnet_cli.cli.inference import evaluate, export, predict, summary
+from alexnet_cli.cli.inference import benchmark, evaluate, export, predict, summary
 from alexnet_cli.cli.serve import serve
 from alexnet_cli.cli.train import lr_find, plot, train
 
@@ -31,6 +31,7 @@ app.command()(plot)
 app.command()(demo)
 app.command()(check)
 app.command()(export)
+app.command()(benchmark)
 app.command()(serve)
 app.add_typer(data_app, name="data")
 

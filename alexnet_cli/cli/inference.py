@@ -157,8 +157,18 @@ def export(
     weights: CheckpointOption = None,
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     output: Annotated[Path | None, typer.Option(help="Model file.", show_default="beside the checkpoint")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="An int8 ONNX model for the CPU, calibrated and gated on "
+                                       "accuracy and speed (docs/export.md).")] = False,
+    calib: Annotated[Path | None, typer.Option(help="With --int8: images to calibrate on.",
+                                               show_default="the run's training images")] = None,
+    calib_images: Annotated[int, typer.Option(help="With --int8: how many images to calibrate on.")] = 256,
+    val: Annotated[Path | None, typer.Option(help="With --int8: a labelled folder to measure top-1 on.",
+                                             show_default="the run's held-out images")] = None,
+    max_drop: Annotated[float, typer.Option(help="With --int8: the most top-1 points it may lose.")] = 1.0,
+    min_speedup: Annotated[float, typer.Option(help="With --int8: the least speed-up over fp32 at batch 32.")] = 1.5,
 ) -> None:
-    """Write the model with softmax included, plus its class names and preprocessing as JSON; checks the result."""
+    """Write the model with softmax included, plus its class names and preprocessing as JSON; checks the result.
+    With --int8, an int8 ONNX model, written only when it keeps its accuracy and gains speed here."""
     from alexnet_cli.artifacts.checkpoint import load_checkpoint
     from alexnet_cli.artifacts.run_folder import resolve_weights
     from alexnet_cli.inference.export import default_output
@@ -166,9 +176,57 @@ def export(
     from alexnet_cli.runtime.files import check_writable
 
     with boundary():
-        path = resolve_weights(checkpoint(old_weights, weights), RichObserver())
+        with_int8 = {"--calib": calib, "--val": val} if not int8 else {}
+        if given := [name for name, value in with_int8.items() if value is not None]:
+            raise ConfigError(f"{' and '.join(given)} go with --int8")
+        if int8 and fmt != "onnx":
+            raise ConfigError(f"--int8 writes an ONNX model (ONNX Runtime runs it): drop --format {fmt}")
+        if calib_images < 1 or max_drop < 0 or min_speedup < 0:
+            raise ConfigError("--calib-images is at least 1, and --max-drop and --min-speedup are not negative")
+        observer = RichObserver()
+        path = resolve_weights(checkpoint(old_weights, weights), observer)
+        if int8:
+            from alexnet_cli.inference.int8 import Int8Settings, quantize
+            from alexnet_cli.inference.int8 import default_output as int8_output
+
+            check_writable(output or int8_output(path), "the int8 model", is_file=True)
+            done = quantize(load_checkpoint(path), Int8Settings(output, calib, val, calib_images, max_drop,
+                                                                min_speedup), observer)
+            console.info(f"wrote {done.model_path} and {done.metadata_path}")
+            return
         check_writable(output or default_output(path, fmt), "the exported model", is_file=True)
         result = run_export(load_checkpoint(path), fmt, output)
         console.info(f"wrote {result.model_path} and {result.metadata_path}")
         console.info(f"checked against PyTorch on a {'x'.join(map(str, result.sample_shape))} batch: "
                      f"largest difference in probabilities {result.max_difference:.2e}")
+
+
+def benchmark(
+    old_weights: Annotated[Path | None, typer.Argument(
+        help="The checkpoint (same as --weights).", show_default=False, metavar="[WEIGHTS]")] = None,
+    weights: CheckpointOption = None,
+    data: Annotated[Path | None, typer.Option(help="A labelled folder for the top-1 column.",
+                                              show_default="the run's held-out images")] = None,
+    int8: Annotated[Path | None, typer.Option(help="The int8 model (alexnet export --int8).",
+                                              show_default="WEIGHTS' .int8.onnx, or one calibrated here")] = None,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Every way to run the model on this machine, in one table: size, top-1, latency, images/s, memory."""
+    from alexnet_cli.artifacts.run_folder import resolve_weights
+    from alexnet_cli.cli.progress import steps
+    from alexnet_cli.inference.benchmark import ROWS, BenchmarkSettings
+    from alexnet_cli.inference.benchmark import benchmark as run_benchmark
+
+    with boundary():
+        if old_weights is not None and weights is not None and old_weights != weights:
+            raise ConfigError(f"two checkpoints: {old_weights} and --weights {weights}; give one")
+        observer = RichObserver()
+        path = resolve_weights(old_weights or weights, observer)
+        settings = BenchmarkSettings(path, data, int8, device)
+        with steps("measuring", len(ROWS)) as step:
+            result = run_benchmark(settings, observer, step)
+        if as_json:
+            console.print_json(result.to_dict())
+        else:
+            tables.benchmark(result)

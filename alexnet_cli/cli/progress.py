@@ -101,3 +101,23 @@ class RichObserver:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+@contextmanager
+def steps(description: str, total: int) -> Iterator[Callable[[str], None]]:
+    """A bar over `total` named steps, each told by step(name) as it starts: on a terminal; elsewhere each step's
+    name in a line."""
+    if not console.is_terminal:
+        yield lambda name: info(f"{description}: {name}")
+        return
+    with Progress(TextColumn(escape(description)), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total, now="")
+        started = [0]
+
+        def step(name: str) -> None:
+            bar.update(task, completed=started[0], now=escape(name))
+            started[0] += 1
+
+        yield step
+        bar.update(task, completed=total)

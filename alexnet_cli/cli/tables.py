@@ -297,3 +297,23 @@ def lr_curve(lrs, losses, suggestion: float, rows: int = 12) -> None:
     for i in sorted(set(range(0, len(lrs), stride)) | {len(lrs) - 1, nearest}):
         table.add_row(f"{lrs[i]:.2e}", f"{losses[i]:.4f}", "<- suggested" if i == nearest else "")
     console.print(table)
+
+
+def benchmark(result) -> None:
+    """alexnet benchmark's table: a row per way to run the model, with where it came from or why it did not run."""
+    table = Table(title=f"{escape(result.machine)}\ntop-1 on {result.images:,} images: {escape(result.data)}; "
+                        f"{result.image_size} px", title_justify="left")
+    for column in ("way to run", "device", "size MB", "top-1", "ms at batch 1", "images/s at 32", "peak MB",
+                   "note"):
+        table.add_column(column, justify="left" if column in ("way to run", "device", "note") else "right",
+                         no_wrap=column != "note",
+                         ratio=1 if column == "note" else None, overflow="fold")
+    for row in result.rows:
+        note = escape(row.note) if row.ran else f"[yellow]not run:[/] {escape(row.note)}"
+        if not row.ran:
+            table.add_row(escape(row.name), row.device, "-", "-", "-", "-", "-", note)
+            continue
+        table.add_row(escape(row.name), row.device, f"{row.size_mb:,.1f}", f"{row.top1:.2%}",
+                      f"{row.latency_ms:,.1f}", f"{row.images_per_second:,.1f}",
+                      "-" if row.peak_mb is None else f"{row.peak_mb:,.0f}", note)
+    console.print(table)

@@ -177,6 +177,7 @@ def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, cfg.workers)
     held = held_out(cfg.run) if cfg.data is None and cfg.run is not None else None  # before the checkpoint
     source = _predictor(cfg, observer)
+    runtime = source.runtime(runtime)
     runtime.report(observer)
     images = _images(cfg, held, source.class_names, observer)
     for skipped in images.skipped:

@@ -18,13 +18,14 @@ from alexnet_cli.data import loading
 from alexnet_cli.data.images import open_image
 from alexnet_cli.data.names import printable
 from alexnet_cli.data.preprocess import Preprocess
-from alexnet_cli.errors import DataError
+from alexnet_cli.errors import ConfigError, DataError
 from alexnet_cli.inference import gradcam as explain
+from alexnet_cli.inference.onnx_model import OnnxModel, is_onnx, read_onnx
 from alexnet_cli.inference.tta import eval_transforms as tta_transforms
 from alexnet_cli.inference.tta import forward as tta_forward
 from alexnet_cli.models.alexnet import build_model
 from alexnet_cli.observer import Observer
-from alexnet_cli.runtime.context import DECODE_THREADS, prepare_for_inference, resolve_runtime, to_device
+from alexnet_cli.runtime.context import DECODE_THREADS, Runtime, prepare_for_inference, resolve_runtime, to_device
 from alexnet_cli.runtime.files import atomic_write
 
 
@@ -39,6 +40,27 @@ class Predictor:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.display_names or self.class_names
+
+    @property
+    def onnx(self) -> OnnxModel | None:
+        """The exported model this runs, where it is one (`alexnet export`, fp32 or --int8)."""
+        return self.model if isinstance(self.model, OnnxModel) else None
+
+    @property
+    def precision(self) -> str | None:
+        """An exported model's own precision (int8 or fp32); None for a checkpoint, which --precision sets."""
+        return self.onnx.precision if self.onnx is not None else None
+
+    def runtime(self, runtime: Runtime) -> Runtime:
+        """Where it computes: as --device and --precision say, or, for an exported model, in ONNX Runtime on
+        the CPU in its own precision (said in the device and precision lines)."""
+        return runtime.on_onnx_runtime(self.precision) if self.precision is not None else runtime
+
+    def refuse_grad_cam(self, what: str) -> None:
+        if self.onnx is not None:
+            raise ConfigError(f"{what} draws Grad-CAM from the model's gradients, which an exported "
+                              f"{self.precision} model does not have: use the checkpoint it was exported from, "
+                              f"{printable(str(self.onnx.source or 'its best.pt'))}")
 
 
 def ranked(values: list[float], classes: list[int], labels: tuple[str, ...],
@@ -56,7 +78,12 @@ def load_predictor(weights: Path | None, pretrained: bool, observer: Observer) -
     """A trained checkpoint (the newest run's best.pt by default), or torchvision's ImageNet weights."""
     if pretrained:
         return imagenet_predictor()
-    checkpoint = load_checkpoint(resolve_weights(weights, observer, alternative=" or --pretrained for ImageNet"))
+    path = resolve_weights(weights, observer, alternative=" or --pretrained for ImageNet")
+    if is_onnx(path):
+        exported = read_onnx(path)
+        return Predictor(OnnxModel(exported.path, exported.precision, source=exported.metadata.get("source")),
+                         exported.class_names, exported.preprocess, str(path), exported.display_names)
+    checkpoint = load_checkpoint(path)
     return Predictor(checkpoint.build(), checkpoint.class_names, checkpoint.preprocess, str(checkpoint.path),
                      checkpoint.display_names)
 
@@ -100,8 +127,11 @@ def predict(cfg: PredictConfig, observer: Observer) -> list[dict[str, Any]]:
     # Grad-CAM's gradients are taken in fp32.
     runtime = resolve_runtime(cfg.device, cfg.no_cuda, "fp32" if cfg.explain is not None else cfg.precision,
                               cfg.workers)
-    device, precision = runtime.device, runtime.precision
     predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
+    if cfg.explain is not None:
+        predictor.refuse_grad_cam("--explain")
+    runtime = predictor.runtime(runtime)
+    device, precision = runtime.device, runtime.precision
     runtime.report(observer)
     model = prepare_for_inference(predictor.model, device, precision)
     dataset = loading.ImageDataset(paths, None, tta_transforms(predictor.preprocess, cfg.tta),

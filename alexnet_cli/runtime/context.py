@@ -26,6 +26,12 @@ class Runtime:
         """Page-locked host memory makes non_blocking copies to CUDA asynchronous."""
         return self.device.type == "cuda"
 
+    def on_onnx_runtime(self, precision: str) -> Runtime:
+        """An exported ONNX model's: ONNX Runtime computes it on the CPU, in the file's own precision."""
+        return Runtime(torch.device("cpu"), "cpu (an exported model runs in ONNX Runtime, on the CPU)",
+                       Precision("fp32", f"{precision}, the exported model's own (--precision does not apply to it)"),
+                       self.workers)
+
     def report(self, observer: Observer) -> None:
         observer.info(f"device: {self.device_reason}")
         observer.info(f"precision: {self.precision.reason}")
@@ -87,4 +93,6 @@ def prepare_for_inference(model, device: torch.device, precision: Precision):
 
 
 def model_dtype(model) -> torch.dtype:
-    return next(model.parameters()).dtype
+    """The dtype the model computes in: its first weight's, or for a model without torch weights (an exported
+    ONNX model) its first buffer's."""
+    return next(iter([*model.parameters(), *model.buffers()][:1])).dtype

@@ -100,6 +100,7 @@ class ServedModel:
     def load(cls, cfg: ServeConfig, observer: Observer) -> ServedModel:
         runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, 0)
         predictor = load_predictor(cfg.weights, cfg.pretrained, observer)
+        runtime = predictor.runtime(runtime)
         runtime.report(observer)
         return cls(predictor, runtime, cfg.max_pixels or default_max_pixels(DECODE_THREADS))
 
@@ -177,5 +178,6 @@ class ServedModel:
         """What a client needs to know: the classes in output order, and the preprocessing."""
         return {"classes": list(self.class_names), "class_folders": list(self.class_folders),
                 **self.preprocess.to_dict(),
-                "device": str(self.runtime.device), "precision": self.runtime.precision.name,
+                "device": str(self.runtime.device),
+                "precision": self.predictor.precision or self.runtime.precision.name,
                 "tool_version": __version__}

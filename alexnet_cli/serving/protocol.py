@@ -37,14 +37,15 @@ def _digits(value: str, what: str) -> int:
     return int(value)
 
 
-def model_metadata(name: str, num_classes: int, parameters: dict[str, Any]) -> dict[str, Any]:
+def model_metadata(name: str, num_classes: int, parameters: dict[str, Any], platform: str = "pytorch"
+                   ) -> dict[str, Any]:
     """$metadata_model_response: the input and outputs, and (in `parameters`) the classes and preprocessing.
     The protocol's parameters hold strings, numbers and booleans only: a list or an object (the classes, the
     mean) is written as its JSON, a string."""
     parameters = {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict, tuple)) else value
                   for key, value in parameters.items()}
     return {
-        "name": name, "versions": ["1"], "platform": "pytorch",
+        "name": name, "versions": ["1"], "platform": platform,
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                     {"name": "confidence", "datatype": "FP32", "shape": [-1]},

@@ -57,6 +57,9 @@ async def predict_one(request: Request, service: Served,
     classes = len(service.model.class_names)
     if top_k is not None and top_k > classes:
         raise RequestError(400, f"top_k={top_k}: the model has {classes} classes")
+    if explain and service.model.predictor.onnx is not None:
+        raise RequestError(400, f"explain=1 draws Grad-CAM from the model's gradients, which this server's "
+                                f"{service.model.predictor.precision} ONNX model does not have")
     # The body first, then a place in the queue.
     data = await image_bytes(request, service.cfg.max_upload_bytes, service.cfg.body_timeout)
     ticket = service.admit()
@@ -107,7 +110,8 @@ async def server_metadata() -> dict[str, object]:
 async def model_metadata(service: Served, name: str, version: str = "1") -> dict[str, object]:
     known(service, name, version)
     model = service.model
-    return protocol.model_metadata(service.cfg.name, len(model.class_names), model.metadata())
+    platform = "onnxruntime_onnx" if model.predictor.onnx is not None else "pytorch"  # Triton's platform names
+    return protocol.model_metadata(service.cfg.name, len(model.class_names), model.metadata(), platform)
 
 
 @inference_protocol.get("/models/{name}/ready")
