@@ -3,6 +3,7 @@
     python bench/serve.py                    # the default alexnet at 227 and at 67 pixels, 1/8/32/64 clients
     python bench/serve.py --image-size 227 --seconds 10 --overload-seconds 30
     python bench/serve.py --hostile --image-size 227 --baseline CHECKOUT    # bench/hostile.py
+    python bench/serve.py --image-size 227 --clients 32 --int8 --overload-seconds 0   # and the int8 model
 
 The plain handler is FastAPI's documented shape: a `def` endpoint taking an UploadFile, the model loaded once,
 torchvision's transforms, one forward pass at batch 1 per request (FastAPI runs it on its thread pool, so
@@ -14,6 +15,8 @@ as `-F image=@...` again and again, for --seconds after a warm-up. Reported: req
 and the mean batch (from alexnet serve's /metrics; 1 for the plain handler). Then the overload: requests sent
 at 4x alexnet serve's measured rate at 32 clients, open loop, for --overload-seconds: every request must be
 answered (200 or 503 with Retry-After), and the server's RSS is sampled against its level at the start.
+With --int8, alexnet serve on the int8 model made from the same checkpoint (`make_int8`) as well, at the
+same loads, after the others.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the plain handler's UploadFile annotation at runtime.
@@ -51,6 +54,25 @@ def make_checkpoint(path: Path, image_size: int, classes: int = 10) -> None:
     model = build_model("alexnet", num_classes=classes)
     Checkpoint(arch="alexnet", class_names=tuple(f"class-{i}" for i in range(classes)),
                preprocess=Preprocess.for_arch(image_size, 227), dropout=0.5, state_dict=model.state_dict()).save(path)
+
+
+def make_int8(checkpoint: Path) -> Path:
+    """The checkpoint as `alexnet export --int8` makes it (QDQ, per-channel, reduce-range where the CPU has no
+    VNNI), calibrated on random input: its speed, not its accuracy, is what is measured here."""
+    import torch
+
+    from alexnet_cli.artifacts.checkpoint import load_checkpoint
+    from alexnet_cli.inference.export import export, metadata
+    from alexnet_cli.inference.int8 import int8_support, quantize_qdq
+
+    loaded = load_checkpoint(checkpoint)
+    fp32 = export(loaded, "onnx", checkpoint.with_suffix(".fp32.onnx")).model_path
+    output = checkpoint.with_suffix(".int8.onnx")
+    size, generator = loaded.preprocess.image_size, torch.Generator().manual_seed(1)
+    calibration = [torch.randn(16, 3, size, size, generator=generator) for _ in range(4)]
+    quantize_qdq(fp32, output, lambda: iter(calibration), len(calibration), int8_support())
+    output.with_suffix(".json").write_text(json.dumps(metadata(loaded, "onnx-int8")))
+    return output
 
 
 def make_images(count: int = IMAGES) -> list[bytes]:
@@ -414,14 +436,25 @@ def one_size(image_size: int, args, images: list[bytes], folder: Path) -> dict:
     finally:
         stop(served)
         exit_code = served.wait()
+    int8_rows = None
+    if args.int8:
+        print("alexnet serve, the int8 model (alexnet export --int8):", flush=True)
+        served, url = start([sys.executable, "-m", "alexnet_cli", "serve", "--weights", str(make_int8(checkpoint)),
+                             "--port", "0", "--quiet"])
+        try:
+            int8_rows = measure(url, images, args.clients, args.warm_up, args.seconds)
+        finally:
+            stop(served)
     return {"image_size": image_size, "forward": ceiling, "plain": plain_rows, "litserve": litserve_rows,
-            "serve": served_rows, "overload": overload, "serve_exit_code_after_sigterm": exit_code}
+            "serve": served_rows, "serve_int8": int8_rows, "overload": overload,
+            "serve_exit_code_after_sigterm": exit_code}
 
 
 def report(result: dict) -> None:
     """One markdown table per model size: each server's requests/s and latency at each load."""
     servers = [("plain", result["plain"]), *([("LitServe", result["litserve"])] if result["litserve"] else []),
-               ("alexnet serve", result["serve"])]
+               ("alexnet serve", result["serve"]),
+               *([("alexnet serve int8", result["serve_int8"])] if result.get("serve_int8") else [])]
     print(f"\n| alexnet at {result['image_size']} px | " + " | ".join(f"{name} req/s" for name, _ in servers)
           + " | serve / plain | " + " | ".join(f"{name} p50 / p99 ms" for name, _ in servers) + " | mean batch |")
     print("|---" * (2 * len(servers) + 3) + "|")
@@ -520,6 +553,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--litserve", action="store_true", help="LitServe too (pip install litserve)")
+    parser.add_argument("--int8", action="store_true", help="alexnet serve on the int8 model too")
     parser.add_argument("--plain-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--litserve-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
