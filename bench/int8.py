@@ -6,7 +6,8 @@
 
 Speed: the model alone, on a fixed random batch, at batch 1 (median latency) and 32 (images/s), each way
 measured in alternation with the others, round by round, so that a noisy machine slows all alike. The ways:
-  - PyTorch fp32 and bf16 as predict runs them (channels_last, the weights cast);
+  - PyTorch fp32 and bf16 as predict runs them (channels_last, the weights cast), and fp32 as serve runs it
+    (the classifier's weights in oneDNN's layout);
   - ONNX Runtime fp32 (alexnet export --format onnx);
   - ONNX Runtime int8, made as `alexnet export --int8` makes it (QDQ, per-channel, reduce-range where the CPU
     has no VNNI), calibrated on random input (speed does not depend on the ranges);
@@ -94,8 +95,13 @@ def speed(size: int, rounds: int, paths: bool, folder: Path) -> dict:
     cpu = torch.device("cpu")
     fp32 = prepare_for_inference(checkpoint.build(), cpu, Precision("fp32", ""))
     bf16 = prepare_for_inference(checkpoint.build(), cpu, Precision("bf16", ""))
+    from alexnet_cli.runtime.context import Runtime
+    from alexnet_cli.serving.model import batched_forward
+
+    served = batched_forward(fp32, Runtime(cpu, "cpu", Precision("fp32", ""), 0))  # the classifier in oneDNN's layout
     ways = {
         "PyTorch fp32": lambda x: fp32(x),
+        "PyTorch fp32 as serve runs it": lambda x: served(x),
         "PyTorch bf16": lambda x: bf16(x.to(torch.bfloat16)),
         "ONNX Runtime fp32": OnnxModel(fp32_onnx, "fp32"),
         "ONNX Runtime int8": OnnxModel(int8_onnx, "int8"),
