@@ -456,12 +456,15 @@ def report(result: dict) -> None:
                ("alexnet serve", result["serve"]),
                *([("alexnet serve int8", result["serve_int8"])] if result.get("serve_int8") else [])]
     print(f"\n| alexnet at {result['image_size']} px | " + " | ".join(f"{name} req/s" for name, _ in servers)
-          + " | serve / plain | " + " | ".join(f"{name} p50 / p99 ms" for name, _ in servers) + " | mean batch |")
-    print("|---" * (2 * len(servers) + 3) + "|")
+          + " | serve / plain | " + ("int8 / plain | " if result.get("serve_int8") else "")
+          + " | ".join(f"{name} p50 / p99 ms" for name, _ in servers) + " | mean batch |")
+    print("|---" * (2 * len(servers) + 3 + bool(result.get("serve_int8"))) + "|")
     for i, plain in enumerate(result["plain"]):
         served = result["serve"][i]
         print(f"| {plain['clients']} clients | " + " | ".join(f"{rows[i]['per_second']:.1f}" for _, rows in servers)
-              + f" | **{served['per_second'] / plain['per_second']:.2f}x** | "
+              + f" | **{served['per_second'] / plain['per_second']:.2f}x**"
+              + (f" | **{result['serve_int8'][i]['per_second'] / plain['per_second']:.2f}x**"
+                 if result.get("serve_int8") else "") + " | "
               + " | ".join(f"{rows[i]['p50_ms']:.0f} / {rows[i]['p99_ms']:.0f}" for _, rows in servers)
               + f" | {_batch(served['mean_batch'])} |")
 

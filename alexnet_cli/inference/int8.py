@@ -353,7 +353,8 @@ def quantize(checkpoint: Checkpoint, settings: Int8Settings, observer: Observer)
             top1(fp32, validation, preprocess, len(names)), top1(int8, validation, preprocess, len(names)),
             *paired_speed(fp32, int8, preprocess.image_size), support=support, max_drop=settings.max_drop,
             min_speedup=settings.min_speedup)
-        said = (f"top-1 fp32 {report.fp32_top1:.2%}, int8 {report.int8_top1:.2%}, {report.drop:.2f} points lost; "
+        change = f"{abs(report.drop):.2f} points {'lost' if report.drop >= 0 else 'gained'}"
+        said = (f"top-1 fp32 {report.fp32_top1:.2%}, int8 {report.int8_top1:.2%}, {change}; "
                 f"at batch {SPEED_BATCH} int8 ran {report.speedup:.2f}x fp32, {report.int8_images_per_second:.0f} "
                 f"against {report.fp32_images_per_second:.0f} images/s")
         if report.drop > settings.max_drop:
