@@ -31,11 +31,20 @@ def test_every_option_of_every_command_is_documented(runner, command):
         assert f"`{option}" in section, f"{option} of `alexnet {command}` is missing from docs/cli.md"
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return "".join(c for c in heading.strip().lower() if c.isalnum() or c in " -_").replace(" ", "-")
+
+
 def test_readme_links_point_to_files():
     readme = (ROOT / "README.md").read_text()
     for target in [part.split(")", 1)[0] for part in readme.split("](")[1:]]:
         if not target.startswith("http"):
-            assert (ROOT / target).exists(), target
+            path, _, anchor = target.partition("#")
+            assert (ROOT / path).exists(), target
+            if anchor:  # a heading of that file
+                headings = [line.lstrip("#") for line in (ROOT / path).read_text().splitlines() if line.startswith("#")]
+                assert anchor in {_slug(h) for h in headings}, target
 
 
 def _keys(value, path=""):
