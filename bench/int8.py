@@ -144,7 +144,7 @@ def accuracy(run: Path, test: Path | None, folder: Path) -> dict:
     from alexnet_cli.artifacts.checkpoint import load_checkpoint
     from alexnet_cli.cli import app
     from alexnet_cli.data import folders as datamod
-    from alexnet_cli.inference.int8 import top1
+    from alexnet_cli.inference.evaluate import top1
 
     output = folder / "best.int8.onnx"
     done = CliRunner().invoke(app, ["export", "--weights", str(run / "best.pt"), "--int8", "--output", str(output),

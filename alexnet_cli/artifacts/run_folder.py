@@ -94,6 +94,14 @@ class HeldOut:
     names: tuple[str, ...] | None  # the held-out images' paths under `data` (split.json), or None: all of it
     source: str  # one line: where it came from
 
+    def split(self, relative: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Of images named by their paths under `data` (ImageSet.relative()): the positions held out, and the
+        positions of the rest (what the run trained on)."""
+        wanted = set(self.names or ())
+        held = [i for i, name in enumerate(relative) if name in wanted]
+        rest = [i for i, name in enumerate(relative) if name not in wanted]
+        return held, rest
+
 
 def held_out(run: Path) -> HeldOut:
     """The validation a run used: the images split.json held out of its training folder, or its --val

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +22,12 @@ import torch
 
 from alexnet_cli.artifacts.checkpoint import Checkpoint, load_checkpoint
 from alexnet_cli.data import folders as datamod
-from alexnet_cli.data import loading
 from alexnet_cli.errors import AlexNetError, ConfigError
+from alexnet_cli.inference.evaluate import top1
+from alexnet_cli.inference.int8 import calibrated_here, cpu_flags, int8_support, median_seconds, run_images
 from alexnet_cli.inference.onnx_model import OnnxModel, is_onnx
 from alexnet_cli.observer import Observer
-from alexnet_cli.runtime.context import DECODE_THREADS, Runtime, prepare_for_inference
+from alexnet_cli.runtime.context import Runtime, prepare_for_inference
 from alexnet_cli.runtime.device import resolve_device
 from alexnet_cli.runtime.precision import Precision, cpu_native_bf16, cuda_native_bf16
 from alexnet_cli.runtime.system import cpu_name
@@ -76,8 +75,6 @@ def machine_line(device: torch.device) -> str:
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}), torch {torch.__version__}"
-    from alexnet_cli.inference.int8 import cpu_flags, int8_support
-
     flags = cpu_flags()
     shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
              if f in flags]
@@ -117,32 +114,6 @@ def _release() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _timed(model, x: torch.Tensor, runs: int, warm_up: int = 3) -> float:
-    """The median seconds of `runs` forward passes, after `warm_up` untimed (TorchScript's profiling executor
-    optimises the graph over its first calls)."""
-    times = []
-    with torch.inference_mode():
-        for _ in range(warm_up):
-            model(x)
-        for _ in range(runs):
-            started = time.perf_counter()
-            model(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def _accuracy(model, images: datamod.ImageSet, checkpoint: Checkpoint, runtime: Runtime, batch_size: int) -> float:
-    from alexnet_cli.inference.evaluate import evaluate_model
-
-    dataset = loading.ImageDataset(images.paths, images.labels, checkpoint.preprocess.eval_transforms(),
-                                   draft_size=checkpoint.preprocess.resize_size)
-    settings = loading.LoaderSettings.for_runtime(runtime, batch_size, threads=DECODE_THREADS)
-    with loading.make_loader(dataset, settings) as loader:
-        return evaluate_model(model, loader, runtime, len(checkpoint.class_names)).accuracy
-
-
 def _weights_mb(model: torch.nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
 
@@ -159,8 +130,6 @@ class BenchmarkSettings:
 def _validation(checkpoint: Checkpoint, data: Path | None) -> tuple[datamod.ImageSet, str]:
     if data is not None:
         return datamod.load_image_folder(data, classes=checkpoint.class_names, check="none"), str(data)
-    from alexnet_cli.inference.int8 import run_images
-
     _, held, _, source = run_images(checkpoint)
     if held is None:
         raise ConfigError(f"{checkpoint.path} comes from a run that trained without validation: give --data DIR")
@@ -206,9 +175,9 @@ def _measure(model, runtime: Runtime, images, checkpoint: Checkpoint, batch_size
     dtype = runtime.precision.dtype
     x = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     x = x.to(runtime.device, dtype).contiguous(memory_format=torch.channels_last)
-    row.latency_ms = 1000 * _timed(model, x[:1], LATENCY_RUNS)
-    row.images_per_second = BATCH / _timed(model, x, THROUGHPUT_RUNS)
-    row.top1 = _accuracy(model, images, checkpoint, runtime, batch_size)
+    row.latency_ms = 1000 * median_seconds(model, x[:1], LATENCY_RUNS)
+    row.images_per_second = BATCH / median_seconds(model, x, THROUGHPUT_RUNS)
+    row.top1 = top1(model, images, checkpoint.preprocess, len(checkpoint.class_names), runtime, batch_size)
 
 
 def _runtime(device: torch.device, precision: str) -> Runtime:
@@ -256,8 +225,6 @@ def _build(name: str, checkpoint: Checkpoint, device: torch.device, folder: Path
         return OnnxModel(exported, "fp32"), cpu
     # ONNX Runtime int8: the one export --int8 wrote beside the weights, or one calibrated here as it would be
     if not int8_path.is_file():
-        from alexnet_cli.inference.int8 import calibrated_here
-
         int8_path, row.note = calibrated_here(checkpoint, folder)
     else:
         row.note = f"{int8_path} (alexnet export --int8)"

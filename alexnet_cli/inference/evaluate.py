@@ -25,6 +25,7 @@ from alexnet_cli.runtime import distributed as distmod
 from alexnet_cli.runtime.context import DECODE_THREADS, Runtime, model_dtype, prepare_for_inference, resolve_runtime
 from alexnet_cli.runtime.device import sum_dtype
 from alexnet_cli.runtime.files import link_or_copy
+from alexnet_cli.runtime.precision import Precision
 
 # How many classes and confused pairs the summary shows: at 1,000 classes, the whole table is --json's.
 SHOWN = 10
@@ -173,6 +174,18 @@ def evaluate_model(model: nn.Module, loader: Iterable[Any], runtime: Runtime, nu
     )
 
 
+def top1(model: nn.Module, images: datamod.ImageSet, preprocess, num_classes: int, runtime: Runtime | None = None,
+         batch_size: int = 32) -> float:
+    """The accuracy `alexnet evaluate` reports for `model` on `images` (export --int8's gate, benchmark's
+    column): the same transforms and loop; on the CPU in fp32 unless `runtime` says otherwise."""
+    runtime = runtime or Runtime(torch.device("cpu"), "cpu", Precision("fp32", "fp32"), 0)
+    dataset = loading.ImageDataset(images.paths, images.labels, preprocess.eval_transforms(),
+                                   draft_size=preprocess.resize_size)
+    settings = loading.LoaderSettings.for_runtime(runtime, batch_size, threads=DECODE_THREADS)
+    with loading.make_loader(dataset, settings) as loader:
+        return evaluate_model(model, loader, runtime, num_classes).accuracy
+
+
 def evaluate(cfg: EvaluateConfig, observer: Observer) -> EvalResult:
     runtime = resolve_runtime(cfg.device, cfg.no_cuda, cfg.precision, cfg.workers)
     held = held_out(cfg.run) if cfg.data is None and cfg.run is not None else None  # before the checkpoint
@@ -223,10 +236,9 @@ def _images(cfg: EvaluateConfig, held: HeldOut | None, classes: Sequence[str], o
     if held is None or held.names is None:
         return images
     observer.info(f"evaluating on {held.source}")
-    wanted = set(held.names)
-    positions = [i for i, name in enumerate(images.relative()) if name in wanted]
-    if len(positions) < len(wanted):
-        observer.warn(f"{len(wanted) - len(positions):,} of the held-out images are no longer in {folder}")
+    positions, _ = held.split(images.relative())
+    if len(positions) < len(held.names):
+        observer.warn(f"{len(held.names) - len(positions):,} of the held-out images are no longer in {folder}")
     if not positions:
         raise DataError(f"none of the images {cfg.run} held out are in {folder} any more")
     return images.subset(positions, images.skipped)

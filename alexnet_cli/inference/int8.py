@@ -34,12 +34,13 @@ from alexnet_cli.artifacts.checkpoint import Checkpoint
 from alexnet_cli.artifacts.run_folder import held_out
 from alexnet_cli.data import folders as datamod
 from alexnet_cli.data import loading
-from alexnet_cli.errors import ConfigError, DataError, GateRefused, MissingExtra
+from alexnet_cli.errors import CheckpointError, ConfigError, DataError, GateRefused, MissingExtra
+from alexnet_cli.inference.evaluate import top1
 from alexnet_cli.inference.export import export as export_onnx
 from alexnet_cli.inference.export import metadata as export_metadata
 from alexnet_cli.inference.onnx_model import OnnxModel
 from alexnet_cli.observer import Observer
-from alexnet_cli.runtime.context import DECODE_THREADS, Runtime, prepare_for_inference, to_device
+from alexnet_cli.runtime.context import DECODE_THREADS, prepare_for_inference, to_device
 from alexnet_cli.runtime.files import atomic_write, atomic_write_text
 from alexnet_cli.runtime.precision import Precision
 from alexnet_cli.runtime.system import cpu_name
@@ -149,17 +150,14 @@ def run_images(checkpoint: Checkpoint) -> tuple[datamod.ImageSet, datamod.ImageS
     images = datamod.load_image_folder(data, classes=checkpoint.class_names, check="none")
     try:
         held = held_out(run)
-    except Exception:  # trained without validation
+    except CheckpointError:  # trained without validation
         return images, None, f"the run's training folder {data}", ""
     if held.names is None:
         validation = datamod.load_image_folder(held.data, classes=checkpoint.class_names, check="none")
         return images, validation, f"the run's training folder {data}", held.source
-    wanted = set(held.names)
-    names = images.relative()
-    train = [i for i, name in enumerate(names) if name not in wanted]
-    kept = [i for i, name in enumerate(names) if name in wanted]
+    kept, train = held.split(images.relative())
     return (images.subset(train), images.subset(kept) if kept else None,
-            f"the run's training images in {data} (less the {len(wanted):,} it held out)", held.source)
+            f"the run's training images in {data} (less the {len(held.names):,} it held out)", held.source)
 
 
 def spread(images: datamod.ImageSet, count: int, seed: int = 0) -> datamod.ImageSet:
@@ -268,36 +266,29 @@ def calibrated_here(checkpoint: Checkpoint, folder: Path, count: int = CALIBRATI
                     "alexnet export --int8 writes one")
 
 
-def top1(model, images: datamod.ImageSet, preprocess, num_classes: int) -> float:
-    """evaluate's own loop on the CPU in fp32: what `alexnet evaluate` reports as accuracy."""
-    from alexnet_cli.inference.evaluate import evaluate_model
-
-    runtime = Runtime(torch.device("cpu"), "cpu", Precision("fp32", "fp32"), 0)
-    dataset = loading.ImageDataset(images.paths, images.labels, preprocess.eval_transforms(),
-                                   draft_size=preprocess.resize_size)
-    with loading.make_loader(dataset, loading.LoaderSettings(32, threads=DECODE_THREADS)) as loader:
-        return evaluate_model(model, loader, runtime, num_classes).accuracy
-
-
-def images_per_second(model, size: int, batch: int = SPEED_BATCH, rounds: int = 5) -> float:
-    """The median of `rounds` timed forward passes at `batch` (after one untimed), on a fixed random batch."""
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).contiguous(
-        memory_format=torch.channels_last)
+def median_seconds(model, x: torch.Tensor, runs: int, warm_up: int = 3) -> float:
+    """The median seconds of `runs` forward passes on `x`, after `warm_up` untimed (kernels chosen, and
+    TorchScript's profiling executor optimises its graph over its first calls)."""
     times = []
     with torch.inference_mode():
-        model(x)
-        for _ in range(rounds):
+        for _ in range(warm_up):
+            model(x)
+        for _ in range(runs):
             started = time.perf_counter()
             model(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
             times.append(time.perf_counter() - started)
-    return batch / statistics.median(times)
+    return statistics.median(times)
 
 
 def paired_speed(fp32, int8, size: int, rounds: int = 5) -> tuple[float, float]:
-    """fp32's and int8's images/s, measured in alternation so that a noisy machine slows both alike."""
-    pairs = [(images_per_second(fp32, size, rounds=1), images_per_second(int8, size, rounds=1))
-             for _ in range(rounds)]
-    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    """fp32's and int8's images/s at SPEED_BATCH on a fixed random batch, measured in alternation so that a
+    noisy machine slows both alike."""
+    x = torch.randn(SPEED_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0)).contiguous(
+        memory_format=torch.channels_last)
+    pairs = [(median_seconds(fp32, x, 1, warm_up=1), median_seconds(int8, x, 1, warm_up=1)) for _ in range(rounds)]
+    return (SPEED_BATCH / statistics.median(p[0] for p in pairs), SPEED_BATCH / statistics.median(p[1] for p in pairs))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ there."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -95,4 +96,4 @@ def prepare_for_inference(model, device: torch.device, precision: Precision):
 def model_dtype(model) -> torch.dtype:
     """The dtype the model computes in: its first weight's, or for a model without torch weights (an exported
     ONNX model) its first buffer's."""
-    return next(iter([*model.parameters(), *model.buffers()][:1])).dtype
+    return next(itertools.chain(model.parameters(), model.buffers())).dtype
