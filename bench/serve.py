@@ -470,27 +470,34 @@ def report(result: dict) -> None:
 
 
 def hostile_run(image_size: int, args, images: list[bytes], folder: Path) -> dict:
-    """--hostile: 8 good clients alone, then the same clients under the hostile mix (bench/hostile.py); with
-    --baseline, first the throughput at 32 clients of this tree's server against the baseline tree's, rounds
-    alternating."""
+    """--hostile: 8 good clients alone, then the same clients under the hostile mix (bench/hostile.py), in
+    --rounds alternating rounds on one server (the machine's own noise moves a single round's p99 by a third);
+    with --baseline, first the throughput at 32 clients of this tree's server against the baseline tree's,
+    rounds alternating too."""
     from hostile import good_clients, hostile_mix
 
     checkpoint = folder / f"alexnet-{image_size}.pt"
     make_checkpoint(checkpoint, image_size)
     command = [sys.executable, "-m", "alexnet_cli", "serve", "--port", "0", "--device", "cpu", "--precision",
                args.precision]
-    result: dict = {"image_size": image_size}
+    result: dict = {"image_size": image_size, "serve_args": args.serve_args, "rounds": []}
     if args.baseline:
         result["clean_32"] = clean_against_baseline(command, checkpoint, args, images)
+    command += args.serve_args.split()  # this tree's server only: the baseline's may not know them
     served, url = start([*command, "--weights", str(checkpoint)])
     drain(served)
     try:
         asyncio.run(good_clients(url, images, 8, args.warm_up, post))  # warm
-        result["clean"] = asyncio.run(good_clients(url, images, 8, args.seconds, post))
-        result["hostile"] = asyncio.run(hostile_mix(url, images, served.pid, args.seconds, 64, post, rss_mb,
-                                                    args.attacker_nice))
+        for _ in range(args.rounds):
+            result["rounds"].append({
+                "clean": asyncio.run(good_clients(url, images, 8, args.seconds, post)),
+                "hostile": asyncio.run(hostile_mix(url, images, served.pid, args.seconds, 64, post, rss_mb,
+                                                   args.attacker_nice))})
     finally:
         stop(served)
+    clean_p99 = statistics.median(r["clean"]["p99_ms"] for r in result["rounds"])
+    mix_p99 = statistics.median(r["hostile"]["good"]["p99_ms"] for r in result["rounds"])
+    result["p99_ratio"] = mix_p99 / clean_p99
     return result
 
 
@@ -524,26 +531,40 @@ def clean_against_baseline(command: list[str], checkpoint: Path, args, images: l
 
 
 def hostile_report(result: dict) -> None:
-    print(f"\n== hostile mix, alexnet at {result['image_size']} px")
+    print(f"\n== hostile mix, alexnet at {result['image_size']} px" +
+          (f" (serve {result['serve_args']})" if result["serve_args"] else ""))
     if "clean_32" in result:
         clean = result["clean_32"]
         print(f"clean traffic, 32 clients: this tree {clean['median']['this tree']:.1f} requests/s, the baseline "
               f"{clean['median']['baseline']:.1f} ({clean['ratio']:.3f}x; rounds {clean['rounds']})")
-    clean, hostile = result["clean"], result["hostile"]
-    good = hostile["good"]
-    print(f"8 good clients alone: {clean['per_second']:.1f} requests/s, p50 {clean['p50_ms']:.0f} ms, p99 "
-          f"{clean['p99_ms']:.0f} ms, statuses {clean['statuses']}")
-    print(f"8 good clients under the mix: {good['per_second']:.1f} requests/s, p50 {good['p50_ms']:.0f} ms, p99 "
-          f"{good['p99_ms']:.0f} ms ({good['p99_ms'] / clean['p99_ms']:.2f}x clean), statuses {good['statuses']}")
-    print(f"liveness: {hostile['live_probes']} probes, p99 {hostile['live_p99_ms']:.1f} ms")
-    print(f"RSS: {hostile['rss_start_mb']:.0f} MB at the start, peak {hostile['rss_peak_mb']:.0f} MB")
-    print(f"metric series: {hostile['series_before']} after the first second, {hostile['series_after']} at the end")
-    print(f"slow upload connections opened: {hostile['slow_connections_opened']}")
-    cpu = hostile["cpu_seconds"]
-    print(f"CPU over the {cpu['over']:g} s measured: the server {cpu['server']:.1f} s, the attacker (nice "
-          f"{hostile['attacker_nice']}) {cpu['attacker']:.1f} s")
-    for name, statuses in hostile["hostile"].items():
-        print(f"  {name}: {statuses}")
+    rounds = result["rounds"]
+    for index, one in enumerate(rounds, 1):
+        clean, good = one["clean"], one["hostile"]["good"]
+        print(f"round {index}: 8 good clients alone {clean['per_second']:.1f} requests/s, p50 {clean['p50_ms']:.0f} "
+              f"ms, p99 {clean['p99_ms']:.0f} ms, {clean['statuses']}; under the mix {good['per_second']:.1f} "
+              f"requests/s, p50 {good['p50_ms']:.0f} ms, p99 {good['p99_ms']:.0f} ms "
+              f"({good['p99_ms'] / clean['p99_ms']:.2f}x), {good['statuses']}")
+    clean_p99 = statistics.median(r["clean"]["p99_ms"] for r in rounds)
+    print(f"good requests' p99, the median of {len(rounds)} rounds: {clean_p99:.0f} ms clean, "
+          f"{clean_p99 * result['p99_ratio']:.0f} ms under the mix ({result['p99_ratio']:.2f}x)")
+    hostiles = [r["hostile"] for r in rounds]
+    live = ", ".join(f"{h['live_p99_ms']:.1f}" for h in hostiles)
+    print(f"liveness: {sum(h['live_probes'] for h in hostiles)} probes, p99 of each round {live} ms")
+    peak = max(h["rss_peak_mb"] for h in hostiles)
+    print(f"RSS: {hostiles[0]['rss_start_mb']:.0f} MB at the start, peak {peak:.0f} MB")
+    print("metric series, after the first second and at the end of each round: "
+          + ", ".join(f"{h['series_before']} -> {h['series_after']}" for h in hostiles))
+    print(f"slow upload connections opened: {sum(h['slow_connections_opened'] for h in hostiles)}")
+    print("CPU over each round's measured seconds: the server "
+          + ", ".join(f"{h['cpu_seconds']['server']:.1f}" for h in hostiles) + " s; the attacker (nice "
+          f"{hostiles[0]['attacker_nice']}) " + ", ".join(f"{h['cpu_seconds']['attacker']:.1f}" for h in hostiles)
+          + f" s; of {hostiles[0]['cpu_seconds']['over']:g} s")
+    for name in hostiles[0]["hostile"]:
+        totals: dict[str, int] = {}
+        for h in hostiles:
+            for status, count in h["hostile"][name].items():
+                totals[status] = totals.get(status, 0) + count
+        print(f"  {name}: {totals}")
 
 
 def main() -> None:
@@ -563,7 +584,10 @@ def main() -> None:
     parser.add_argument("--hostile", action="store_true", help="the hostile mix (bench/hostile.py) instead")
     parser.add_argument("--baseline", type=Path, help="with --hostile: a source tree (a checkout) whose server "
                         "the clean throughput at 32 clients is compared with")
-    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: alternating rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="with --hostile: alternating rounds, "
+                        "clean and under the mix, and this tree and --baseline's")
+    parser.add_argument("--serve-args", default="", help="with --hostile: more options for this tree's alexnet "
+                        "serve under the mix, such as \"--refusal-rate 20\"")
     parser.add_argument("--attacker-nice", type=int, default=0, help="with --hostile: the attacker's niceness")
     args = parser.parse_args()
     if args.plain_server:

@@ -59,6 +59,10 @@ def serve(
                                                      "connection closes.")] = ServeConfig.head_timeout,
     body_timeout: Annotated[float, typer.Option(help="Seconds a body may take to arrive; past it, 408.")
                             ] = ServeConfig.body_timeout,
+    refusal_rate: Annotated[float, typer.Option(
+        help="Refusals (4xx) a second answered at once, past a burst of 2 s' worth; past it they wait their turn, "
+             "so a client looping on bad requests cannot starve good ones. 0: no pacing.")
+                            ] = ServeConfig.refusal_rate,
     docs: Annotated[bool, typer.Option("--docs", help="Serve the OpenAPI page at /docs (it loads scripts from a "
                                                       "CDN).")] = False,
     api_key: Annotated[str | None, typer.Option(
@@ -80,8 +84,8 @@ def serve(
                           max_upload_mb=max_upload_mb, top_k=top_k, device=device, no_cuda=no_cuda,
                           precision=precision, max_pixels=max_pixels, max_connections=max_connections,
                           timeout=timeout, drain_seconds=drain_seconds, docs=docs, head_timeout=head_timeout,
-                          body_timeout=body_timeout, api_key=api_key, cors_origins=tuple(cors_origin or ()),
-                          quiet=quiet)
+                          body_timeout=body_timeout, refusal_rate=refusal_rate, api_key=api_key,
+                          cors_origins=tuple(cors_origin or ()), quiet=quiet)
         require_extra("alexnet serve needs its extra", "serve", SERVE_MODULES)
         from alexnet_cli.serving.server import serve as run_server
 

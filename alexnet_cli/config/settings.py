@@ -303,6 +303,9 @@ class ServeConfig:
     quiet: bool = False  # no access log line per request
     head_timeout: float = 10.0  # the longest a request head may take to arrive; past it, the connection closes
     body_timeout: float = 30.0  # the longest a body may take to arrive; past it, 408
+    # Refusals (4xx) a second answered at once, past a burst of 2 s' worth; past it they wait their turn, so
+    # that a client looping on bad requests cannot take the CPU from good ones. 0: every refusal at once.
+    refusal_rate: float = 20.0
 
     def __post_init__(self) -> None:
         if self.weights is not None and self.pretrained:
@@ -319,6 +322,8 @@ class ServeConfig:
             _positive(option, value)
         if self.max_wait_ms < 0:
             raise ConfigError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        if self.refusal_rate < 0:
+            raise ConfigError(f"--refusal-rate must be 0 (off) or more, got {self.refusal_rate}")
         if self.api_key is not None and len(self.api_key) < 16:
             raise ConfigError("--api-key is at least 16 characters (a token such as `python3 -c 'import secrets; "
                               "print(secrets.token_urlsafe())'`)")

@@ -6,9 +6,10 @@ the app's lifespan starts and stops the batcher. Each request is refused at its 
 a full queue or an unknown model is that request's 4xx/503, and the next request is served as before.
 """
 
+import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -56,6 +57,8 @@ def create_app(service: Service) -> FastAPI:
     if cfg.api_key:
         app.add_middleware(BearerToken, token=cfg.api_key)
     app.add_middleware(HeadLimit)
+    if cfg.refusal_rate:
+        app.add_middleware(PaceRefusals, pacer=RefusalPacer(cfg.refusal_rate), counted=service.metrics.paced)
     app.add_middleware(CountRequests, metrics=service.metrics)
     if cfg.cors_origins:  # outermost: a browser's preflight is answered before the token is asked for
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
@@ -102,6 +105,57 @@ class HeadLimit:
                                  CLOSE)
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+class RefusalPacer:
+    """When each refusal (a 4xx) is answered: a token bucket (the generic cell rate algorithm) of `rate`
+    refusals a second, with room for a burst of 2 s' worth at once. Within it a refusal is answered at once;
+    past it, refusals are answered one every 1/rate s, in the order they came. One that would wait longer than
+    LONGEST waits LONGEST without taking a turn, and its connection is closed after it: so each connection
+    past the rate gets at most one refusal every LONGEST s, and however many connections a client opens
+    (--max-connections caps them), the server refuses at most rate + connections / LONGEST requests a second."""
+
+    LONGEST = 5.0
+
+    def __init__(self, rate: float) -> None:
+        self.interval, self.tolerance = 1.0 / rate, 2.0
+        self.due = 0.0  # when the bucket is empty again (its theoretical arrival time)
+
+    def wait(self, now: float) -> tuple[float, bool]:
+        """Seconds this refusal waits, and whether its connection closes after it."""
+        due = max(self.due, now)
+        wait = due - self.tolerance - now
+        if wait > self.LONGEST:
+            return self.LONGEST, True
+        self.due = due + self.interval
+        return max(0.0, wait), False
+
+
+class PaceRefusals:
+    """ASGI middleware: every 4xx goes through RefusalPacer (--refusal-rate), asleep, and the next request on
+    its connection is read no sooner (uvicorn reads one request at a time on a connection). A client that loops
+    on bad requests gets that rate's worth of the CPU, and the good requests the rest. Answers of 2xx and 5xx
+    are never held, nor a 499 (the client has gone)."""
+
+    def __init__(self, app, pacer: RefusalPacer, counted: Callable[[str], None]) -> None:
+        self.app, self.pacer, self.counted = app, pacer, counted
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def paced(message):
+            if message["type"] == "http.response.start" and 400 <= message["status"] < CLIENT_GONE:
+                wait, close = self.pacer.wait(asyncio.get_running_loop().time())
+                if wait:
+                    self.counted("closed" if close else "waited")
+                    await asyncio.sleep(wait)
+                headers = message.get("headers", [])
+                if close and not any(name.lower() == b"connection" for name, _ in headers):
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return await self.app(scope, receive, paced)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

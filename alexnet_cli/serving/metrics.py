@@ -48,12 +48,21 @@ class Metrics:
                                     "its forward pass.", buckets=LATENCY_BUCKETS, registry=self.registry)
         self.decode_seconds = Histogram("alexnet_decode_duration_seconds", "Time to decode one upload.",
                                         buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.refusals_paced = Counter("alexnet_refusals_paced", "Refusals (4xx) past --refusal-rate, held "
+                                      "back before their answer: 'waited' for their turn, or 'closed' (too many "
+                                      "waiting: held the longest wait, then the connection closed).", ["outcome"],
+                                      registry=self.registry)
+        for outcome in ("waited", "closed"):
+            self.refusals_paced.labels(outcome)  # at 0 from the start
         # The process's memory, open files and CPU time (process_resident_memory_bytes, process_open_fds, ...).
         ProcessCollector(registry=self.registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
+
+    def paced(self, outcome: str) -> None:
+        self.refusals_paced.labels(outcome).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

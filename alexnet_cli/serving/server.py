@@ -176,8 +176,11 @@ def serve(cfg: ServeConfig, observer: Observer) -> None:
     observer.info(f"model '{cfg.name}': {len(model.class_names)} classes, input {model.preprocess.image_size} px, "
                   f"batches of up to {cfg.max_batch} (waiting up to {cfg.max_wait_ms:g} ms), queue of "
                   f"{cfg.max_queue}; warm-up {warm:.1f} s")
+    pacing = (f"refusals past {cfg.refusal_rate:g} a second wait their turn (--refusal-rate)" if cfg.refusal_rate
+              else "refusals answered at once, however many (--refusal-rate 0)")
     observer.info(f"uploads decode to at most {model.max_pixels:,} pixels (--max-pixels); at most "
-                  f"{cfg.max_connections} connections (--max-connections); {cfg.timeout:g} s a request (--timeout)")
+                  f"{cfg.max_connections} connections (--max-connections); {cfg.timeout:g} s a request (--timeout); "
+                  f"{pacing}")
     api = "the API at /docs, " if cfg.docs else ""
     observer.info(f"listening on {url(host, port)} (ready in {time.perf_counter() - started:.1f} s): the page "
                   f"at /, {api}metrics at /metrics; Ctrl-C or SIGTERM to stop")

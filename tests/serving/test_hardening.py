@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -85,6 +86,71 @@ def test_json_and_binary_whose_parse_would_grow_with_the_body_are_refused_before
     for value in ("²".encode("latin-1"), "١٢".encode(), b"12a"):
         response = http.post(INFER, content=header, headers={"Inference-Header-Content-Length": value})
         assert response.status_code == 400 and "is not a number" in one_line_error(response), response.text
+
+
+
+def test_the_refusal_pacer_answers_a_burst_at_once_then_one_a_turn_and_closes_past_the_longest_wait():
+    from alexnet_cli.serving.app import RefusalPacer
+
+    pacer = RefusalPacer(rate=10)  # a turn every 0.1 s, and 2 s' worth (21 refusals) at once
+    waits = [pacer.wait(100.0) for _ in range(80)]
+    assert waits[:21] == [(0.0, False)] * 21
+    assert [round(wait, 3) for wait, _ in waits[21:24]] == [0.1, 0.2, 0.3] and not any(c for _, c in waits[21:71])
+    assert waits[71:] == [(RefusalPacer.LONGEST, True)] * 9  # past the longest wait: held that long, then closed
+    assert pacer.wait(107.0) == (0.0, False)  # the bucket drains at the rate: 7 s on, a refusal goes at once
+
+
+def test_a_client_looping_on_bad_requests_gets_the_refusal_rate_and_good_requests_wait_for_none(checkpoint,
+                                                                                                monkeypatch):
+    """20 connections send invented methods as fast as they are answered, for 1.5 s, past --refusal-rate 20:
+    the refusals are answered at the rate (after a burst of 2 s' worth), the ones that would wait past the
+    longest wait (0.4 s here) are closed after it, and a good client's requests meanwhile wait for none of it."""
+    import asyncio
+
+    from alexnet_cli.serving.app import RefusalPacer
+
+    monkeypatch.setattr(RefusalPacer, "LONGEST", 0.4)
+    server = Server(checkpoint, refusal_rate=20)
+    image = png_bytes(7)
+
+    async def load(seconds: float = 1.5) -> tuple[list[float], list[float], int]:
+        refused, good, closed = [], [], 0
+        end = time.monotonic() + seconds
+        async with httpx.AsyncClient(base_url=server.url, timeout=10,
+                                     limits=httpx.Limits(max_connections=24)) as http:
+            async def bad() -> None:
+                nonlocal closed
+                while time.monotonic() < end:
+                    started = time.monotonic()
+                    response = await http.request("BREW", "/predict")
+                    assert response.status_code == 405 and one_line_error(response)
+                    refused.append(time.monotonic() - started)
+                    closed += response.headers.get("connection") == "close"
+
+            async def good_client() -> None:
+                await asyncio.sleep(0.3)  # past the burst
+                while time.monotonic() < end:
+                    started = time.monotonic()
+                    response = await http.post("/predict", content=image, headers={"content-type": "image/png"})
+                    assert response.status_code == 200
+                    good.append(time.monotonic() - started)
+
+            await asyncio.gather(*(bad() for _ in range(20)), good_client())
+        return refused, good, closed
+
+    try:
+        started = time.monotonic()
+        refused, good, closed = asyncio.run(load())
+        seconds = time.monotonic() - started
+        # At most the burst, the rate's worth, and one a connection per longest wait (each connection holds
+        # one request at a time): a loop answered at once would have made thousands.
+        assert len(refused) <= 41 + 20 * seconds + 20 * (seconds / 0.4 + 1), (len(refused), seconds)
+        assert closed > 0
+        paced = httpx.get(f"{server.url}/metrics").text
+        assert 'alexnet_refusals_paced_total{outcome="waited"}' in paced and 'outcome="closed"} 0.0' not in paced
+        assert good and statistics.median(good) < statistics.median(sorted(refused)[-len(refused) // 2:]) / 2
+    finally:
+        server.stop()
 
 
 # -- 2. slow clients ------------------------------------------------------------------------------------------

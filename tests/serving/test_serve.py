@@ -501,6 +501,8 @@ def test_serve_refuses_impossible_options_in_one_line(runner, tmp_path):
     assert result.exit_code == 2 and "--max-queue (8) must hold at least one batch" in result.output
     result = invoke(runner, ["serve", "--name", "../x"])
     assert result.exit_code == 2 and "--name" in result.output
+    result = invoke(runner, ["serve", "--refusal-rate", "-1", "--pretrained"])
+    assert result.exit_code == 2 and "--refusal-rate must be 0 (off) or more, got -1" in result.output
 
 
 def test_serve_says_what_is_missing_without_its_extra(runner, monkeypatch, checkpoint):
