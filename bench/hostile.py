@@ -4,6 +4,8 @@ While 8 good clients post photos in a closed loop, these hit the same server at 
   - slow uploads: more connections than --max-queue, each sending its head and a byte of body a second;
   - protocol requests naming one output a thousand times;
   - PNGs of 8000x8000 pixels (under Pillow's limit of 89 million, a few hundred kB each), two at a time;
+  - PNGs of 6300x6300 pixels (under serve's default --max-pixels of at most 40 million, 131 kB each, 0.7 s of
+    a core to decode), four at a time;
   - deeply nested JSON bodies;
   - requests with invented HTTP methods.
 The attack runs in a process of its own, so that the good clients' event loop, whose latencies are measured, is
@@ -103,12 +105,12 @@ async def attack(url: str, seconds: float, max_queue: int) -> dict:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     stop = asyncio.Event()
     opened = [0]
-    png = big_png()
+    png, under = big_png(8000), big_png(6300)
     dup = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}],
                       "outputs": [{"name": "probabilities"}] * 1000}).encode()
     nested = b"[" * 100_000 + b"]" * 100_000
-    hostile: dict[str, dict] = {"duplicate outputs": {}, "8000x8000 PNG": {}, "nested JSON": {},
-                                "invented methods": {}}
+    hostile: dict[str, dict] = {"duplicate outputs": {}, "8000x8000 PNG": {}, "6300x6300 PNG": {},
+                                "nested JSON": {}, "invented methods": {}}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         async def status_of(method: str, path: str, **kwargs) -> int:
             async with http.request(method, f"{url}{path}", **kwargs) as response:
@@ -122,6 +124,8 @@ async def attack(url: str, seconds: float, max_queue: int) -> dict:
                 "POST", "/v2/models/alexnet/infer", data=dup, headers={"content-type": "application/json"}))),
             *[asyncio.ensure_future(_repeat(stop, hostile["8000x8000 PNG"], lambda: status_of(
                 "POST", "/predict", data=png, headers={"content-type": "image/png"}))) for _ in range(2)],
+            *[asyncio.ensure_future(_repeat(stop, hostile["6300x6300 PNG"], lambda: status_of(
+                "POST", "/predict", data=under, headers={"content-type": "image/png"}))) for _ in range(4)],
             asyncio.ensure_future(_repeat(stop, hostile["nested JSON"], lambda: status_of(
                 "POST", "/v2/models/alexnet/infer", data=nested, headers={"content-type": "application/json"}))),
             asyncio.ensure_future(_repeat(stop, hostile["invented methods"], lambda: status_of(

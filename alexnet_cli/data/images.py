@@ -138,11 +138,21 @@ UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 MAX_ASPECT_RATIO = 50
 
 
-def open_upload(data: bytes, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
+class LargeUpload(Exception):
+    """An upload that decodes to more than open_upload's `large_above` pixels: not refused, but for a decoder
+    of its own (serve's lane for large images)."""
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__(f"{pixels:,} pixels to decode")
+        self.pixels = pixels
+
+
+def open_upload(data: bytes, draft_size: int | None = None, max_pixels: int | None = None,
+                large_above: int | None = None) -> Image.Image:
     """Bytes sent over the network, opened as open_image opens a file (inside pillow_warnings()), in the
     UPLOAD_FORMATS alone; a message calls them "the upload". Nothing about them is ever used as a path. The
     shape and `max_pixels` (the pixels decoded: a JPEG's after its draft) are checked from the header, before
-    the decode that they bound."""
+    the decode that they bound; past `large_above` pixels, LargeUpload is raised from the header too."""
     if not data:
         raise UnreadableImage("the upload: empty file")
 
@@ -153,6 +163,8 @@ def open_upload(data: bytes, draft_size: int | None = None, max_pixels: int | No
         if max_pixels is not None and width * height > max_pixels:
             raise UnreadableImage(f"the upload: {width}x{height} pixels to decode, over the server's limit of "
                                   f"{max_pixels:,} (--max-pixels)")
+        if large_above is not None and width * height > large_above:
+            raise LargeUpload(width * height)
 
     return open_image_in_scope(io.BytesIO(data), draft_size, name="the upload", formats=UPLOAD_FORMATS, check=check)
 

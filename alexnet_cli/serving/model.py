@@ -110,12 +110,12 @@ class ServedModel:
 
     # -- on the decoding threads ----------------------------------------------------------------------------
 
-    def decode(self, data: bytes, explain: bool = False) -> Sample:
+    def decode(self, data: bytes, explain: bool = False, large_above: int | None = None) -> Sample:
         """An upload's bytes as the model's input, or UnreadableImage saying why not (empty, not an image,
-        damaged, a decompression bomb)."""
+        damaged, a decompression bomb); LargeUpload, from the header, for one of over `large_above` pixels."""
         # One decode: as predict decodes it, or, for Grad-CAM, at a JPEG draft large enough for the picture too.
         image = open_upload(data, draft_size=max(OVERLAY_SIDE, self.preprocess.resize_size) if explain
-                            else self.preprocess.resize_size, max_pixels=self.max_pixels)
+                            else self.preprocess.resize_size, max_pixels=self.max_pixels, large_above=large_above)
         picture = None
         if explain:
             picture = image.copy()

@@ -4,17 +4,45 @@ at once), decode them on threads, let the batcher run them, and make the answers
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import os
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from alexnet_cli.config.settings import ServeConfig
-from alexnet_cli.data.images import UnreadableImage
+from alexnet_cli.data.images import LargeUpload, UnreadableImage
 from alexnet_cli.runtime.context import DECODE_THREADS
 from alexnet_cli.serving.batching import Batcher, Ticket
 from alexnet_cli.serving.metrics import Metrics
 from alexnet_cli.serving.model import Output, ServedModel
 from alexnet_cli.serving.uploads import RequestError
+
+# Uploads that decode to more pixels than this (a JPEG's after its draft) decode on a lane of their own: one
+# thread, at the lowest CPU priority, at most LARGE_SHARE of a core while other images are in flight, with at
+# most LARGE_WAITING more waiting (past it, 429). A PNG of 40
+# megapixels is a few hundred kB that take 0.7 s of a core to decode; one of 4 takes 0.07 s, as long as a
+# batch of photos. So a client sending large images in a loop gets the CPU the good requests leave, and never
+# a decoding thread or a place in the queue that they need (docs/serve.md, "Large images").
+LARGE_PIXELS = 4_000_000
+LARGE_WAITING = 2
+LARGE_SHARE = 0.1  # of a core, while other images are in flight: after a decode of t s the lane rests 9t
+
+
+def lowest_priority() -> None:
+    """The calling thread under SCHED_IDLE where Linux has it (it runs only on a core nothing else wants, and a
+    waking thread of any other takes the core from it at once), else at nice 19 where the niceness is the
+    thread's own. Lowering either needs no privilege; elsewhere nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 class Service:
@@ -26,6 +54,11 @@ class Service:
                                on_wait=self.metrics.queue_wait.observe)
         # Pillow decodes without holding the GIL: these threads decode while the forward thread computes.
         self.decoding = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="alexnet-decode")
+        self.large = ThreadPoolExecutor(1, thread_name_prefix="alexnet-decode-large", initializer=lowest_priority)
+        self.large_waiting = 0  # large images on their lane: decoding, or waiting for it
+        self.large_seconds = 1.0  # the last large decode's time, for Retry-After
+        self.large_turn = asyncio.Lock()  # one large image at a time, in the order they came
+        self.large_free_at = 0.0  # the loop's time when the lane has rested enough for the next
         self.draining = False  # set on SIGTERM: ready turns false while the requests in flight are answered
 
     async def start(self) -> None:
@@ -34,6 +67,7 @@ class Service:
     async def stop(self) -> None:
         """After the drain: decodes still queued are cancelled, not waited for."""
         self.decoding.shutdown(wait=False, cancel_futures=True)
+        self.large.shutdown(wait=False, cancel_futures=True)
         await self.batcher.stop()
 
     # -- health ---------------------------------------------------------------------------------------------
@@ -71,12 +105,48 @@ class Service:
 
     async def _decode(self, data: bytes, explain: bool, which: str = ""):
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.decoding, self.model.decode, data, explain)
+            try:
+                return await loop.run_in_executor(self.decoding, self.model.decode, data, explain, LARGE_PIXELS)
+            except LargeUpload as large:
+                return await self._decode_large(data, explain, which, large.pixels)
         except UnreadableImage as exc:  # "the upload: not an image (...)": refused, as the client's error
             raise RequestError(400, f"{which}{exc}") from None
         finally:
             self.metrics.decode_seconds.observe(time.perf_counter() - started)
+
+    async def _decode_large(self, data: bytes, explain: bool, which: str, pixels: int):
+        """An image of over LARGE_PIXELS on its own lane, one at a time and at most LARGE_SHARE of a core while
+        other images are in flight; 429 when LARGE_WAITING more already wait for it."""
+        if self.large_waiting > LARGE_WAITING:
+            retry = max(1, math.ceil(self.large_waiting * self.large_seconds / LARGE_SHARE))
+            raise RequestError(429, f"{which}the upload: {pixels:,} pixels to decode; this server decodes one "
+                                    f"image of over {LARGE_PIXELS:,} pixels at a time, and {self.large_waiting} "
+                                    f"are already decoding or waiting: retry in {retry} s",
+                               {"Retry-After": str(retry)})
+
+        def decode():
+            started = time.perf_counter()
+            try:
+                return self.model.decode(data, explain)
+            finally:
+                self.large_seconds = time.perf_counter() - started
+
+        loop = asyncio.get_running_loop()
+        self.large_waiting += 1
+        try:
+            async with self.large_turn:
+                if (rest := self.large_free_at - loop.time()) > 0:
+                    await asyncio.sleep(rest)
+                try:
+                    return await loop.run_in_executor(self.large, decode)
+                finally:
+                    # Others in flight: the lane rests, so that it takes at most LARGE_SHARE of a core from them.
+                    others = self.batcher.admitted > self.large_waiting
+                    self.large_free_at = loop.time() + (self.large_seconds * (1 / LARGE_SHARE - 1) if others else 0)
+        finally:
+            self.large_waiting -= 1
 
     async def predict(self, ticket: Ticket, data: bytes, top_k: int, explain: bool) -> dict[str, Any]:
         """POST /predict's answer: predict --json's record for the image, with the Grad-CAM overlay if asked."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import statistics
 import struct
@@ -275,6 +276,81 @@ print(peak, PEAK_BYTES_PER_PIXEL * side * side)
     peak, bound = map(int, subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                           text=True, timeout=60).stdout.split())
     assert peak <= bound, (peak, bound)
+
+
+
+@pytest.fixture
+def large_lane(checkpoint, monkeypatch):
+    """A server where an image of over 20,000 pixels is large, and each decode sleeps: `large_seconds` (0.4) on
+    the large lane, `small_seconds` (0) on the decoding threads. It records the large lane's scheduling policy."""
+    from alexnet_cli.serving import service
+    from alexnet_cli.serving.model import ServedModel
+
+    monkeypatch.setattr(service, "LARGE_PIXELS", 20_000)
+    decode, seen = ServedModel.decode, {"large_seconds": 0.4, "small_seconds": 0.0}
+
+    def slow_decode(self, data, explain=False, large_above=None):
+        sample = decode(self, data, explain, large_above)  # LargeUpload from the header, before any sleep
+        if large_above is None:
+            seen["policy"] = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+        time.sleep(seen["large_seconds"] if large_above is None else seen["small_seconds"])
+        return sample
+
+    monkeypatch.setattr(ServedModel, "decode", slow_decode)
+    server = Server(checkpoint)
+    yield server, seen
+    server.stop()
+
+
+async def _post_images(url: str, images: list[tuple[float, bytes]]) -> list[tuple[int, float, httpx.Response]]:
+    """Each image posted to /predict after its delay, at once: (status, seconds from the start to the answer,
+    the response)."""
+    import asyncio
+
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async def one(delay: float, image: bytes):
+            await asyncio.sleep(delay)
+            response = await http.post("/predict", content=image, headers={"content-type": "image/png"})
+            return response.status_code, time.monotonic() - started, response
+
+        return list(await asyncio.gather(*(one(delay, image) for delay, image in images)))
+
+
+def test_large_images_decode_on_a_lane_of_their_own_and_past_two_waiting_get_429(large_lane):
+    """Four large images at once: one decodes (at the lowest priority), two wait their turn, the fourth is a
+    429 with Retry-After; a small image sent meanwhile is answered without waiting for any of them."""
+    import asyncio
+
+    server, seen = large_lane
+    large, small = png_bytes(3, 200), png_bytes(4, 60)  # 40,000 pixels and 3,600
+    answers = asyncio.run(_post_images(server.url, [(0.0, large)] * 3 + [(0.1, large), (0.1, small)]))
+    statuses = sorted(status for status, _, _ in answers[:4])
+    assert statuses == [200, 200, 200, 429], statuses
+    refused = next(response for status, _, response in answers if status == 429)
+    assert "this server decodes one image of over 20,000 pixels at a time" in one_line_error(refused)
+    assert int(refused.headers["retry-after"]) >= 1
+    large_done = sorted(seconds for status, seconds, _ in answers[:4] if status == 200)
+    assert large_done[-1] >= 1.2  # one at a time: three decodes of 0.4 s
+    status, small_done, response = answers[4]
+    assert status == 200 and small_done < large_done[0] and response.json()["label"]
+    if sys.platform.startswith("linux"):
+        assert seen["policy"] == os.SCHED_IDLE
+
+
+def test_the_large_lane_rests_while_other_images_are_in_flight(large_lane):
+    """A large decode of 0.15 s that ends while small images are still decoding lets the next large one start
+    no sooner than 9 x 0.15 s later (a tenth of a core); with nothing else in flight it would not wait."""
+    import asyncio
+
+    server, seen = large_lane
+    seen.update(large_seconds=0.15, small_seconds=0.6)
+    large = png_bytes(5, 200)
+    answers = asyncio.run(_post_images(server.url, [(0.0, large), (0.05, png_bytes(6, 60)),
+                                                    (0.05, png_bytes(7, 60)), (0.5, large)]))
+    assert [status for status, _, _ in answers] == [200] * 4
+    first, second = answers[0][1], answers[3][1]
+    assert second - first >= 9 * 0.15 * 0.9, (first, second)
 
 
 # -- 4. errors where they belong --------------------------------------------------------------------------------
