@@ -188,7 +188,11 @@ def add_error_handlers(app: FastAPI, limit: int) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect) -> Response:
-        """The client went away mid-upload: its fault, logged at info and counted as 499, not as a 5xx."""
+        """The client went away mid-upload: its fault, logged at info and counted as 499, not as a 5xx. Or the
+        protocol refused the body and closed the connection (server.GuardedH11): counted as its 400."""
+        refused = request.scope.get("alexnet.refused")
+        if refused is not None:
+            return error(*refused)  # already sent by the protocol; this one only counts it
         LOG.info("%s %s: the client disconnected before its request arrived", request.method, request.url.path)
         return Response(status_code=CLIENT_GONE)
 

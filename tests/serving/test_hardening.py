@@ -5,6 +5,7 @@ Each server binds 127.0.0.1; every load here is bounded in count and time."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -223,6 +224,59 @@ def test_the_parser_is_pinned_with_its_head_limit(small):
     with httpx.Client(base_url=small.url, timeout=10) as fresh:
         response = fresh.get("/v2/health/live", headers={"x-long": "a" * (HEAD_LIMIT + 1024)})
     assert response.status_code in (400, 431)
+
+
+
+def _raw(url: str, request: bytes) -> bytes:
+    """`request` sent on a connection of its own; what the server answers before it closes (at most 64 kB)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with contextlib.suppress(OSError):  # the server may close while the rest is still on its way
+            sock.sendall(request)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+
+def _counted(http: httpx.Client, labels: str) -> float:
+    """alexnet_requests_total{labels} from /metrics (0 before the first)."""
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(f"alexnet_requests_total{{{labels}}}"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_body_in_tiny_chunks_is_refused_after_64_of_them_and_chunks_of_a_kilobyte_are_served(small, http):
+    """h11 spends about 10 us a chunk: a megabyte in chunks of 16 bytes cost the server 0.65 s of CPU. Such a
+    body is a 400 of one line of JSON, counted as 400, and its connection closes; a PNG sent in chunks of
+    1 kB is answered as any other."""
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+    before = _counted(http, 'method="POST",route="/predict",status="400"')
+    answer = _raw(small.url, head + (b"10\r\n" + b"x" * 16 + b"\r\n") * 20_000 + b"0\r\n\r\n")
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400") and b"connection: close" in status.lower()
+    assert json.loads(body) == {"error": "the body came in chunks of 16 bytes on average; send it with a "
+                                         "Content-Length, or in chunks of 1024 bytes or more"}
+    deadline = time.monotonic() + 5  # counted when the request's task sees its connection closed
+    while _counted(http, 'method="POST",route="/predict",status="400"') < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _counted(http, 'method="POST",route="/predict",status="400"') == before + 1  # not a 499
+    image = png_bytes(11, 120)
+    chunked = b"".join(b"%x\r\n%b\r\n" % (len(image[i:i + 1024]), image[i:i + 1024])
+                       for i in range(0, len(image), 1024))
+    status, _, body = _raw(small.url, head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                           + chunked + b"0\r\n\r\n").partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200") and json.loads(body)["label"]
+
+
+def test_a_request_that_is_not_http_is_a_400_of_one_line_of_json(small):
+    answer = _raw(small.url, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400")
+    error = json.loads(body)["error"]
+    assert error.startswith("the request is not valid HTTP/1.1 (") and "\n" not in error
 
 
 # -- 3. images ------------------------------------------------------------------------------------------------
