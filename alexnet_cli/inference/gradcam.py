@@ -2,7 +2,7 @@
 
 For the predicted class c, Grad-CAM weighs each channel k of the last convolution's activation A^k by the
 mean of dy_c/dA^k over the map, sums and keeps the positive part: relu(sum_k mean(dy_c/dA^k) * A^k)
-(Selvaraju et al., 2017). It is a short hook-based implementation rather than Captum's LayerGradCam: the
+(Selvaraju et al., 2017). It is a short implementation rather than Captum's LayerGradCam: the
 computation is these few lines, and Captum would add matplotlib, numpy and tqdm to the install for them.
 
 What it shows: which regions of the model's input raised the predicted class's score, at the resolution of
@@ -32,17 +32,17 @@ def target_layer(model):
 
 
 def grad_cam(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cams, logits): one map in [0, 1] per image at the last convolution's resolution, for its top class."""
-    store: dict[str, torch.Tensor] = {}
-    handle = target_layer(model).register_forward_hook(lambda module, inputs, output: store.update(act=output))
-    try:
-        with torch.enable_grad():
-            logits = model(images)
-            activation = store["act"]
-            score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-            (grads,) = torch.autograd.grad(score, activation)
-    finally:
-        handle.remove()
+    """(cams, logits): one map in [0, 1] per image at the last convolution's resolution, for its top class.
+
+    No hooks: the features run in two parts, up to the target layer and after it, so that other threads may
+    run the same model meanwhile (serve computes Grad-CAM beside its batches, on the same weights)."""
+    layers = list(model.features)
+    split = next(i for i, layer in enumerate(layers) if layer is target_layer(model)) + 1
+    with torch.enable_grad():
+        activation = model.features[:split](images)
+        logits = model.classifier(torch.flatten(model.avgpool(model.features[split:](activation)), 1))
+        score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+        (grads,) = torch.autograd.grad(score, activation)
     weights = grads.float().mean(dim=(2, 3), keepdim=True)
     cams = torch.relu((weights * activation.detach().float()).sum(dim=1))
     cams = cams / cams.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)

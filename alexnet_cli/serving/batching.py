@@ -70,13 +70,20 @@ class Batcher:
     def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch: int, max_wait_s: float,
                  max_queue: int, on_batch: Callable[[int, float], None] | None = None,
                  kind: Callable[[Any], object] = lambda item: None,
-                 on_wait: Callable[[float], None] | None = None) -> None:
+                 on_wait: Callable[[float], None] | None = None, costly: Callable[[Any], bool] | None = None,
+                 costly_share: float = 1.0) -> None:
         self.run_batch, self.max_batch, self.max_wait_s, self.max_queue = run_batch, max_batch, max_wait_s, max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
         # Items of one kind share a batch (a Grad-CAM request and plain ones do not): one kind's failure or its
         # slower pass never reaches the other's callers.
         self.kind = kind
         self.on_wait = on_wait or (lambda seconds: None)  # each item's wait, from submission to its pass
+        # Costly items (Grad-CAM's forward and backward pass) go after plain ones, and while other images are in
+        # flight their batches take at most `costly_share` of the forward thread: after one of t s, the next
+        # waits t * (1 / costly_share - 1), unless nothing else is left to do.
+        self.costly = costly or (lambda item: False)
+        self.costly_rest = 1 / costly_share - 1
+        self._costly_free_at = 0.0
         self.busy_since: float | None = None  # when the forward pass in progress began (health.py's watch)
         self.admitted = 0  # images admitted and not yet answered: the queue's depth
         self.coming = 0  # of those, not yet submitted (being read or decoded)
@@ -144,6 +151,11 @@ class Batcher:
             while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
+            if (rest := self._rest()) > 0:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), rest)  # a plain image, or the rest is over
+                continue
             await self._gather()
             batch = [entry for entry in self._take() if not entry.future.done()]  # less callers that went away
             if not batch:
@@ -161,14 +173,28 @@ class Batcher:
             finally:
                 self.busy_since = None
             self._seconds_per_batch = time.monotonic() - started
+            if self.costly(batch[0].item):
+                self._costly_free_at = time.monotonic() + self._seconds_per_batch * self.costly_rest
             self.on_batch(len(batch), self._seconds_per_batch)
             for entry, output in zip(batch, outputs):
                 if not entry.future.done():
                     entry.future.set_result(output)
 
+    def _rest(self) -> float:
+        """Seconds to wait before the next batch: only costly items pending, other images in flight (being
+        read or decoded), and the last costly batch's rest not over."""
+        if any(not self.costly(entry.item) for entry in self._pending) or self.admitted <= len(self._pending):
+            return 0.0
+        return self._costly_free_at - time.monotonic()
+
     def _take(self) -> list[_Entry]:
-        """Up to max_batch pending entries of the first one's kind, in order; the others stay for the next."""
-        kind = self.kind(self._pending[0].item)
+        """Up to max_batch pending entries of one kind, in order; the others stay for the next. Costly ones once
+        their rest is over (so that plain traffic cannot starve them), else plain ones while any is pending."""
+        costly = [entry for entry in self._pending if self.costly(entry.item)]
+        plain = [entry for entry in self._pending if not self.costly(entry.item)]
+        first = costly[0] if costly and (not plain or time.monotonic() >= self._costly_free_at) else (
+            plain or costly)[0]
+        kind = self.kind(first.item)
         taken: list[_Entry] = []
         kept: deque[_Entry] = deque()
         while self._pending and len(taken) < self.max_batch:

@@ -159,12 +159,18 @@ class ServedModel:
                          self.runtime.precision.dtype)
 
     def warm_up(self, max_batch: int) -> float:
-        """A forward pass at batch 1 and at max_batch, so that the first callers do not pay for the kernels'
-        first call (oneDNN's and cuDNN's choices are made per shape). Returns the seconds it took."""
+        """A forward pass at batch 1 and at max_batch, and a Grad-CAM at batch 1 where the model has one, so that
+        the first callers do not pay for the kernels' first call (oneDNN's and cuDNN's choices are made per
+        shape and per pass; the overlay imports its modules and font on its first call: the first Grad-CAM
+        stalled every request in the server for 0.3 to 0.45 s). Returns the seconds it took."""
         started = time.perf_counter()
-        sample = Sample(self.transform(Image.new("RGB", (self.preprocess.resize_size,) * 2, (128, 128, 128))))
+        image = Image.new("RGB", (self.preprocess.resize_size,) * 2, (128, 128, 128))
+        sample = Sample(self.transform(image))
         for size in sorted({1, max_batch}):
             self.run([sample] * size)
+        if self.predictor.onnx is None:
+            explained = Sample(sample.pixels, image)
+            self.explanation(explained, self.run([explained])[0], "warm-up")  # and the overlay's first imports
         return time.perf_counter() - started
 
     # -- records --------------------------------------------------------------------------------------------

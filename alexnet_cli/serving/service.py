@@ -21,15 +21,20 @@ from alexnet_cli.serving.metrics import Metrics
 from alexnet_cli.serving.model import Output, ServedModel
 from alexnet_cli.serving.uploads import RequestError
 
-# Uploads that decode to more pixels than this (a JPEG's after its draft) decode on a lane of their own: one
-# thread, at the lowest CPU priority, at most LARGE_SHARE of a core while other images are in flight, with at
-# most LARGE_WAITING more waiting (past it, 429). A PNG of 40
-# megapixels is a few hundred kB that take 0.7 s of a core to decode; one of 4 takes 0.07 s, as long as a
-# batch of photos. So a client sending large images in a loop gets the CPU the good requests leave, and never
-# a decoding thread or a place in the queue that they need (docs/serve.md, "Large images").
+# Costly work runs on a lane of its own: one thread under SCHED_IDLE, one piece at a time, and while other
+# images are in flight it takes at most COSTLY_SHARE of a core (after a piece of t s, the next waits 9t). Two
+# kinds go there (docs/serve.md, "Costly requests"):
+# - an upload that decodes to over LARGE_PIXELS (a JPEG's after its draft): a PNG of 40 megapixels is a few
+#   hundred kB that take 0.7 s of a core to decode, one of 4 takes 0.07 s, as long as a batch of photos; at most
+#   LARGE_WAITING more wait for the lane (past it, 429);
+# - Grad-CAM (?explain=1): a forward and a backward pass at batch 1 and the overlay drawn, 50 ms at 67 px where
+#   a plain image costs 4; at most EXPLAINING such requests are in the server at once (past it, 429).
+# So a client sending either in a loop gets the CPU the good requests leave, and never a decoding thread, a
+# forward pass or a place in the queue that they need.
 LARGE_PIXELS = 4_000_000
 LARGE_WAITING = 2
-LARGE_SHARE = 0.1  # of a core, while other images are in flight: after a decode of t s the lane rests 9t
+EXPLAINING = 3
+COSTLY_SHARE = 0.1
 
 
 def lowest_priority() -> None:
@@ -51,14 +56,18 @@ class Service:
         self.metrics = Metrics(lambda: self.batcher.admitted, cfg.max_queue)
         self.batcher = Batcher(model.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue,
                                on_batch=self.metrics.observe_batch, kind=lambda sample: sample.picture is not None,
-                               on_wait=self.metrics.queue_wait.observe)
+                               on_wait=self.metrics.queue_wait.observe, costly_share=COSTLY_SHARE,
+                               costly=lambda sample: sample.picture is not None)
+        self.explaining = 0  # requests with ?explain=1 in the server
         # Pillow decodes without holding the GIL: these threads decode while the forward thread computes.
         self.decoding = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="alexnet-decode")
-        self.large = ThreadPoolExecutor(1, thread_name_prefix="alexnet-decode-large", initializer=lowest_priority)
-        self.large_waiting = 0  # large images on their lane: decoding, or waiting for it
+        self.costly = ThreadPoolExecutor(1, thread_name_prefix="alexnet-costly", initializer=lowest_priority)
+        self.costly_turn = asyncio.Lock()  # one piece of costly work at a time, in the order they came
+        self.costly_free_at = 0.0  # the loop's time when the lane has rested enough for the next piece
+        self.on_lane = 0  # images on the costly lane: working, or waiting for it
+        self.large_waiting = 0  # large images on the lane: decoding, or waiting for it
         self.large_seconds = 1.0  # the last large decode's time, for Retry-After
-        self.large_turn = asyncio.Lock()  # one large image at a time, in the order they came
-        self.large_free_at = 0.0  # the loop's time when the lane has rested enough for the next
+        self.explaining = 0  # requests with ?explain=1 in the server
         self.draining = False  # set on SIGTERM: ready turns false while the requests in flight are answered
 
     async def start(self) -> None:
@@ -67,7 +76,7 @@ class Service:
     async def stop(self) -> None:
         """After the drain: decodes still queued are cancelled, not waited for."""
         self.decoding.shutdown(wait=False, cancel_futures=True)
-        self.large.shutdown(wait=False, cancel_futures=True)
+        self.costly.shutdown(wait=False, cancel_futures=True)
         await self.batcher.stop()
 
     # -- health ---------------------------------------------------------------------------------------------
@@ -117,10 +126,9 @@ class Service:
             self.metrics.decode_seconds.observe(time.perf_counter() - started)
 
     async def _decode_large(self, data: bytes, explain: bool, which: str, pixels: int):
-        """An image of over LARGE_PIXELS on its own lane, one at a time and at most LARGE_SHARE of a core while
-        other images are in flight; 429 when LARGE_WAITING more already wait for it."""
+        """An image of over LARGE_PIXELS, decoded on the costly lane; 429 when LARGE_WAITING more already wait."""
         if self.large_waiting > LARGE_WAITING:
-            retry = max(1, math.ceil(self.large_waiting * self.large_seconds / LARGE_SHARE))
+            retry = max(1, math.ceil(self.large_waiting * self.large_seconds / COSTLY_SHARE))
             raise RequestError(429, f"{which}the upload: {pixels:,} pixels to decode; this server decodes one "
                                     f"image of over {LARGE_PIXELS:,} pixels at a time, and {self.large_waiting} "
                                     f"are already decoding or waiting: retry in {retry} s",
@@ -133,31 +141,58 @@ class Service:
             finally:
                 self.large_seconds = time.perf_counter() - started
 
-        loop = asyncio.get_running_loop()
         self.large_waiting += 1
         try:
-            async with self.large_turn:
-                if (rest := self.large_free_at - loop.time()) > 0:
-                    await asyncio.sleep(rest)
-                try:
-                    return await loop.run_in_executor(self.large, decode)
-                finally:
-                    # Others in flight: the lane rests, so that it takes at most LARGE_SHARE of a core from them.
-                    others = self.batcher.admitted > self.large_waiting
-                    self.large_free_at = loop.time() + (self.large_seconds * (1 / LARGE_SHARE - 1) if others else 0)
+            return await self._on_lane(decode)
         finally:
             self.large_waiting -= 1
 
+    async def _on_lane(self, work):
+        """work() on the costly lane, in its turn, after the lane's rest."""
+        loop = asyncio.get_running_loop()
+        spent = [0.0]
+
+        def timed():
+            started = time.thread_time()  # the lane's own CPU time: under SCHED_IDLE it may wait long for a core
+            try:
+                return work()
+            finally:
+                spent[0] = time.thread_time() - started
+
+        self.on_lane += 1
+        try:
+            async with self.costly_turn:
+                if (rest := self.costly_free_at - loop.time()) > 0:
+                    await asyncio.sleep(rest)
+                try:
+                    return await loop.run_in_executor(self.costly, timed)
+                finally:
+                    # Other images in flight: the lane rests, so that it takes at most COSTLY_SHARE of a core.
+                    others = self.batcher.admitted > self.on_lane
+                    self.costly_free_at = loop.time() + (spent[0] * (1 / COSTLY_SHARE - 1) if others else 0.0)
+        finally:
+            self.on_lane -= 1
+
     async def predict(self, ticket: Ticket, data: bytes, top_k: int, explain: bool) -> dict[str, Any]:
-        """POST /predict's answer: predict --json's record for the image, with the Grad-CAM overlay if asked."""
-        sample = await self._decode(data, explain)
-        output = await ticket.submit(sample)
-        record = self.model.record(output, top_k)
-        if explain:
+        """POST /predict's answer: predict --json's record for the image, with the Grad-CAM overlay if asked
+        (computed on the costly lane, not in a batch)."""
+        if not explain:
+            output = await ticket.submit(await self._decode(data, False))
+            return self.model.record(output, top_k)
+        if self.explaining >= EXPLAINING:
+            raise RequestError(429, f"this server draws Grad-CAM for {EXPLAINING} requests at a time, and "
+                                    f"{self.explaining} are in progress: retry in a second, or ask without "
+                                    "explain=1", {"Retry-After": "1"})
+        self.explaining += 1
+        try:
+            sample = await self._decode(data, True)
+            output = await ticket.submit(sample)  # a batch of Grad-CAM requests, after plain ones (batching.py)
+            record = self.model.record(output, top_k)
             caption = f"{record['label']} {record['confidence']:.1%}"
-            record["explanation"] = await asyncio.get_running_loop().run_in_executor(
-                self.decoding, self.model.explanation, sample, output, caption)
-        return record
+            return {**record, "explanation": await self._on_lane(
+                lambda: self.model.explanation(sample, output, caption))}
+        finally:
+            self.explaining -= 1
 
     async def classify(self, ticket: Ticket, images: list[bytes]) -> list[Output]:
         """Several images of one request, each through the batcher like any other."""

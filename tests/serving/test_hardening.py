@@ -347,7 +347,12 @@ def large_lane(checkpoint, monkeypatch):
         sample = decode(self, data, explain, large_above)  # LargeUpload from the header, before any sleep
         if large_above is None:
             seen["policy"] = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
-        time.sleep(seen["large_seconds"] if large_above is None else seen["small_seconds"])
+        if large_above is None:  # the costly lane's rest counts its CPU time: spend it
+            end = time.thread_time() + seen["large_seconds"]
+            while time.thread_time() < end:
+                pass
+        else:
+            time.sleep(seen["small_seconds"])
         return sample
 
     monkeypatch.setattr(ServedModel, "decode", slow_decode)
@@ -405,6 +410,42 @@ def test_the_large_lane_rests_while_other_images_are_in_flight(large_lane):
     assert [status for status, _, _ in answers] == [200] * 4
     first, second = answers[0][1], answers[3][1]
     assert second - first >= 9 * 0.15 * 0.9, (first, second)
+
+
+
+def test_past_three_requests_with_explain_in_the_server_another_is_a_429(checkpoint, monkeypatch):
+    """Grad-CAM costs a dozen plain predictions: three at a time, the fourth refused at once with Retry-After,
+    and the overlay is drawn on the costly lane, not on a decoding thread."""
+    import asyncio
+    import threading
+
+    from alexnet_cli.serving.model import ServedModel
+
+    explanation, threads = ServedModel.explanation, set()
+
+    def slow_explanation(self, sample, output, caption):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.3)
+        return explanation(self, sample, output, caption)
+
+    server = Server(checkpoint)  # its warm-up draws an overlay before the slow one is in place
+    monkeypatch.setattr(ServedModel, "explanation", slow_explanation)
+    try:
+        async def four():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                return await asyncio.gather(*(http.post("/predict?explain=1", content=png_bytes(20 + i),
+                                                        headers={"content-type": "image/png"}) for i in range(4)))
+
+        answers = asyncio.run(four())
+        assert sorted(a.status_code for a in answers) == [200, 200, 200, 429]
+        refused = next(a for a in answers if a.status_code == 429)
+        assert "this server draws Grad-CAM for 3 requests at a time" in one_line_error(refused)
+        assert refused.headers["retry-after"] == "1"
+        explained = [a.json()["explanation"] for a in answers if a.status_code == 200]
+        assert all(url.startswith("data:image/png;base64,") for url in explained)
+        assert {name.split("_")[0] for name in threads} == {"alexnet-costly"}
+    finally:
+        server.stop()
 
 
 # -- 4. errors where they belong --------------------------------------------------------------------------------
