@@ -69,18 +69,15 @@ class Batcher:
 
     def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch: int, max_wait_s: float,
                  max_queue: int, on_batch: Callable[[int, float], None] | None = None,
-                 kind: Callable[[Any], object] = lambda item: None,
                  on_wait: Callable[[float], None] | None = None, costly: Callable[[Any], bool] | None = None,
                  costly_share: float = 1.0) -> None:
         self.run_batch, self.max_batch, self.max_wait_s, self.max_queue = run_batch, max_batch, max_wait_s, max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
-        # Items of one kind share a batch (a Grad-CAM request and plain ones do not): one kind's failure or its
-        # slower pass never reaches the other's callers.
-        self.kind = kind
         self.on_wait = on_wait or (lambda seconds: None)  # each item's wait, from submission to its pass
-        # Costly items (Grad-CAM's forward and backward pass) go after plain ones, and while other images are in
-        # flight their batches take at most `costly_share` of the forward thread: after one of t s, the next
-        # waits t * (1 / costly_share - 1), unless nothing else is left to do.
+        # Costly items (Grad-CAM's forward and backward pass) and plain ones never share a batch: one kind's
+        # failure or its slower pass never reaches the other's callers. Costly batches go after plain ones, and
+        # while other images are in flight take at most `costly_share` of the forward thread: after one of t s,
+        # the next waits t * (1 / costly_share - 1), and then goes next.
         self.costly = costly or (lambda item: False)
         self.costly_rest = 1 / costly_share - 1
         self._costly_free_at = 0.0
@@ -192,14 +189,12 @@ class Batcher:
         their rest is over (so that plain traffic cannot starve them), else plain ones while any is pending."""
         costly = [entry for entry in self._pending if self.costly(entry.item)]
         plain = [entry for entry in self._pending if not self.costly(entry.item)]
-        first = costly[0] if costly and (not plain or time.monotonic() >= self._costly_free_at) else (
-            plain or costly)[0]
-        kind = self.kind(first.item)
+        kind = bool(costly) and (not plain or time.monotonic() >= self._costly_free_at)
         taken: list[_Entry] = []
         kept: deque[_Entry] = deque()
         while self._pending and len(taken) < self.max_batch:
             entry = self._pending.popleft()
-            (taken if self.kind(entry.item) == kind else kept).append(entry)
+            (taken if self.costly(entry.item) == kind else kept).append(entry)
         self._pending.extendleft(reversed(kept))
         return taken
 

@@ -55,9 +55,8 @@ class Service:
         self.model, self.cfg = model, cfg
         self.metrics = Metrics(lambda: self.batcher.admitted, cfg.max_queue)
         self.batcher = Batcher(model.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue,
-                               on_batch=self.metrics.observe_batch, kind=lambda sample: sample.picture is not None,
-                               on_wait=self.metrics.queue_wait.observe, costly_share=COSTLY_SHARE,
-                               costly=lambda sample: sample.picture is not None)
+                               on_batch=self.metrics.observe_batch, on_wait=self.metrics.queue_wait.observe,
+                               costly=lambda sample: sample.picture is not None, costly_share=COSTLY_SHARE)
         self.explaining = 0  # requests with ?explain=1 in the server
         # Pillow decodes without holding the GIL: these threads decode while the forward thread computes.
         self.decoding = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="alexnet-decode")
