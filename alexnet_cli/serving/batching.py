@@ -75,9 +75,9 @@ class Batcher:
         self.on_batch = on_batch or (lambda size, seconds: None)
         self.on_wait = on_wait or (lambda seconds: None)  # each item's wait, from submission to its pass
         # Costly items (Grad-CAM's forward and backward pass) and plain ones never share a batch: one kind's
-        # failure or its slower pass never reaches the other's callers. Costly batches go after plain ones, and
-        # while other images are in flight take at most `costly_share` of the forward thread: after one of t s,
-        # the next waits t * (1 / costly_share - 1), and then goes next.
+        # failure or its slower pass never reaches the other's callers. Costly ones go one a batch, and while
+        # other images are in flight take at most `costly_share` of the forward thread: after one of t s, the
+        # next waits t * (1 / costly_share - 1), plain batches going meanwhile, and then goes next.
         self.costly = costly or (lambda item: False)
         self.costly_rest = 1 / costly_share - 1
         self._costly_free_at = 0.0
@@ -185,14 +185,15 @@ class Batcher:
         return self._costly_free_at - time.monotonic()
 
     def _take(self) -> list[_Entry]:
-        """Up to max_batch pending entries of one kind, in order; the others stay for the next. Costly ones once
-        their rest is over (so that plain traffic cannot starve them), else plain ones while any is pending."""
+        """Pending entries of one kind, in order; the others stay for the next. A costly one, alone, when its
+        rest is over (so that plain traffic cannot starve it); else up to max_batch plain ones."""
         costly = [entry for entry in self._pending if self.costly(entry.item)]
         plain = [entry for entry in self._pending if not self.costly(entry.item)]
         kind = bool(costly) and (not plain or time.monotonic() >= self._costly_free_at)
         taken: list[_Entry] = []
         kept: deque[_Entry] = deque()
-        while self._pending and len(taken) < self.max_batch:
+        limit = 1 if kind else self.max_batch  # a costly batch holds the forward thread: one image at a time
+        while self._pending and len(taken) < limit:
             entry = self._pending.popleft()
             (taken if self.costly(entry.item) == kind else kept).append(entry)
         self._pending.extendleft(reversed(kept))

@@ -218,6 +218,44 @@ def test_the_batcher_sends_a_lone_image_at_once_and_waits_only_for_images_on_the
     assert 0.2 <= waited < 1.0, "a batch waits for an image on its way, at most --max-wait-ms"
 
 
+
+def test_costly_items_go_one_at_a_time_and_rest_while_others_wait():
+    """Negative items stand for Grad-CAM: they go one a batch, never with plain ones; while another image is on
+    its way, a costly batch of t s makes the next costly one wait t * (1 / share - 1) (here 3t), and the plain
+    ones pending go meanwhile."""
+    from alexnet_cli.serving.batching import Batcher
+
+    batches: list[tuple[float, list[int]]] = []
+
+    def run(items):
+        time.sleep(0.05 if items[0] < 0 else 0.1 if items[0] == 100 else 0.0)
+        batches.append((time.monotonic(), list(items)))
+        return list(items)
+
+    async def scenario():
+        batcher = Batcher(run, max_batch=8, max_wait_s=0.0, max_queue=16, costly=lambda item: item < 0,
+                          costly_share=0.25)
+        await batcher.start()
+        on_its_way = batcher.admit()  # another image in flight all along
+        tickets = [batcher.admit() for _ in range(5)]
+        blocker = asyncio.ensure_future(tickets[0].submit(100))  # holds the forward thread while the rest arrive
+        await asyncio.sleep(0.03)
+        answers = await asyncio.gather(*(t.submit(i) for t, i in zip(tickets[1:], (-1, 1, -2, 2))))
+        await blocker
+        for ticket in tickets:
+            ticket.close()
+        on_its_way.close()
+        await batcher.stop()
+        return answers
+
+    import asyncio
+
+    assert asyncio.run(scenario()) == [-1, 1, -2, 2]
+    assert [items for _, items in batches] == [[100], [-1], [1, 2], [-2]]
+    _, _, (first_costly, _), (second_costly, _) = batches
+    assert second_costly - first_costly >= 3 * 0.05 * 0.9 + 0.05  # its rest, then its own pass
+
+
 def _batches(url: str) -> tuple[float, float]:
     """(forward passes, images in them) so far, from /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
