@@ -397,18 +397,27 @@ def test_large_images_decode_on_a_lane_of_their_own_and_past_two_waiting_get_429
         assert seen["policy"] == os.SCHED_IDLE
 
 
-def test_the_large_lane_rests_while_other_images_are_in_flight(large_lane):
-    """A large decode of 0.15 s that ends while small images are still decoding lets the next large one start
-    no sooner than 9 x 0.15 s later (a tenth of a core); with nothing else in flight it would not wait."""
+@pytest.fixture
+def normal_priority(monkeypatch):
+    """The costly lane at the priority of the rest: on a loaded machine (CI runs two workers) SCHED_IDLE may
+    keep it off the cores for seconds, and the test below times its rest, not its priority."""
+    from alexnet_cli.serving import service
+
+    monkeypatch.setattr(service, "lowest_priority", lambda: None)
+
+
+def test_the_large_lane_rests_while_other_images_are_in_flight(normal_priority, large_lane):
+    """A large decode of 0.15 s of CPU that ends while a small image is still decoding lets the next large one
+    start no sooner than 9 x 0.15 s later (a tenth of a core); with nothing else in flight it would not wait."""
     import asyncio
 
     server, seen = large_lane
-    seen.update(large_seconds=0.15, small_seconds=0.8)
+    seen.update(large_seconds=0.15, small_seconds=3.0)  # in flight however long a loaded machine takes
     large = png_bytes(5, 200)
-    answers = asyncio.run(_post_images(server.url, [(0.0, png_bytes(6, 60)), (0.0, png_bytes(7, 60)),
-                                                    (0.05, large), (0.3, large)]))
-    assert [status for status, _, _ in answers] == [200] * 4
-    first, second = answers[2][1], answers[3][1]
+    # One small image (it holds one of the two decoding threads; the large ones' headers are read on the other)
+    answers = asyncio.run(_post_images(server.url, [(0.0, png_bytes(6, 60)), (0.05, large), (0.3, large)]))
+    assert [status for status, _, _ in answers] == [200] * 3
+    first, second = answers[1][1], answers[2][1]
     assert second - first >= 9 * 0.15 * 0.9, (first, second)
 
 
