@@ -141,10 +141,11 @@ async def attack(url: str, seconds: float, max_queue: int) -> dict:
 
 
 async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, max_queue: int, post, rss_mb,
-                      nice: int = 0) -> dict:
+                      nice: int = 0, attack: bool = True) -> dict:
     """The good clients, a liveness probe and an RSS sampler here; the attack in a process of its own (at
     `nice`, to tell what the attacker's own use of the shared cores costs the good clients). Reports the CPU
-    seconds the server and the attacker used."""
+    seconds the server and the attacker used. With attack=False, the same without the attack: the clean
+    rounds carry the same probe and sampler, so that what the two compare is the attack alone."""
     import subprocess
     import sys
 
@@ -155,7 +156,7 @@ async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, m
     rss = [rss_mb(pid)]
     attacker = subprocess.Popen([sys.executable, __file__, "--attack", url, "--seconds", str(seconds + 1),
                                  "--max-queue", str(max_queue)], stdout=subprocess.PIPE, text=True,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None) if attack else None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         async def probe() -> None:
             while not stop.is_set():
@@ -171,19 +172,22 @@ async def hostile_mix(url: str, images: list[bytes], pid: int, seconds: float, m
                 await asyncio.sleep(0.25)
 
         tasks = [asyncio.ensure_future(probe()), asyncio.ensure_future(sample())]
-        assert attacker.stdout is not None
-        # The slow uploads in place, and each kind of refusal sent: the attacker says so.
-        await asyncio.get_running_loop().run_in_executor(None, attacker.stdout.readline)
+        if attacker is not None:
+            assert attacker.stdout is not None
+            # The slow uploads in place, and each kind of refusal sent: the attacker says so.
+            await asyncio.get_running_loop().run_in_executor(None, attacker.stdout.readline)
         await asyncio.sleep(0.5)
         await http.get(f"{url}/metrics")  # (its own series)
         before = series(await (await http.get(f"{url}/metrics")).text())
-        cpu = (cpu_seconds(pid), cpu_seconds(attacker.pid))
+        attacker_cpu = (lambda: cpu_seconds(attacker.pid)) if attacker is not None else (lambda: 0.0)
+        cpu = (cpu_seconds(pid), attacker_cpu())
         good = await good_clients(url, images, 8, seconds, post)
-        cpu = (cpu_seconds(pid) - cpu[0], cpu_seconds(attacker.pid) - cpu[1])
+        cpu = (cpu_seconds(pid) - cpu[0], attacker_cpu() - cpu[1])
         after = series(await (await http.get(f"{url}/metrics")).text())  # before the slow uploads hang up (499s)
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-    attacked = json.loads(attacker.communicate(timeout=120)[0])
+    attacked = (json.loads(attacker.communicate(timeout=120)[0]) if attacker is not None else
+                {"hostile": {}, "slow_connections_opened": 0})
     _, live_p99 = _quantiles(live)
     return {"good": good, **attacked, "live_probes": len(live), "live_p99_ms": live_p99, "rss_start_mb": rss[0],
             "rss_peak_mb": max(rss), "series_before": before, "series_after": after, "attacker_nice": nice,

@@ -472,8 +472,9 @@ def report(result: dict) -> None:
 def hostile_run(image_size: int, args, images: list[bytes], folder: Path) -> dict:
     """--hostile: 8 good clients alone, then the same clients under the hostile mix (bench/hostile.py), in
     --rounds alternating rounds on one server (the machine's own noise moves a single round's p99 by a third);
-    with --baseline, first the throughput at 32 clients of this tree's server against the baseline tree's,
-    rounds alternating too."""
+    both with the liveness probe and the RSS sampler running beside the good clients, so that what differs is
+    the attack. With --baseline, first the throughput at 32 clients of this tree's server against the baseline
+    tree's, rounds alternating too."""
     from hostile import good_clients, hostile_mix
 
     checkpoint = folder / f"alexnet-{image_size}.pt"
@@ -490,7 +491,8 @@ def hostile_run(image_size: int, args, images: list[bytes], folder: Path) -> dic
         asyncio.run(good_clients(url, images, 8, args.warm_up, post))  # warm
         for _ in range(args.rounds):
             result["rounds"].append({
-                "clean": asyncio.run(good_clients(url, images, 8, args.seconds, post)),
+                "clean": asyncio.run(hostile_mix(url, images, served.pid, args.seconds, 64, post, rss_mb,
+                                                 attack=False))["good"],
                 "hostile": asyncio.run(hostile_mix(url, images, served.pid, args.seconds, 64, post, rss_mb,
                                                    args.attacker_nice))})
     finally:

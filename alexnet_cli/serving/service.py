@@ -57,7 +57,6 @@ class Service:
         self.batcher = Batcher(model.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue,
                                on_batch=self.metrics.observe_batch, on_wait=self.metrics.queue_wait.observe,
                                costly=lambda sample: sample.picture is not None, costly_share=COSTLY_SHARE)
-        self.explaining = 0  # requests with ?explain=1 in the server
         # Pillow decodes without holding the GIL: these threads decode while the forward thread computes.
         self.decoding = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="alexnet-decode")
         self.costly = ThreadPoolExecutor(1, thread_name_prefix="alexnet-costly", initializer=lowest_priority)
