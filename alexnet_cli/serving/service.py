@@ -64,7 +64,7 @@ class Service:
         self.costly_free_at = 0.0  # the loop's time when the lane has rested enough for the next piece
         self.on_lane = 0  # images on the costly lane: working, or waiting for it
         self.large_waiting = 0  # large images on the lane: decoding, or waiting for it
-        self.large_seconds = 1.0  # the last large decode's time, for Retry-After
+        self.lane_seconds = 1.0  # the CPU time of the lane's last piece of work: its rest, and Retry-After
         self.explaining = 0  # requests with ?explain=1 in the server
         self.draining = False  # set on SIGTERM: ready turns false while the requests in flight are answered
 
@@ -126,36 +126,28 @@ class Service:
     async def _decode_large(self, data: bytes, explain: bool, which: str, pixels: int):
         """An image of over LARGE_PIXELS, decoded on the costly lane; 429 when LARGE_WAITING more already wait."""
         if self.large_waiting > LARGE_WAITING:
-            retry = max(1, math.ceil(self.large_waiting * self.large_seconds / COSTLY_SHARE))
+            retry = max(1, math.ceil(self.large_waiting * self.lane_seconds / COSTLY_SHARE))
             raise RequestError(429, f"{which}the upload: {pixels:,} pixels to decode; this server decodes one "
                                     f"image of over {LARGE_PIXELS:,} pixels at a time, and {self.large_waiting} "
                                     f"are already decoding or waiting: retry in {retry} s",
                                {"Retry-After": str(retry)})
 
-        def decode():
-            started = time.perf_counter()
-            try:
-                return self.model.decode(data, explain)
-            finally:
-                self.large_seconds = time.perf_counter() - started
-
         self.large_waiting += 1
         try:
-            return await self._on_lane(decode)
+            return await self._on_lane(lambda: self.model.decode(data, explain))
         finally:
             self.large_waiting -= 1
 
     async def _on_lane(self, work):
         """work() on the costly lane, in its turn, after the lane's rest."""
         loop = asyncio.get_running_loop()
-        spent = [0.0]
 
         def timed():
             started = time.thread_time()  # the lane's own CPU time: under SCHED_IDLE it may wait long for a core
             try:
                 return work()
             finally:
-                spent[0] = time.thread_time() - started
+                self.lane_seconds = time.thread_time() - started
 
         self.on_lane += 1
         try:
@@ -167,7 +159,8 @@ class Service:
                 finally:
                     # Other images in flight: the lane rests, so that it takes at most COSTLY_SHARE of a core.
                     others = self.batcher.admitted > self.on_lane
-                    self.costly_free_at = loop.time() + (spent[0] * (1 / COSTLY_SHARE - 1) if others else 0.0)
+                    self.costly_free_at = loop.time() + (self.lane_seconds * (1 / COSTLY_SHARE - 1) if others
+                                                         else 0.0)
         finally:
             self.on_lane -= 1
 

@@ -104,7 +104,7 @@ def test_the_refusal_pacer_answers_a_burst_at_once_then_one_a_turn_and_closes_pa
 
 def test_a_client_looping_on_bad_requests_gets_the_refusal_rate_and_good_requests_wait_for_none(checkpoint,
                                                                                                 monkeypatch):
-    """20 connections send invented methods as fast as they are answered, for 1.5 s, past --refusal-rate 20:
+    """20 connections send invented methods as fast as they are answered, for 1 s, past --refusal-rate 20:
     the refusals are answered at the rate (after a burst of 2 s' worth), the ones that would wait past the
     longest wait (0.4 s here) are closed after it, and a good client's requests meanwhile wait for none of it."""
     import asyncio
@@ -115,7 +115,7 @@ def test_a_client_looping_on_bad_requests_gets_the_refusal_rate_and_good_request
     server = Server(checkpoint, refusal_rate=20)
     image = png_bytes(7)
 
-    async def load(seconds: float = 1.5) -> tuple[list[float], list[float], int]:
+    async def load(seconds: float = 1.0) -> tuple[list[float], list[float], int]:
         refused, good, closed = [], [], 0
         end = time.monotonic() + seconds
         async with httpx.AsyncClient(base_url=server.url, timeout=10,
@@ -335,24 +335,25 @@ print(peak, PEAK_BYTES_PER_PIXEL * side * side)
 
 @pytest.fixture
 def large_lane(checkpoint, monkeypatch):
-    """A server where an image of over 20,000 pixels is large, and each decode sleeps: `large_seconds` (0.4) on
-    the large lane, `small_seconds` (0) on the decoding threads. It records the large lane's scheduling policy."""
+    """A server where an image of over 20,000 pixels is large, and each decode takes `large_seconds` (0.4) on
+    the large lane (asleep, or with `spend` in CPU time), `small_seconds` (0) asleep on the decoding threads. It
+    records the large lane's scheduling policy."""
     from alexnet_cli.serving import service
     from alexnet_cli.serving.model import ServedModel
 
     monkeypatch.setattr(service, "LARGE_PIXELS", 20_000)
-    decode, seen = ServedModel.decode, {"large_seconds": 0.4, "small_seconds": 0.0}
+    decode, seen = ServedModel.decode, {"large_seconds": 0.4, "small_seconds": 0.0, "spend": False}
 
     def slow_decode(self, data, explain=False, large_above=None):
         sample = decode(self, data, explain, large_above)  # LargeUpload from the header, before any sleep
         if large_above is None:
             seen["policy"] = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
-        if large_above is None:  # the costly lane's rest counts its CPU time: spend it
+        if large_above is None and seen["spend"]:  # the costly lane's rest counts its CPU time: spend it
             end = time.thread_time() + seen["large_seconds"]
             while time.thread_time() < end:
                 pass
         else:
-            time.sleep(seen["small_seconds"])
+            time.sleep(seen["large_seconds"] if large_above is None else seen["small_seconds"])
         return sample
 
     monkeypatch.setattr(ServedModel, "decode", slow_decode)
@@ -412,7 +413,7 @@ def test_the_large_lane_rests_while_other_images_are_in_flight(normal_priority, 
     import asyncio
 
     server, seen = large_lane
-    seen.update(large_seconds=0.15, small_seconds=3.0)  # in flight however long a loaded machine takes
+    seen.update(large_seconds=0.15, small_seconds=2.0, spend=True)  # 2 s: in flight however long it takes
     large = png_bytes(5, 200)
     # One small image (it holds one of the two decoding threads; the large ones' headers are read on the other)
     answers = asyncio.run(_post_images(server.url, [(0.0, png_bytes(6, 60)), (0.05, large), (0.3, large)]))
