@@ -178,7 +178,7 @@ def test_precision_option_is_checked_and_reported(runner, shapes):
 
 
 def _best_accuracy(root: Path, precision: str) -> float:
-    """Tiny: two of the demo's textures (stripes, rings), 160 training and 64 validation images each, 5 epochs of
+    """Tiny: two of the demo's textures (stripes, rings), 160 training and 64 validation images each, 4 epochs of
     the suite's small architecture at `precision`: the run's best validation accuracy. Every call trains on the
     same seed and data."""
     from alexnet_cli.config.settings import TrainConfig
@@ -190,7 +190,7 @@ def _best_accuracy(root: Path, precision: str) -> float:
         make_shapes_folder(root / "train", ("stripes", "rings"), 160, TINY, seed=0)
         make_shapes_folder(root / "val", ("stripes", "rings"), 64, TINY, seed=1)
     # The suite's small architecture, at its rate (the default 2e-4 is the 58M-parameter alexnet's).
-    train(TrainConfig(data=root / "train", val=root / "val", arch=TEST_ARCH, image_size=TINY, epochs=5,
+    train(TrainConfig(data=root / "train", val=root / "val", arch=TEST_ARCH, image_size=TINY, epochs=4,
                       batch_size=16, lr=1e-3, workers=0, precision=precision, output=root / precision),
           SilentObserver())
     with open(root / precision / "metrics.csv") as handle:
