@@ -48,8 +48,9 @@ def serve(
     max_pixels: Annotated[int | None, typer.Option(
         help="Pixels an upload may decode to (a JPEG's after its draft), checked from its header; past it, 400.",
         show_default="what a quarter of the available memory holds, at most 40,000,000")] = None,
-    max_connections: Annotated[int, typer.Option(help="Connections open at once; past it, 503.")
-                               ] = ServeConfig.max_connections,
+    max_connections: Annotated[int, typer.Option(
+        help="Connections open at once; past it, a new one takes the place of the one waited for longest (503 "
+             "where all are busy).")] = ServeConfig.max_connections,
     timeout: Annotated[float, typer.Option(help="Seconds a request may take once its body has arrived; past "
                                                 "it, 504, and ready turns false while a forward pass runs longer.")
                        ] = ServeConfig.timeout,

@@ -295,7 +295,7 @@ class ServeConfig:
     # quarter of the available memory holds for every decoding thread at once, at 24 bytes a pixel at the
     # peak of a decode (an RGBA PNG's, measured), and at most MAX_PIXELS.
     max_pixels: int | None = None
-    max_connections: int = 256  # open connections; past it, 503 (uvicorn's limit_concurrency)
+    max_connections: int = 256  # open connections; past it, the one waited for longest makes room (server.py)
     docs: bool = False  # the OpenAPI page at /docs, off unless asked for
     timeout: float = 30.0  # the longest a request may take once its body has arrived; past it, 504
     api_key: str | None = None  # a bearer token every request but health and metrics must carry

@@ -54,6 +54,13 @@ class Metrics:
                                       registry=self.registry)
         for outcome in ("waited", "closed"):
             self.refusals_paced.labels(outcome)  # at 0 from the start
+        self.connections_closed = Counter("alexnet_connections_closed", "Connections closed at --max-connections: "
+                                          "the longest waited for, to make room for a new one, while it waited "
+                                          "for a request's 'head' or its 'body' (answered 408); or the new one, "
+                                          "answered 503, where every other was 'full' with a request being "
+                                          "answered.", ["waiting"], registry=self.registry)
+        for waiting in ("head", "body", "full"):
+            self.connections_closed.labels(waiting)
         # The process's memory, open files and CPU time (process_resident_memory_bytes, process_open_fds, ...).
         ProcessCollector(registry=self.registry)
 
@@ -63,6 +70,9 @@ class Metrics:
 
     def paced(self, outcome: str) -> None:
         self.refusals_paced.labels(outcome).inc()
+
+    def connection_closed(self, waiting: str) -> None:
+        self.connections_closed.labels(waiting).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

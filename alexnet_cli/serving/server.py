@@ -8,7 +8,8 @@ exits 0, as a container's orchestrator expects. A second signal stops at once.
 
 The HTTP parser is pinned to h11 (uvicorn would switch to httptools where it is installed, which has no limit
 on a request head's size), with its limit on an incomplete request head, and --max-connections caps the
-connections open at once (uvicorn's limit_concurrency: past it, 503).
+connections open at once: past it, a new connection takes the place of the one that has waited longest for its
+client (GuardedH11), and only where every connection has a request being answered is the new one refused, 503.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import cast
+from typing import ClassVar, cast
 
 import h11
 import uvicorn
@@ -34,7 +35,7 @@ from alexnet_cli.data.images import pillow_warnings
 from alexnet_cli.errors import ConfigError, first_line
 from alexnet_cli.observer import Observer
 from alexnet_cli.serving.app import HEAD_LIMIT, create_app
-from alexnet_cli.serving.metrics import ACCESS
+from alexnet_cli.serving.metrics import ACCESS, Metrics
 from alexnet_cli.serving.model import ServedModel
 from alexnet_cli.serving.service import Service
 
@@ -72,12 +73,19 @@ SMALLEST_MEAN_CHUNK = 1024  # bytes: a chunked body whose chunks average less is
 
 
 class GuardedH11(H11Protocol):
-    """uvicorn's h11 protocol with three guards of its own.
+    """uvicorn's h11 protocol with four guards of its own.
 
+    - Past --max-connections, a new connection makes room: the connection that has waited longest for its
+      client (for a request's head, or for the rest of its body) is closed, a body's with a 408. A connection
+      whose request has arrived whole is never closed for room; where every other one has such a request, the
+      new one is answered 503 and closed. So connections that send half a head, or a body a byte at a time,
+      cannot hold every place: uvicorn's limit alone answered every request 503 while they were open, however
+      little they sent. A good client's connection waits for it a millisecond between its requests, and is
+      the youngest.
     - A time limit on each request head, from the connection's start (or the end of its last answer) to the
       head's last byte: a byte at a time does not renew it, as it renews uvicorn's keep-alive timer. A
-      connection that has sent no whole head in `head_seconds` is closed, so idle sockets cannot hold the
-      places of --max-connections for ever. The body has a limit of its own (uploads.read_body).
+      connection that has sent no whole head in `head_seconds` is closed. The body has a limit of its own
+      (uploads.read_body).
     - A chunked body whose chunks average under SMALLEST_MEAN_CHUNK bytes (past the first CHUNKS_ALLOWED) is
       refused, 400, and the connection closed: h11 spends about 10 us on each chunk, so a megabyte sent in
       chunks of 16 bytes cost 0.65 s of CPU, and 20 MB 13 s.
@@ -85,15 +93,70 @@ class GuardedH11(H11Protocol):
       rather than as text."""
 
     head_seconds = 10.0  # set per server by uvicorn_config (--head-timeout)
+    max_connections = 256  # and --max-connections
+    metrics: ClassVar[Metrics | None] = None  # and the server's metrics (the connections closed for room)
+    # Per server: the connections waiting for their client (a head, or a body), the longest waiting first.
+    waiting: ClassVar[dict[GuardedH11, None]] = {}
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm()
-        self._chunked, self._chunks, self._chunk_bytes = False, 0, 0
+        self._chunked, self._chunks = False, 0
         self._refusal = ""
+        self._waiting_since, self._body_bytes = self.loop.time(), 0
         self._next_event = self.conn.next_event
         self.conn.next_event = self._counted_event  # type: ignore[method-assign]
+        self._wait(True)
+        self._full = len(self.connections) > self.max_connections and not self._make_room()
+
+    # -- room for a new connection ---------------------------------------------------------------------------
+
+    def _wait(self, waiting: bool) -> None:
+        """Keep `waiting` in order: this connection leaves it and, where it waits for its client from now on,
+        joins it last."""
+        self.waiting.pop(self, None)
+        if waiting:
+            self._waiting_since = self.loop.time()
+            self.waiting[self] = None
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest for its client, other than this one; False where none
+        is waiting."""
+        for connection in self.waiting:
+            if connection is not self:
+                connection._evict()
+                return True
+        return False
+
+    def _evict(self) -> None:
+        now = self.loop.time()
+        body = self.cycle is not None and not self.cycle.response_complete
+        if self.metrics is not None:
+            self.metrics.connection_closed("body" if body else "head")
+        if body and self.conn.our_state is h11.SEND_RESPONSE:  # its body was arriving, no answer begun: say why
+            self._refusal = (f"the upload was the longest waited for ({self._body_bytes:,} bytes in "
+                             f"{now - self._waiting_since:.1f} s) when the server needed its connection for "
+                             f"another (--max-connections {self.max_connections})")
+            if self.cycle is not None:  # the app, waiting for the body, counts the refusal as ours
+                self.cycle.scope["alexnet.refused"] = (408, self._refusal)  # type: ignore[typeddict-unknown-key]
+            self._answer(408, b"Request Timeout", self._refusal)
+        self.transport.close()
+        # Its place is free now, not once the loop has run its close.
+        self._wait(False)
+        self.connections.discard(self)
+
+    def _refuse_full(self) -> None:
+        """The answer of a connection that found every place taken by a request being answered: 503, closed
+        (written whole, before its request is parsed)."""
+        if self.metrics is not None:
+            self.metrics.connection_closed("full")
+        body = json.dumps({"error": f"the server has --max-connections ({self.max_connections}) open, each with a "
+                                    f"request being answered: try again"}).encode()
+        self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s"
+                             % (len(body), body))
+        self.transport.close()
 
     def _counted_event(self):
         try:
@@ -102,14 +165,18 @@ class GuardedH11(H11Protocol):
             self._refusal = self._refusal or f"the request is not valid HTTP/1.1 ({first_line(exc)[:100]})"
             raise
         if isinstance(event, h11.Request):
+            self._wait(True)  # for its body now, if it has one
+            self._body_bytes = 0
             self._chunked = any(name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
                                 for name, value in event.headers)
-            self._chunks = self._chunk_bytes = 0
-        elif self._chunked and isinstance(event, h11.Data):
-            self._chunks += 1
-            self._chunk_bytes += len(event.data)
-            if self._chunks > CHUNKS_ALLOWED and self._chunk_bytes < SMALLEST_MEAN_CHUNK * self._chunks:
-                mean = self._chunk_bytes // self._chunks
+            self._chunks = 0
+        elif isinstance(event, h11.EndOfMessage):
+            self._wait(False)  # the request has arrived whole
+        elif isinstance(event, h11.Data):
+            self._body_bytes += len(event.data)
+            self._chunks += self._chunked
+            if self._chunks > CHUNKS_ALLOWED and self._body_bytes < SMALLEST_MEAN_CHUNK * self._chunks:
+                mean = self._body_bytes // self._chunks
                 self._refusal = (f"the body came in chunks of {mean} bytes on average; send it with a "
                                  f"Content-Length, or in chunks of {SMALLEST_MEAN_CHUNK} bytes or more")
                 if self.cycle is not None:  # the app, waiting for the body, counts the refusal as ours
@@ -119,14 +186,18 @@ class GuardedH11(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request h11 cannot take, as {"error": ...}; the connection closes after it."""
-        body = json.dumps({"error": self._refusal or msg}).encode()
+        self._answer(400, b"Bad Request", self._refusal or msg)
+        self.transport.close()
+
+    def _answer(self, status: int, reason: bytes, message: str) -> None:
+        """{"error": message} written by the protocol itself, with Connection: close (the caller closes)."""
+        body = json.dumps({"error": message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         with contextlib.suppress(h11.LocalProtocolError):  # an answer had begun: only the close is left
-            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+            for event in (h11.Response(status_code=status, headers=headers, reason=reason), h11.Data(data=body),
                           h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))
-        self.transport.close()
 
     def _arm(self) -> None:
         self._disarm()
@@ -142,17 +213,23 @@ class GuardedH11(H11Protocol):
             self.transport.close()
 
     def handle_events(self) -> None:
+        if self._full:  # at its start: is there room now?
+            self._full = len(self.connections) > self.max_connections and not self._make_room()
+            if self._full:
+                return self._refuse_full()
         super().handle_events()
         if self.cycle is not None and not self.cycle.response_complete:
             self._disarm()  # a whole head has arrived: the request is running
 
     def on_response_complete(self) -> None:
+        self._wait(not self.transport.is_closing())  # for the next request's head
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm()  # the next request's head gets its own time
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._wait(False)
         super().connection_lost(exc)
 
 
@@ -176,12 +253,16 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def uvicorn_config(app, cfg: ServeConfig) -> uvicorn.Config:
+def uvicorn_config(app, cfg: ServeConfig, metrics: Metrics | None = None) -> uvicorn.Config:
     """How uvicorn runs the app: h11 pinned with its head limits (size, and time: --head-timeout), the
-    connection cap, the drain's length."""
-    protocol = type("GuardedH11", (GuardedH11,), {"head_seconds": cfg.head_timeout})
-    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http=protocol,
-                          h11_max_incomplete_event_size=HEAD_LIMIT, limit_concurrency=cfg.max_connections,
+    connection cap (GuardedH11's, in place of uvicorn's limit_concurrency, which would answer 503 to every request
+    while the cap's worth of idle connections were open), no
+    WebSocket (the app has no such route: an Upgrade header is ignored), the drain's length."""
+    protocol = type("GuardedH11", (GuardedH11,), {
+        "head_seconds": cfg.head_timeout, "max_connections": cfg.max_connections,
+        "metrics": metrics, "waiting": {}})
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http=protocol, ws="none",
+                          h11_max_incomplete_event_size=HEAD_LIMIT,
                           # uvicorn annotates an int, and waits with asyncio.wait_for, which takes seconds as a float
                           timeout_graceful_shutdown=cast(int, cfg.drain_seconds))
 
@@ -217,7 +298,7 @@ def serve(cfg: ServeConfig, observer: Observer) -> None:
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     service = Service(model, cfg)
-    config = uvicorn_config(create_app(service), cfg)
+    config = uvicorn_config(create_app(service), cfg, service.metrics)
     if exposed(cfg.host):
         guard = "a token (--api-key)" if cfg.api_key else "no authentication"
         observer.warn(f"listening on {cfg.host or 'every interface'}, reachable from other machines, with {guard} "

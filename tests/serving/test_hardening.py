@@ -179,31 +179,118 @@ def test_slow_uploads_hold_no_place_in_the_queue(small, http):
             sock.close()
 
 
-def test_idle_connections_are_capped_and_closed_when_their_head_is_late(checkpoint):
-    """Sockets that connect and send nothing, or a head a byte at a time: past --max-connections a new request
-    is refused (503); each idle one is closed when --head-timeout runs out, and the server serves again."""
-    server = Server(checkpoint, max_connections=6, head_timeout=1.0)
+def _closed_by_server(sock: socket.socket) -> bytes | None:
+    """What the server sent before it closed `sock`, or None while it is still open (0.3 s to tell)."""
+    sock.settimeout(0.3)
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except TimeoutError:
+        return None
+    except OSError:
+        pass
+    return answer
+
+
+def test_past_max_connections_the_longest_waited_for_connection_makes_room(checkpoint):
+    """Sockets that send half a request and wait, as many as --max-connections: a new client is still served,
+    and the connection that has waited longest for its client is closed to make room for it (an upload's,
+    with a 408 that says why), the younger ones not. uvicorn's own limit answered every request 503 while
+    such sockets were open, for as long as they chose to renew them."""
+    server = Server(checkpoint, max_connections=4, head_timeout=30.0)
     host, port = server.url.removeprefix("http://").split(":")
-    idle = [socket.create_connection((host, int(port))) for _ in range(6)]
+    upload = _slow_upload(server.url, 1000)  # the oldest: its head has come, its body is not coming
+    time.sleep(0.1)
+    halves = []
+    for _ in range(3):
+        halves.append(socket.create_connection((host, int(port))))
+        halves[-1].sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+        time.sleep(0.1)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/health/live").status_code == 200  # took the upload's place
+            answer = _closed_by_server(upload)
+            assert answer is not None and answer.startswith(b"HTTP/1.1 408"), answer
+            error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+            assert "(--max-connections 4)" in error and "4 bytes in" in error, error
+            assert all(_closed_by_server(sock) is None for sock in halves)  # the younger ones wait on
+            # Between its requests a client's own connection is the youngest waiting: the next new one takes
+            # the place of the oldest half head.
+            for _ in range(3):
+                assert client.post("/predict", content=png_bytes(1), headers={"content-type": "image/png"}
+                                   ).status_code == 200
+            with httpx.Client(base_url=server.url, timeout=10) as second:
+                assert second.get("/v2/health/live").status_code == 200
+            assert _closed_by_server(halves[0]) == b"" and _closed_by_server(halves[1]) is None
+            assert client.get("/v2/health/live").status_code == 200  # on the first client's own connection
+            closed = {line.split('"')[1]: float(line.split()[-1]) for line in client.get("/metrics").text.splitlines()
+                      if line.startswith("alexnet_connections_closed_total{")}
+            assert closed == {"head": 1.0, "body": 1.0, "full": 0.0}, closed
+            assert _counted(client, 'method="POST",route="/predict",status="408"') == 1  # counted as its 408
+    finally:
+        for sock in [upload, *halves]:
+            sock.close()
+        server.stop()
+
+
+def test_where_every_connection_has_a_request_being_answered_a_new_one_is_a_503(checkpoint):
+    """A connection whose request has arrived whole is never closed for room: past --max-connections of them,
+    the new connection is answered 503, in one line of JSON, and closed; once they are answered there is room."""
+    import threading
+
+    server = Server(checkpoint, max_connections=2)
+    real = server.service.batcher.run_batch
+
+    def slow(samples):
+        time.sleep(1.0)
+        return real(samples)
+
+    server.service.batcher.run_batch = slow
+    statuses: list[int] = []
+
+    def one() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as own:
+            statuses.append(own.post("/predict", content=png_bytes(2), headers={"content-type": "image/png"}
+                                     ).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # both in the forward pass
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            full = client.get("/v2/health/live")
+            assert full.status_code == 503 and "--max-connections (2)" in one_line_error(full)
+            assert full.headers["connection"] == "close" and full.headers["retry-after"] == "1"
+        for thread in threads:
+            thread.join()
+        assert statuses == [200, 200]
+        server.service.batcher.run_batch = real
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/health/live").status_code == 200
+    finally:
+        server.service.batcher.run_batch = real
+        server.stop()
+
+
+def test_a_head_that_comes_a_byte_at_a_time_is_closed_when_head_timeout_runs_out(checkpoint):
+    """A byte every 0.2 s does not renew the head's time, as it would renew uvicorn's keep-alive timer: the
+    server closes the connection at --head-timeout, and serves as before."""
+    server = Server(checkpoint, head_timeout=1.0)
+    host, port = server.url.removeprefix("http://").split(":")
     dribble = socket.create_connection((host, int(port)))
     try:
-        time.sleep(0.2)
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            assert client.get("/v2/health/live").status_code == 503
         started = time.monotonic()
-        with pytest.raises(OSError):  # a byte every 0.2 s does not renew the head's time: the server closes it
+        with pytest.raises(OSError):
             for _ in range(40):
                 dribble.sendall(b"G")
                 time.sleep(0.2)
         assert time.monotonic() - started < 3
-        for sock in idle:
-            sock.settimeout(2)
-            assert sock.recv(100) == b""  # closed by the server
         with httpx.Client(base_url=server.url, timeout=10) as client:
             assert client.get("/v2/health/live").status_code == 200
     finally:
-        for sock in [*idle, dribble]:
-            sock.close()
+        dribble.close()
         server.stop()
 
 

@@ -49,7 +49,8 @@ class Server:
         self.service = Service(self.model, self.cfg)
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = DrainingServer(uvicorn_config(create_app(self.service), self.cfg), self.service)
+        config = uvicorn_config(create_app(self.service), self.cfg, self.service.metrics)
+        self.server = DrainingServer(config, self.service)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
