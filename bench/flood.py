@@ -5,6 +5,7 @@
     python bench/flood.py 227 health 4      # GET /v2/health/live
     python bench/flood.py 67 idle 300       # connections that send half a head, a byte a second (slowloris)
     python bench/flood.py 67 trickle 300    # uploads whose body comes a byte a second
+    python bench/flood.py 67 noread 300     # requests for the page, sent and sent, and no answer read
     python bench/flood.py 67 idle 300 --max-connections 64     # arguments after the third go to alexnet serve
 
 Reported: the good clients' requests/s and p99, alone and under the flood (and their ratio), the server's CPU
@@ -33,6 +34,7 @@ KINDS = {
 
 
 SLOW = {
+    "noread": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2000,
     "idle": b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Wait: ",
     "trickle": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n",
 }
@@ -50,10 +52,19 @@ async def slow(url: str, kind: str, connections: int, seconds: float) -> dict:
         while time.monotonic() < end:
             writer = None
             try:
-                reader, writer = await asyncio.open_connection(host, int(port))
+                reader, writer = await asyncio.open_connection(host, int(port), limit=4096)
+                if kind == "noread":
+                    writer.transport.pause_reading()  # type: ignore[attr-defined]
                 writer.write(SLOW[kind])
                 await writer.drain()
-                while time.monotonic() < end:
+                while kind == "noread" and time.monotonic() < end and not writer.is_closing():
+                    try:
+                        writer.write(SLOW[kind][:27])
+                        await asyncio.wait_for(writer.drain(), 1.0)
+                    except asyncio.TimeoutError:
+                        pass
+                    await asyncio.sleep(1.0)
+                while kind != "noread" and time.monotonic() < end:
                     try:
                         line = await asyncio.wait_for(reader.readline(), 1.0)
                     except asyncio.TimeoutError:

@@ -56,9 +56,10 @@ class Metrics:
             self.refusals_paced.labels(outcome)  # at 0 from the start
         self.connections_closed = Counter("alexnet_connections_closed", "Connections closed at --max-connections: "
                                           "the longest waited for, to make room for a new one, while it waited "
-                                          "for a request's 'head' or its 'body' (answered 408); or the new one, "
-                                          "answered 503, where every other was 'full' with a request being "
-                                          "answered.", ["waiting"], registry=self.registry)
+                                          "for a request's 'head' (or to have its answer read) or its 'body' "
+                                          "(answered 408); or the new one, answered 503, where the server was "
+                                          "'full': no other had waited 0.5 s for its client.", ["waiting"],
+                                          registry=self.registry)
         for waiting in ("head", "body", "full"):
             self.connections_closed.labels(waiting)
         # The process's memory, open files and CPU time (process_resident_memory_bytes, process_open_fds, ...).

@@ -9,7 +9,7 @@ exits 0, as a container's orchestrator expects. A second signal stops at once.
 The HTTP parser is pinned to h11 (uvicorn would switch to httptools where it is installed, which has no limit
 on a request head's size), with its limit on an incomplete request head, and --max-connections caps the
 connections open at once: past it, a new connection takes the place of the one that has waited longest for its
-client (GuardedH11), and only where every connection has a request being answered is the new one refused, 503.
+client (GuardedH11) where that is 0.5 s or more, and only where none has waited so long is the new one refused, 503.
 """
 
 from __future__ import annotations
@@ -69,6 +69,10 @@ def sigterm_exits_cleanly():
 
 
 CHUNKS_ALLOWED = 64  # chunks of a chunked body before their average size is checked
+SEND_SECONDS = 30.0  # the longest an answer may wait for its client to read it (nginx's send_timeout: 60 s)
+SEND_BUFFER = 128 * 1024  # bytes of a connection's kernel send buffer (Linux doubles it), in place of autotuning's 4 MB
+LONG_WAIT = 0.5  # seconds a connection has waited for its client before it may be closed to make room
+PIPELINED = 2  # requests answered in a row that the client had sent before it had its previous answer
 SMALLEST_MEAN_CHUNK = 1024  # bytes: a chunked body whose chunks average less is refused
 
 
@@ -76,12 +80,19 @@ class GuardedH11(H11Protocol):
     """uvicorn's h11 protocol with four guards of its own.
 
     - Past --max-connections, a new connection makes room: the connection that has waited longest for its
-      client (for a request's head, or for the rest of its body) is closed, a body's with a 408. A connection
-      whose request has arrived whole is never closed for room; where every other one has such a request, the
-      new one is answered 503 and closed. So connections that send half a head, or a body a byte at a time,
+      client (for a request's head, for the rest of its body, or to read its answer), if that is LONG_WAIT or
+      more, is closed, a body's with a 408. A connection whose request has arrived whole, and whose answer is
+      being written, is never closed for room; where no other has waited that long, the new one is answered
+      503 and closed. So connections that send half a head, or a body a byte at a time, or that read nothing,
       cannot hold every place: uvicorn's limit alone answered every request 503 while they were open, however
-      little they sent. A good client's connection waits for it a millisecond between its requests, and is
-      the youngest.
+      little they sent. A good client's connection waits for it a millisecond or so between its requests.
+    - A client that does not read its answers gets little for it. Each connection's kernel send buffer is
+      SEND_BUFFER, not the 4 MB that Linux's autotuning gave a client that read nothing (885 answers of the
+      page for one write of requests). A client that pipelines (sends its next requests before it has read
+      the answer to the last) gets PIPELINED answers in a row, and then its connection is closed: HTTP/1.1
+      lets a server close between requests, and clients that pipeline (few do) send the rest again. And an
+      answer that waits for its client to read it (uvicorn holding the rest) gets SEND_SECONDS, and then its
+      connection is dropped: such a client held its connection, and its request, for ever.
     - A time limit on each request head, from the connection's start (or the end of its last answer) to the
       head's last byte: a byte at a time does not renew it, as it renews uvicorn's keep-alive timer. A
       connection that has sent no whole head in `head_seconds` is closed. The body has a limit of its own
@@ -107,24 +118,51 @@ class GuardedH11(H11Protocol):
         self._waiting_since, self._body_bytes = self.loop.time(), 0
         self._next_event = self.conn.next_event
         self.conn.next_event = self._counted_event  # type: ignore[method-assign]
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._pipelined = 0
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._wait(True)
         self._full = len(self.connections) > self.max_connections and not self._make_room()
+
+    def pause_writing(self) -> None:
+        """The client reads no more for now: its answer waits for it, SEND_SECONDS at most."""
+        super().pause_writing()
+        self._wait(True)
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(SEND_SECONDS, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        if self.cycle is not None and not self.cycle.response_complete and self.conn.their_state is not h11.SEND_BODY:
+            self.waiting.pop(self, None)  # its request has arrived whole, and its answer is being written again
 
     # -- room for a new connection ---------------------------------------------------------------------------
 
     def _wait(self, waiting: bool) -> None:
-        """Keep `waiting` in order: this connection leaves it and, where it waits for its client from now on,
-        joins it last."""
+        """Keep `waiting` in order. With `waiting`, this connection waits for its client from now on (a head, a
+        body) and joins it last; without, it leaves. Either way, while its client is not reading its answers
+        (writing paused) it keeps its place: it has waited for its client since then."""
+        if self.flow.write_paused and self in self.waiting:
+            return
         self.waiting.pop(self, None)
-        if waiting:
+        if waiting or self.flow.write_paused:
             self._waiting_since = self.loop.time()
             self.waiting[self] = None
 
     def _make_room(self) -> bool:
-        """Close the connection that has waited longest for its client, other than this one; False where none
-        is waiting."""
+        """Close the connection, other than this one, that has waited longest for its client, where it has
+        waited LONG_WAIT at least; False where none has. A good client's connection waits for it a
+        millisecond or so between its requests: it is not closed for one that has just arrived."""
         for connection in self.waiting:
             if connection is not self:
+                if self.loop.time() - connection._waiting_since < LONG_WAIT:
+                    return False
                 connection._evict()
                 return True
         return False
@@ -141,18 +179,21 @@ class GuardedH11(H11Protocol):
             if self.cycle is not None:  # the app, waiting for the body, counts the refusal as ours
                 self.cycle.scope["alexnet.refused"] = (408, self._refusal)  # type: ignore[typeddict-unknown-key]
             self._answer(408, b"Request Timeout", self._refusal)
-        self.transport.close()
+        if self.flow.write_paused:  # what it has not read would hold the close for ever
+            self.transport.abort()
+        else:
+            self.transport.close()
         # Its place is free now, not once the loop has run its close.
-        self._wait(False)
+        self.waiting.pop(self, None)
         self.connections.discard(self)
 
     def _refuse_full(self) -> None:
-        """The answer of a connection that found every place taken by a request being answered: 503, closed
+        """The answer of a connection that found every place taken, none of them idle for LONG_WAIT: 503, closed
         (written whole, before its request is parsed)."""
         if self.metrics is not None:
             self.metrics.connection_closed("full")
-        body = json.dumps({"error": f"the server has --max-connections ({self.max_connections}) open, each with a "
-                                    f"request being answered: try again"}).encode()
+        body = json.dumps({"error": f"the server has --max-connections ({self.max_connections}) connections open, "
+                                    f"none of them idle for long: try again"}).encode()
         self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s"
                              % (len(body), body))
@@ -222,6 +263,10 @@ class GuardedH11(H11Protocol):
             self._disarm()  # a whole head has arrived: the request is running
 
     def on_response_complete(self) -> None:
+        # The client's next request is here already (it pipelines): PIPELINED of them in a row, then close.
+        self._pipelined = self._pipelined + 1 if self.conn.trailing_data[0] else 0
+        if self._pipelined >= PIPELINED and not self.transport.is_closing():
+            self.transport.close()
         self._wait(not self.transport.is_closing())  # for the next request's head
         super().on_response_complete()
         if not self.transport.is_closing():
@@ -229,7 +274,9 @@ class GuardedH11(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._wait(False)
+        self.waiting.pop(self, None)
+        if getattr(self, "_send_timer", None) is not None:
+            self._send_timer.cancel()  # type: ignore[union-attr]
         super().connection_lost(exc)
 
 

@@ -198,6 +198,8 @@ def test_past_max_connections_the_longest_waited_for_connection_makes_room(check
     and the connection that has waited longest for its client is closed to make room for it (an upload's,
     with a 408 that says why), the younger ones not. uvicorn's own limit answered every request 503 while
     such sockets were open, for as long as they chose to renew them."""
+    from alexnet_cli.serving.server import LONG_WAIT
+
     server = Server(checkpoint, max_connections=4, head_timeout=30.0)
     host, port = server.url.removeprefix("http://").split(":")
     upload = _slow_upload(server.url, 1000)  # the oldest: its head has come, its body is not coming
@@ -207,6 +209,7 @@ def test_past_max_connections_the_longest_waited_for_connection_makes_room(check
         halves.append(socket.create_connection((host, int(port))))
         halves[-1].sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
         time.sleep(0.1)
+    time.sleep(LONG_WAIT)  # each has waited long enough to be closed for room
     try:
         with httpx.Client(base_url=server.url, timeout=10) as client:
             assert client.get("/v2/health/live").status_code == 200  # took the upload's place
@@ -261,7 +264,7 @@ def test_where_every_connection_has_a_request_being_answered_a_new_one_is_a_503(
         time.sleep(0.5)  # both in the forward pass
         with httpx.Client(base_url=server.url, timeout=10) as client:
             full = client.get("/v2/health/live")
-            assert full.status_code == 503 and "--max-connections (2)" in one_line_error(full)
+            assert full.status_code == 503 and "--max-connections (2) connections open" in one_line_error(full)
             assert full.headers["connection"] == "close" and full.headers["retry-after"] == "1"
         for thread in threads:
             thread.join()
@@ -272,6 +275,78 @@ def test_where_every_connection_has_a_request_being_answered_a_new_one_is_a_503(
     finally:
         server.service.batcher.run_batch = real
         server.stop()
+
+
+def _reading_nothing(url: str, count: int) -> list[socket.socket]:
+    """`count` clients that ask for the page, over and over, and read none of the answers. Each asks again only
+    after its last answer has had time to be written (one that pipelines has its connection closed)."""
+    host, port = url.removeprefix("http://").split(":")
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.setblocking(False)
+        socks.append(sock)
+    for _ in range(40):
+        for sock in socks:
+            with contextlib.suppress(BlockingIOError):  # the server reads no more of it: its answers wait
+                sock.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.02)
+    return socks
+
+
+def test_a_client_that_reads_nothing_holds_no_place_for_long(checkpoint, monkeypatch):
+    """Clients that send requests and read none of the answers: such a connection waits for its client, so a
+    new one takes its place past --max-connections, and it is dropped once an answer has waited SEND_SECONDS
+    to be read. Before, each held its place for ever, and --max-connections of them refused every client."""
+    from alexnet_cli.serving import server as served
+
+    monkeypatch.setattr(served, "SEND_SECONDS", 2.0)
+    monkeypatch.setattr(served, "SEND_BUFFER", 4096)  # full after a few answers
+    server = Server(checkpoint, max_connections=2)
+    connections = server.server.server_state.connections
+    readers = _reading_nothing(server.url, 2)
+    try:
+        time.sleep(0.6)  # both blocked, their answers unread, for longer than LONG_WAIT
+        assert len(connections) == 2
+        for connection in connections:  # a send buffer of its own size, not autotuning's 4 MB (Linux doubles it)
+            sock = connection.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * served.SEND_BUFFER
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/health/live").status_code == 200  # in the place of the first
+        deadline = time.monotonic() + 3
+        while connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not connections  # the second dropped after SEND_SECONDS
+        with pytest.raises(ConnectionResetError):  # what it was sent, then the reset
+            readers[1].setblocking(True)
+            while readers[1].recv(65536):
+                pass
+    finally:
+        for sock in readers:
+            sock.close()
+        server.stop()
+
+
+def test_a_client_that_pipelines_gets_a_few_answers_then_its_connection_closes(small):
+    """Requests sent before the previous answer was read cost the client nothing to send: one write of 2,000
+    of them had 885 answered. A pipelining client gets PIPELINED answers in a row, then the connection closes
+    (it sends the rest again on a new one); a client that reads each answer before it asks again is served on
+    one connection for as long as it likes."""
+    from alexnet_cli.serving.server import PIPELINED
+
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = _raw(small.url, request * 5)
+    assert answer.count(b"HTTP/1.1 200") == PIPELINED < 5
+    host, port = small.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for _ in range(6):
+            sock.sendall(request)
+            reply = b""
+            while not reply.endswith(b"}"):
+                reply += sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200") and b"connection: close" not in reply.lower()
 
 
 def test_a_head_that_comes_a_byte_at_a_time_is_closed_when_head_timeout_runs_out(checkpoint):
