@@ -458,6 +458,37 @@ def test_max_pixels_and_the_shape_are_checked_from_the_header_before_any_decode(
             open_upload(long, draft_size=256)
 
 
+def _progressive_jpeg(side: int, repeats: int) -> bytes:
+    """A progressive JPEG of one colour whose smallest scan is sent `repeats` more times before its end: every
+    scan is a pass of the decoder over the whole image, and a repeat is a dozen bytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 140, 200)).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    scans, start = [], data.index(b"\xff\xda")
+    while start >= 0:
+        end = data.find(b"\xff\xda", start + 2)
+        scans.append(data[start:end if end >= 0 else len(data) - 2])
+        start = end
+    return data[:-2] + min(scans[1:], key=len) * repeats + b"\xff\xd9"
+
+
+def test_a_jpeg_of_more_scans_than_a_progressive_one_has_is_refused_before_it_is_opened(small, http):
+    """A JPEG of 264 kB and 20,000 scans took 2.2 s of the decoder's CPU (a pass over the image each). Past 256
+    scans, 400 at once; a progressive JPEG (10 scans) is served."""
+    from alexnet_cli.data.images import MAX_JPEG_SCANS
+
+    served = http.post("/predict", content=_progressive_jpeg(256, 0), headers={"content-type": "image/jpeg"})
+    assert served.status_code == 200, served.text
+    started = time.monotonic()
+    refused = http.post("/predict", content=_progressive_jpeg(1024, 5000), headers={"content-type": "image/jpeg"})
+    assert refused.status_code == 400 and time.monotonic() - started < 1.0
+    assert one_line_error(refused).startswith("the upload: a JPEG of 5,0") and str(MAX_JPEG_SCANS) in refused.text
+
+
 def test_an_image_over_max_pixels_is_a_400_and_explain_decodes_once(small, http, monkeypatch):
     response = http.post("/predict", content=_solid_png(800, 800), headers={"content-type": "image/png"})
     assert response.status_code == 400 and "(--max-pixels)" in one_line_error(response)
