@@ -60,14 +60,15 @@ async def predict_one(request: Request, service: Served,
     if explain and service.model.predictor.onnx is not None:
         raise RequestError(400, f"explain=1 draws Grad-CAM from the model's gradients, which this server's "
                                 f"{service.model.predictor.precision} ONNX model does not have")
-    # The body first, then a place in the queue.
-    data = await image_bytes(request, service.cfg.max_upload_bytes, service.cfg.body_timeout)
-    ticket = service.admit()
-    try:
-        return JSONResponse(await service.within_timeout(
-            service.predict(ticket, data, top_k or service.cfg.top_k, explain)))
-    finally:
-        ticket.close()
+    # The body first (within the bytes of uploads the server holds), then a place in the queue.
+    async with service.bodies.hold() as take:
+        data = await image_bytes(request, service.cfg.max_upload_bytes, service.cfg.body_timeout, take)
+        ticket = service.admit()
+        try:
+            return JSONResponse(await service.within_timeout(
+                service.predict(ticket, data, top_k or service.cfg.top_k, explain)))
+        finally:
+            ticket.close()
 
 
 @metrics.get("/metrics", include_in_schema=False)
@@ -131,16 +132,19 @@ async def infer(request: Request, service: Served, name: str, version: str = "1"
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise RequestError(415, "compressed requests are not supported: send them without Content-Encoding")
     cfg, model = service.cfg, service.model
-    # The body first, then a place in the queue: a slow sender holds a connection (--max-connections), never
-    # a queue slot. Parsing runs on a thread, within bounds checked before it (protocol.parse_infer).
-    body = await read_body(request, cfg.max_upload_bytes, cfg.body_timeout)
-    parsed = await run_in_threadpool(protocol.parse_infer, body, request.headers.get(protocol.HEADER_LENGTH),
-                                     cfg.max_batch)
-    ticket = service.admit(len(parsed.images))
-    try:
-        outputs = await service.within_timeout(service.classify(ticket, parsed.images))
-    finally:
-        ticket.close()
+    # The body first (within the bytes of uploads the server holds), then a place in the queue: a slow sender
+    # holds a connection (--max-connections), never a queue slot. Parsing runs on a thread, within bounds
+    # checked before it (protocol.parse_infer).
+    async with service.bodies.hold() as take:
+        body = await read_body(request, cfg.max_upload_bytes, cfg.body_timeout, take)
+        parsed = await run_in_threadpool(protocol.parse_infer, body, request.headers.get(protocol.HEADER_LENGTH),
+                                         cfg.max_batch)
+        del body  # the images are in `parsed` now: the body need not wait in the queue with them
+        ticket = service.admit(len(parsed.images))
+        try:
+            outputs = await service.within_timeout(service.classify(ticket, parsed.images))
+        finally:
+            ticket.close()
     probabilities = [output.probabilities.tolist() for output in outputs]
     labels = [model.class_names[int(output.probabilities.argmax())] for output in outputs]
     content, headers = protocol.infer_response(cfg.name, parsed, labels, probabilities)

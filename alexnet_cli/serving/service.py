@@ -19,7 +19,7 @@ from alexnet_cli.runtime.context import DECODE_THREADS
 from alexnet_cli.serving.batching import Batcher, Ticket
 from alexnet_cli.serving.metrics import Metrics
 from alexnet_cli.serving.model import Output, ServedModel
-from alexnet_cli.serving.uploads import RequestError
+from alexnet_cli.serving.uploads import UPLOADS_HELD, BodyBudget, RequestError
 
 # Costly work runs on a lane of its own: one thread under SCHED_IDLE, one piece at a time, and while other
 # images are in flight it takes at most COSTLY_SHARE of a core (after a piece of t s, the next waits 9t). Two
@@ -66,6 +66,7 @@ class Service:
         self.large_waiting = 0  # large images on the lane: decoding, or waiting for it
         self.lane_seconds = 1.0  # the CPU time of the lane's last piece of work: its rest, and Retry-After
         self.explaining = 0  # requests with ?explain=1 in the server
+        self.bodies = BodyBudget(UPLOADS_HELD * cfg.max_upload_bytes)  # the uploads' bytes held at once
         self.draining = False  # set on SIGTERM: ready turns false while the requests in flight are answered
 
     async def start(self) -> None:

@@ -9,7 +9,8 @@ the image's bytes stay in memory, and the file name of a multipart part is ignor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -28,6 +29,39 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+UPLOADS_HELD = 16  # times --max-upload-mb: the bytes of bodies held in memory at once, server-wide
+
+
+class BodyBudget:
+    """The bytes of request bodies held in memory at once, across the server: each request takes them as its
+    body arrives and gives them back when it is answered. Past `limit`, the request is refused, 503 with
+    Retry-After, as for a full queue. A body is read whole before its request takes a place in the queue (so
+    that a slow sender holds no place), and without this, --max-connections bodies of --max-upload-mb (5 GB
+    with the defaults) could be held at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[Callable[[int], None]]:
+        """take(size) for one request's body; what it took is given back when the block ends."""
+        taken = 0
+
+        def take(size: int) -> None:
+            nonlocal taken
+            if self.held + size > self.limit:
+                raise RequestError(503, f"the server holds {_megabytes(self.held)} of uploads, its limit of "
+                                        f"{_megabytes(self.limit)} ({UPLOADS_HELD} x --max-upload-mb): try again",
+                                   {"Retry-After": "1"})
+            self.held += size
+            taken += size
+
+        try:
+            yield take
+        finally:
+            self.held -= taken
 
 
 def _megabytes(size: int) -> str:
@@ -70,9 +104,11 @@ async def discard_body(request: Request, limit: int) -> bool:
         return False
 
 
-async def read_body(request: Request, limit: int, seconds: float | None = None) -> bytes:
+async def read_body(request: Request, limit: int, seconds: float | None = None,
+                    take: Callable[[int], None] | None = None) -> bytes:
     """The whole body, or 413 past `limit` bytes, or 408 when it takes longer than `seconds` to arrive (a
-    request holds its place in the queue while its body arrives: a slow sender must not hold it for ever)."""
+    request holds its place in the queue while its body arrives: a slow sender must not hold it for ever).
+    Each chunk is taken from a BodyBudget as it arrives, with `take`."""
     declared = declared_length(request)
     too_large = RequestError(413, f"the upload is over the limit of {_megabytes(limit)} (--max-upload-mb)")
     if declared is not None and declared > limit:
@@ -88,6 +124,8 @@ async def read_body(request: Request, limit: int, seconds: float | None = None) 
             size += len(chunk)
             if size > limit:
                 raise too_large
+            if take is not None:
+                take(len(chunk))
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -103,15 +141,16 @@ async def _one_chunk(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
-async def image_bytes(request: Request, limit: int, seconds: float | None = None) -> bytes:
+async def image_bytes(request: Request, limit: int, seconds: float | None = None,
+                      take: Callable[[int], None] | None = None) -> bytes:
     """The image of a POST /predict: a multipart form with an `image` file (curl -F image=@cat.jpg), or the
     image's own bytes as the body (Content-Type image/* or application/octet-stream)."""
     content_type = request.headers.get("content-type", "")
     kind = content_type.split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        return await _multipart_image(request, await read_body(request, limit, seconds))
+        return await _multipart_image(request, await read_body(request, limit, seconds, take))
     if kind.startswith("image/") or kind in RAW_TYPES:
-        return await read_body(request, limit, seconds)
+        return await read_body(request, limit, seconds, take)
     shown = f"Content-Type {kind!r}" if kind else "no Content-Type"
     raise RequestError(415, f"{shown}: send multipart/form-data with an '{IMAGE_FIELD}' file (curl -F "
                             f"{IMAGE_FIELD}=@cat.jpg), or the image's bytes as image/* or application/octet-stream")

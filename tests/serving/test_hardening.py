@@ -179,6 +179,43 @@ def test_slow_uploads_hold_no_place_in_the_queue(small, http):
             sock.close()
 
 
+def test_the_bodies_held_at_once_are_bounded_and_past_it_a_request_is_a_503(checkpoint):
+    """Bodies are read whole before a place in the queue is taken: without a bound, --max-connections uploads
+    of --max-upload-mb (5 GB with the defaults) could be held at once. Past UPLOADS_HELD x --max-upload-mb
+    (here set to 150 kB), a request is refused 503 with Retry-After; bodies given back as their requests end."""
+    server = Server(checkpoint)
+    bodies = server.service.bodies
+    bodies.limit = 150_000
+    host, port = server.url.removeprefix("http://").split(":")
+    held = []
+    http = httpx.Client(base_url=server.url, timeout=10)
+    try:
+        for _ in range(2):  # 60 kB of 100 kB each, and then nothing
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + b"\0" * 60_000)
+            held.append(sock)
+        deadline = time.monotonic() + 5
+        while bodies.held < 120_000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert bodies.held == 120_000
+        refused = http.post("/predict", content=b"\0" * 40_000, headers={"content-type": "image/png"})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "of uploads, its limit of" in one_line_error(refused)
+        assert bodies.held == 120_000  # the refused one gave its part back
+        for sock in held:
+            sock.close()
+        while bodies.held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert bodies.held == 0
+        assert http.post("/predict", content=png_bytes(5), headers={"content-type": "image/png"}).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        http.close()
+        server.stop()
+
+
 def _closed_by_server(sock: socket.socket) -> bytes | None:
     """What the server sent before it closed `sock`, or None while it is still open (0.3 s to tell)."""
     sock.settimeout(0.3)
