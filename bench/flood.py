@@ -6,6 +6,7 @@
     python bench/flood.py 67 idle 300       # connections that send half a head, a byte a second (slowloris)
     python bench/flood.py 67 trickle 300    # uploads whose body comes a byte a second
     python bench/flood.py 67 noread 300     # requests for the page, sent and sent, and no answer read
+    python bench/flood.py 67 bodies 64      # uploads of --max-upload-mb (20 MB) of junk, as fast as they go
     python bench/flood.py 67 idle 300 --max-connections 64     # arguments after the third go to alexnet serve
 
 Reported: the good clients' requests/s and p99, alone and under the flood (and their ratio), the server's CPU
@@ -30,6 +31,7 @@ KINDS = {
     "explain": ("POST", "/predict?explain=1"),
     "metrics": ("GET", "/metrics"),
     "health": ("GET", "/v2/health/live"),
+    "bodies": ("POST", "/predict"),
 }
 
 
@@ -97,13 +99,24 @@ async def flood(url: str, kind: str, connections: int, seconds: float, jpeg: byt
     async with aiohttp.ClientSession() as http:
         async def one() -> None:
             while time.monotonic() < end:
-                body = {"data": jpeg, "headers": {"content-type": "image/jpeg"}} if method == "POST" else {}
-                async with http.request(method, url + path, **body) as response:
-                    await response.read()
-                    statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+                data = bytes(20 * 1024 * 1024) if kind == "bodies" else jpeg
+                body = {"data": data, "headers": {"content-type": "image/jpeg"}} if method == "POST" else {}
+                try:
+                    async with http.request(method, url + path, **body) as response:
+                        await response.read()
+                        status = str(response.status)
+                except aiohttp.ClientError as exc:  # closed on it (a 503 whose body was not read)
+                    status = type(exc).__name__
+                statuses[status] = statuses.get(status, 0) + 1
 
         await asyncio.gather(*(one() for _ in range(connections)))
     return statuses
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory so far (Linux /proc: VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
 
 def main() -> None:
@@ -136,13 +149,15 @@ def main() -> None:
             cpu = cpu_seconds(served.pid) - before[0]
             attacker_cpu = cpu_seconds(attacker.pid) - before[1]
             statuses = json.loads(attacker.communicate(timeout=60)[0])
+            peak = peak_rss_mb(served.pid)
         finally:
             served.terminate()
             served.wait()
     print(f"{size} px, {kind} on {connections} connections: good clients alone {clean['per_second']:.0f} requests/s, "
           f"p99 {clean['p99_ms']:.0f} ms; under the flood {under['per_second']:.0f} requests/s, p99 "
           f"{under['p99_ms']:.0f} ms ({under['p99_ms'] / clean['p99_ms']:.2f}x), {under['statuses']}; the server's "
-          f"CPU {cpu:.1f} s in 8 s, the flood's {attacker_cpu:.1f} s; the flood was answered {statuses}")
+          f"CPU {cpu:.1f} s in 8 s, the flood's {attacker_cpu:.1f} s; its peak RSS {peak:.0f} MB; the flood was "
+          f"answered {statuses}")
 
 
 if __name__ == "__main__":

@@ -168,7 +168,7 @@ def add_error_handlers(app: FastAPI, limit: int) -> None:
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
-        whole = await discard_body(request, DRAIN_FACTOR * limit)
+        whole = exc.drain and await discard_body(request, DRAIN_FACTOR * limit)
         return error(exc.status, exc.message, {**exc.headers, **({} if whole else CLOSE)})
 
     @app.exception_handler(Overloaded)

@@ -26,23 +26,30 @@ DISCARD_SECONDS = 5.0  # the longest a refused body is read for, to be thrown aw
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    """A refusal: its status, its one line, its headers; `drain`: read the rest of the body (and throw it away)
+    before answering, so that a client still sending sees the answer, and the connection can be kept."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, drain: bool = True) -> None:
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+        self.status, self.message, self.headers, self.drain = status, message, headers or {}, drain
 
 
 UPLOADS_HELD = 16  # times --max-upload-mb: the bytes of bodies held in memory at once, server-wide
+SMALL_BODY = 1024 * 1024  # a photo's body is under it: the last quarter of the bodies' room (at most 64 MB) is theirs
 
 
 class BodyBudget:
     """The bytes of request bodies held in memory at once, across the server: each request takes them as its
     body arrives and gives them back when it is answered. Past `limit`, the request is refused, 503 with
-    Retry-After, as for a full queue. A body is read whole before its request takes a place in the queue (so
-    that a slow sender holds no place), and without this, --max-connections bodies of --max-upload-mb (5 GB
-    with the defaults) could be held at once."""
+    Retry-After, and its connection closed without the rest of its body being read. A body is read whole
+    before its request takes a place in the queue (so that a slow sender holds no place), and without this,
+    --max-connections bodies of --max-upload-mb (5 GB with the defaults) could be held at once. The last
+    `reserve` bytes are for bodies of SMALL_BODY or less, so that uploads of --max-upload-mb in a loop cannot
+    take the room of the photos."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.held = limit, 0
+        self.reserve = min(64 * SMALL_BODY, limit // 4)
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[Callable[[int], None]]:
@@ -51,10 +58,12 @@ class BodyBudget:
 
         def take(size: int) -> None:
             nonlocal taken
-            if self.held + size > self.limit:
+            room = self.limit if taken + size <= SMALL_BODY else self.limit - self.reserve
+            if self.held + size > room:
                 raise RequestError(503, f"the server holds {_megabytes(self.held)} of uploads, its limit of "
-                                        f"{_megabytes(self.limit)} ({UPLOADS_HELD} x --max-upload-mb): try again",
-                                   {"Retry-After": "1"})
+                                        f"{_megabytes(room)} for {'this one' if room < self.limit else 'any'} "
+                                        f"({UPLOADS_HELD} x --max-upload-mb): try again", {"Retry-After": "1"},
+                                   drain=False)  # not read at all: the connection closes
             self.held += size
             taken += size
 

@@ -179,36 +179,49 @@ def test_slow_uploads_hold_no_place_in_the_queue(small, http):
             sock.close()
 
 
-def test_the_bodies_held_at_once_are_bounded_and_past_it_a_request_is_a_503(checkpoint):
+def test_the_bodies_held_at_once_are_bounded_and_past_it_a_request_is_a_503(checkpoint, monkeypatch):
     """Bodies are read whole before a place in the queue is taken: without a bound, --max-connections uploads
     of --max-upload-mb (5 GB with the defaults) could be held at once. Past UPLOADS_HELD x --max-upload-mb
-    (here set to 150 kB), a request is refused 503 with Retry-After; bodies given back as their requests end."""
+    (here 150 kB), a request is refused 503 with Retry-After, unread, and its connection closed; the last
+    part of that room (here 50 kB) is for bodies of a photo's size (here 50 kB), so that large uploads cannot
+    take it. Bodies are given back as their requests end."""
+    from alexnet_cli.serving import uploads
+
+    monkeypatch.setattr(uploads, "SMALL_BODY", 50_000)
     server = Server(checkpoint)
     bodies = server.service.bodies
-    bodies.limit = 150_000
+    bodies.limit, bodies.reserve = 150_000, 50_000
     host, port = server.url.removeprefix("http://").split(":")
     held = []
     http = httpx.Client(base_url=server.url, timeout=10)
+
+    def large_upload() -> socket.socket:  # 60 kB of 100 kB, and then nothing
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b"\0" * 60_000)
+        held.append(sock)
+        return sock
+
     try:
-        for _ in range(2):  # 60 kB of 100 kB each, and then nothing
-            sock = socket.create_connection((host, int(port)))
-            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                         b"Content-Length: 100000\r\n\r\n" + b"\0" * 60_000)
-            held.append(sock)
+        large_upload()
         deadline = time.monotonic() + 5
-        while bodies.held < 120_000 and time.monotonic() < deadline:
+        while bodies.held < 60_000 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert bodies.held == 120_000
-        refused = http.post("/predict", content=b"\0" * 40_000, headers={"content-type": "image/png"})
-        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-        assert "of uploads, its limit of" in one_line_error(refused)
-        assert bodies.held == 120_000  # the refused one gave its part back
+        assert bodies.held == 60_000
+        second = large_upload()  # past the 100 kB that large bodies may hold
+        answer = _closed_by_server(second) or b""
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower(), answer[:200]
+        assert b"connection: close" in answer.lower() and b"of uploads, its limit of" in answer
+        assert bodies.held == 60_000  # the refused one gave its part back
+        small = http.post("/predict", content=png_bytes(5), headers={"content-type": "image/png"})
+        assert small.status_code == 200  # a photo still has room
+        junk = http.post("/predict", content=b"\0" * 45_000, headers={"content-type": "image/png"})
+        assert junk.status_code == 400  # read (60 + 45 kB: within the room of small bodies), then refused
         for sock in held:
             sock.close()
         while bodies.held and time.monotonic() < deadline:
             time.sleep(0.02)
         assert bodies.held == 0
-        assert http.post("/predict", content=png_bytes(5), headers={"content-type": "image/png"}).status_code == 200
     finally:
         for sock in held:
             sock.close()
