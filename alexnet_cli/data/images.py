@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from alexnet_cli.data.structure import structure_problem
 from alexnet_cli.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -136,10 +137,6 @@ UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 # An image far longer than it is wide is resized on its short side to the model's input: 1 x 80,000,000
 # pixels (under Pillow's bomb limit) would become gigabytes. Past this ratio an upload is refused.
 MAX_ASPECT_RATIO = 50
-# The scans a JPEG upload may hold (nvImageCodec's default, after the cure53 audit of libjpeg-turbo). Each scan
-# of a progressive JPEG is a pass over the whole image, and a scan can be repeated in 12 bytes: a JPEG of 264 kB,
-# 2000x2000 pixels and 20,000 scans took 2.2 s of CPU to decode (1 MB, about 8 s). A progressive JPEG has about 10.
-MAX_JPEG_SCANS = 256
 
 
 class LargeUpload(Exception):
@@ -156,15 +153,14 @@ def open_upload(data: bytes, draft_size: int | None = None, max_pixels: int | No
     """Bytes sent over the network, opened as open_image opens a file (inside pillow_warnings()), in the
     UPLOAD_FORMATS alone; a message calls them "the upload". Nothing about them is ever used as a path. The
     shape and `max_pixels` (the pixels decoded: a JPEG's after its draft) are checked from the header, before
-    the decode that they bound; past `large_above` pixels, LargeUpload is raised from the header too. A JPEG
-    of more than MAX_JPEG_SCANS scans is refused before it is opened."""
+    the decode that they bound; past `large_above` pixels, LargeUpload is raised from the header too. An upload
+    whose structure would cost Pillow more to read than its size warrants (structure.py) is refused before it
+    is opened."""
     if not data:
         raise UnreadableImage("the upload: empty file")
-    if data.startswith(b"\xff\xd8"):  # a JPEG: its scans counted (0xFF in the coded data is sent as 0xFF00)
-        scans = data.count(b"\xff\xda")
-        if scans > MAX_JPEG_SCANS:
-            raise UnreadableImage(f"the upload: a JPEG of {scans:,} scans, over the limit of {MAX_JPEG_SCANS} (a "
-                                  "progressive JPEG has about 10, and each costs a pass over the whole image)")
+    problem = structure_problem(data)
+    if problem is not None:
+        raise UnreadableImage(f"the upload: {problem}")
 
     def check(width: int, height: int) -> None:
         if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):

@@ -529,7 +529,7 @@ def _progressive_jpeg(side: int, repeats: int) -> bytes:
 def test_a_jpeg_of_more_scans_than_a_progressive_one_has_is_refused_before_it_is_opened(small, http):
     """A JPEG of 264 kB and 20,000 scans took 2.2 s of the decoder's CPU (a pass over the image each). Past 256
     scans, 400 at once; a progressive JPEG (10 scans) is served."""
-    from alexnet_cli.data.images import MAX_JPEG_SCANS
+    from alexnet_cli.data.structure import MAX_JPEG_SCANS
 
     served = http.post("/predict", content=_progressive_jpeg(256, 0), headers={"content-type": "image/jpeg"})
     assert served.status_code == 200, served.text
