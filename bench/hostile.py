@@ -7,7 +7,9 @@ While 8 good clients post photos in a closed loop, these hit the same server at 
   - PNGs of 6300x6300 pixels (under serve's default --max-pixels of at most 40 million, 131 kB each, 0.7 s of
     a core to decode), four at a time;
   - deeply nested JSON bodies;
-  - requests with invented HTTP methods.
+  - requests with invented HTTP methods;
+  - held out until they were found, then added: PNGs of 100,000 empty chunks (1.2 MB, 0.46 s of Python each
+    for Pillow to read), and progressive JPEGs of 20,000 repeated scans (264 kB, 2.2 s of CPU to decode).
 The attack runs in a process of its own, so that the good clients' event loop, whose latencies are measured, is
 not the one busy sending it. A probe asks /v2/health/live every 20 ms. Reported: the good requests' statuses
 and p50/p99 against a clean run of the same clients just before, the probe's p99, the server's RSS, and the
@@ -37,6 +39,30 @@ def big_png(side: int = 8000) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (side, side), (40, 90, 160)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def empty_chunks_png(count: int = 100_000) -> bytes:
+    import struct
+    import zlib
+
+    png = big_png(64)
+    empty = struct.pack(">I", 0) + b"abCd" + struct.pack(">I", zlib.crc32(b"abCd"))
+    return png[:33] + empty * count + png[33:]
+
+
+def many_scans_jpeg(side: int = 1999, repeats: int = 20_000) -> bytes:
+    """A progressive JPEG of one colour whose smallest scan is sent `repeats` more times before its end."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 140, 200)).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    scans, start = [], data.index(b"\xff\xda")
+    while start >= 0:
+        end = data.find(b"\xff\xda", start + 2)
+        scans.append(data[start:end if end >= 0 else len(data) - 2])
+        start = end
+    return data[:-2] + min(scans[1:], key=len) * repeats + b"\xff\xd9"
 
 
 def series(text: str) -> int:
@@ -109,8 +135,10 @@ async def attack(url: str, seconds: float, max_queue: int) -> dict:
     dup = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}],
                       "outputs": [{"name": "probabilities"}] * 1000}).encode()
     nested = b"[" * 100_000 + b"]" * 100_000
+    chunks, scans = empty_chunks_png(), many_scans_jpeg()
     hostile: dict[str, dict] = {"duplicate outputs": {}, "8000x8000 PNG": {}, "6300x6300 PNG": {},
-                                "nested JSON": {}, "invented methods": {}}
+                                "nested JSON": {}, "invented methods": {}, "PNG of empty chunks": {},
+                                "JPEG of 20,000 scans": {}}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         async def status_of(method: str, path: str, **kwargs) -> int:
             async with http.request(method, f"{url}{path}", **kwargs) as response:
@@ -130,6 +158,10 @@ async def attack(url: str, seconds: float, max_queue: int) -> dict:
                 "POST", "/v2/models/alexnet/infer", data=nested, headers={"content-type": "application/json"}))),
             asyncio.ensure_future(_repeat(stop, hostile["invented methods"], lambda: status_of(
                 f"BREW{next(counter)}", "/predict"))),
+            asyncio.ensure_future(_repeat(stop, hostile["PNG of empty chunks"], lambda: status_of(
+                "POST", "/predict", data=chunks, headers={"content-type": "image/png"}))),
+            asyncio.ensure_future(_repeat(stop, hostile["JPEG of 20,000 scans"], lambda: status_of(
+                "POST", "/predict", data=scans, headers={"content-type": "image/jpeg"}))),
         ]
         await asyncio.sleep(1.0)
         print("ready", flush=True)  # every kind has been sent: the measured part begins
