@@ -287,19 +287,24 @@ def test_past_max_connections_the_longest_waited_for_connection_makes_room(check
         server.stop()
 
 
+def _slow_forward(server: Server, seconds: float) -> None:
+    """Each forward pass of `server` takes `seconds` more from now on."""
+    real = server.service.batcher.run_batch
+
+    def slow(samples):
+        time.sleep(seconds)
+        return real(samples)
+
+    server.service.batcher.run_batch = slow
+
+
 def test_where_every_connection_has_a_request_being_answered_a_new_one_is_a_503(checkpoint):
     """A connection whose request has arrived whole is never closed for room: past --max-connections of them,
     the new connection is answered 503, in one line of JSON, and closed; once they are answered there is room."""
     import threading
 
     server = Server(checkpoint, max_connections=2)
-    real = server.service.batcher.run_batch
-
-    def slow(samples):
-        time.sleep(1.0)
-        return real(samples)
-
-    server.service.batcher.run_batch = slow
+    _slow_forward(server, 1.0)
     statuses: list[int] = []
 
     def one() -> None:
@@ -319,11 +324,9 @@ def test_where_every_connection_has_a_request_being_answered_a_new_one_is_a_503(
         for thread in threads:
             thread.join()
         assert statuses == [200, 200]
-        server.service.batcher.run_batch = real
         with httpx.Client(base_url=server.url, timeout=10) as client:
             assert client.get("/v2/health/live").status_code == 200
     finally:
-        server.service.batcher.run_batch = real
         server.stop()
 
 
@@ -753,13 +756,7 @@ def test_a_request_past_timeout_is_a_504_and_ready_turns_false_while_the_pass_ru
     import threading
 
     server = Server(checkpoint, timeout=1.0)
-    real = server.service.batcher.run_batch
-
-    def slow(samples):
-        time.sleep(2.0)
-        return real(samples)
-
-    server.service.batcher.run_batch = slow
+    _slow_forward(server, 2.0)
     try:
         with httpx.Client(base_url=server.url, timeout=10) as http, \
                 httpx.Client(base_url=server.url, timeout=10) as first:
