@@ -225,6 +225,11 @@ class GuardedH11(H11Protocol):
                 raise h11.RemoteProtocolError(self._refusal)
         return event
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """An Upgrade header is ignored, as HTTP/1.1 lets a server do (the app has no WebSocket route), and the
+        request served as it is: uvicorn would log two warnings for each such request, a log a client could
+        fill."""
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request h11 cannot take, as {"error": ...}; the connection closes after it."""
         self._answer(400, b"Bad Request", self._refusal or msg)

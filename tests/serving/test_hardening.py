@@ -402,6 +402,26 @@ def test_a_client_that_pipelines_gets_a_few_answers_then_its_connection_closes(s
             assert reply.startswith(b"HTTP/1.1 200") and b"connection: close" not in reply.lower()
 
 
+def test_an_upgrade_header_is_ignored_and_logs_nothing(small):
+    """The server has no WebSocket route: a request that asks to upgrade is served as HTTP, and uvicorn's two
+    warnings for it (a line in the log for every such request a client sends) are not written."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")  # uvicorn's own: it does not propagate to the root
+    logger.addHandler(handler)
+    try:
+        answer = _raw(small.url, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"
+                                 b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    finally:
+        logger.removeHandler(handler)
+    assert answer.startswith(b"HTTP/1.1 200") and b'{"live":true}' in answer
+    assert not records, [record.getMessage() for record in records]
+
+
 def test_a_head_that_comes_a_byte_at_a_time_is_closed_when_head_timeout_runs_out(checkpoint):
     """A byte every 0.2 s does not renew the head's time, as it would renew uvicorn's keep-alive timer: the
     server closes the connection at --head-timeout, and serves as before."""
