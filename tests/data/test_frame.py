@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from support.helpers import FAST_TRAIN, TEST_ARCH, TINY, invoke
+from support.helpers import FAST_TRAIN, TEST_ARCH, TINY, invoke, sample, sample_pixels
 
 from alexnet_cli.data.augment import Augmentation
 from alexnet_cli.data.preprocess import Preprocess
@@ -37,8 +37,6 @@ def test_evaluation_sees_the_border_that_the_crop_cuts_off():
 def test_whole_frame_training_crops_shift_within_the_border_and_are_deterministic(policy):
     """Each sample's shift comes from (seed, epoch, index) alone, reaches at most `pad` pixels, and the uint8
     and float paths agree on it."""
-    from test_recipes import _sample, _sample_pixels
-
     from alexnet_cli.data.preprocess import PixelBatch
 
     preprocess = Preprocess.for_arch(67, 227, "full")
@@ -46,13 +44,13 @@ def test_whole_frame_training_crops_shift_within_the_border_and_are_deterministi
     image = torch.randint(1, 256, (3, 67, 67), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     on_device = Augmentation(policy).train_crop(preprocess, on_device=True)
     on_cpu = Augmentation(policy).train_crop(preprocess, on_device=False)
-    samples = [_sample_pixels(on_device, image, 11, index) for index in range(12)]
+    samples = [sample_pixels(on_device, image, 11, index) for index in range(12)]
     assert all(s.pixels.shape == (3, 67, 67) for s in samples)
     for index in (0, 5):
         torch.rand(3)  # the global stream moves on: it must not matter
-        assert torch.equal(_sample(on_device, image, 11, index), _sample(on_device, image, 11, index))
+        assert torch.equal(sample(on_device, image, 11, index), sample(on_device, image, 11, index))
     batch = PixelBatch.stack(samples).to_model(torch.device("cpu"))
-    assert torch.equal(batch.contiguous(), torch.stack([_sample(on_cpu, image, 11, i) for i in range(12)]))
+    assert torch.equal(batch.contiguous(), torch.stack([sample(on_cpu, image, 11, i) for i in range(12)]))
     black_rows = [int((s.pixels == 0).all(0).all(1).sum()) for s in samples]
     black_cols = [int((s.pixels == 0).all(0).all(0).sum()) for s in samples]
     if policy == "none":  # the centre crop: the whole frame, as evaluation sees it

@@ -90,3 +90,32 @@ class StopAfterEpoch(SilentObserver):
     def epoch_end(self, row, epochs, improved):
         if row["epoch"] == 1:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class OneImage:
+    """A stand-in image cache that holds one decoded image for every path."""
+
+    def __init__(self, image) -> None:
+        self.image = image
+
+    def get(self, path):
+        return self.image
+
+
+def sample_pixels(crop, image, augment_seed: int, index: int):
+    """Sample `index` of an epoch as the loader makes it: ImageDataset seeds the draws by (seed, index)."""
+    from alexnet_cli.data.loading import ImageDataset
+
+    dataset = ImageDataset([f"{i}.png" for i in range(index + 1)], None, crop, cache=OneImage(image),
+                           from_cache=crop)
+    return dataset[(index, augment_seed)][0]
+
+
+def sample(crop, image, augment_seed: int, index: int):
+    """The sample's tensor: on the uint8 path, its pixels and its flip and erasing box, which decide the rest."""
+    import torch
+
+    out = sample_pixels(crop, image, augment_seed, index)
+    if hasattr(out, "pixels"):
+        return torch.cat([out.pixels.flatten().float(), torch.tensor([out.flip, *(out.erase or (-1,) * 4)])])
+    return out

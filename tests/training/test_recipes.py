@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.helpers import ROOT, SMALL, TEST_ARCH, StopAfterEpoch, invoke
+from support.helpers import ROOT, SMALL, TEST_ARCH, StopAfterEpoch, invoke, sample, sample_pixels
 
 from alexnet_cli.config.vocabulary import AUGMENT_POLICIES as POLICIES
 from alexnet_cli.data.augment import Augmentation, batch_mix, class_weights, imbalance_warning, rgb_pca
@@ -18,33 +18,6 @@ from alexnet_cli.observer import SilentObserver
 
 def _image(seed: int, size: int = 40) -> torch.Tensor:
     return torch.randint(0, 256, (3, size, size + 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-class _OneImage:
-    """A stand-in cache that holds one decoded image for every path."""
-
-    def __init__(self, image) -> None:
-        self.image = image
-
-    def get(self, path):
-        return self.image
-
-
-def _sample_pixels(crop, image, augment_seed: int, index: int):
-    """Sample `index` of an epoch as the loader makes it: ImageDataset seeds the draws by (seed, index)."""
-    from alexnet_cli.data.loading import ImageDataset
-
-    dataset = ImageDataset([f"{i}.png" for i in range(index + 1)], None, crop, cache=_OneImage(image),
-                           from_cache=crop)
-    return dataset[(index, augment_seed)][0]
-
-
-def _sample(crop, image, augment_seed: int, index: int):
-    """The sample's tensor: on the uint8 path, its pixels and its flip and erasing box, which decide the rest."""
-    out = _sample_pixels(crop, image, augment_seed, index)
-    if hasattr(out, "pixels"):
-        return torch.cat([out.pixels.flatten().float(), torch.tensor([out.flip, *(out.erase or (-1,) * 4)])])
-    return out
 
 
 AUGMENTATIONS = [Augmentation(policy) for policy in POLICIES] + [
@@ -61,11 +34,11 @@ def test_each_augmentation_is_deterministic_per_seed_epoch_and_index(augmentatio
     crop = augmentation.train_crop(Preprocess.for_arch(32, 227))
     image = _image(0)
     epoch1, epoch2 = epoch_augment_seed(1, 1), epoch_augment_seed(1, 2)
-    first = _sample(crop, image, epoch1, 5)
+    first = sample(crop, image, epoch1, 5)
     torch.rand(7)  # the global stream moves on between the two: it must not matter
-    assert torch.equal(first, _sample(crop, image, epoch1, 5))
+    assert torch.equal(first, sample(crop, image, epoch1, 5))
     if augmentation.policy != "none" or augmentation.on_cpu_floats:
-        others = [_sample(crop, image, seed, index) for seed, index in ((epoch2, 5), (epoch1, 6), (epoch1 + 7, 5))]
+        others = [sample(crop, image, seed, index) for seed, index in ((epoch2, 5), (epoch1, 6), (epoch1 + 7, 5))]
         assert any(not torch.equal(first, other) for other in others), "the draws ignore the seed"
 
 
@@ -79,10 +52,10 @@ def test_the_uint8_and_float_paths_agree(augmentation):
     preprocess = Preprocess.for_arch(32, 227)
     on_device = augmentation.train_crop(preprocess, on_device=True)
     on_cpu = augmentation.train_crop(preprocess, on_device=False)
-    samples = [_sample_pixels(on_device, _image(index), 11, index) for index in range(8)]
+    samples = [sample_pixels(on_device, _image(index), 11, index) for index in range(8)]
     assert all(s.pixels.dtype == torch.uint8 for s in samples)
     batch = PixelBatch.stack(samples).to_model(torch.device("cpu"))
-    floats = torch.stack([_sample(on_cpu, _image(index), 11, index) for index in range(8)])
+    floats = torch.stack([sample(on_cpu, _image(index), 11, index) for index in range(8)])
     assert torch.equal(batch.contiguous(), floats)
     erased = [s.erase is not None for s in samples]
     if augmentation.random_erasing:  # some images erased, and some not when p < 1
