@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from alexnet_cli import __version__
 from alexnet_cli.errors import first_line
 from alexnet_cli.serving.batching import Overloaded
-from alexnet_cli.serving.metrics import CountRequests
+from alexnet_cli.serving.metrics import CountRequests, printable
 from alexnet_cli.serving.routes import ROUTERS
 from alexnet_cli.serving.service import Service
 from alexnet_cli.serving.uploads import DRAIN_FACTOR, RequestError, discard_body
@@ -193,7 +193,8 @@ def add_error_handlers(app: FastAPI, limit: int) -> None:
         refused = request.scope.get("alexnet.refused")
         if refused is not None:
             return error(*refused)  # already sent by the protocol; this one only counts it
-        LOG.info("%s %s: the client disconnected before its request arrived", request.method, request.url.path)
+        LOG.info("%s %s: the client disconnected before its request arrived", printable(request.method),
+                 printable(request.url.path[:200]))
         return Response(status_code=CLIENT_GONE)
 
 
@@ -220,8 +221,8 @@ class InternalErrors:
         try:
             await self.app(scope, receive, send_started)
         except Exception as exc:
-            LOG.error("%s %s failed: %s: %s", scope["method"], scope["path"], type(exc).__name__, first_line(exc),
-                      exc_info=exc)
+            LOG.error("%s %s failed: %s: %s", printable(scope["method"]), printable(scope["path"][:200]),
+                      type(exc).__name__, first_line(exc), exc_info=exc)
             if started:
                 raise
             response = error(500, "internal error: the server could not answer this request (its log says why)")

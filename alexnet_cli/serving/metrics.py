@@ -80,6 +80,16 @@ class Metrics:
 
 
 ACCESS = logging.getLogger("alexnet.access")  # one line a request; serve prints it unless --quiet
+_UNPRINTABLE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
+
+
+def printable(text: str) -> str:
+    """`text` (a path a client sent, decoded) fit for one line of a log: control characters, quotes and
+    backslashes as \\xHH, as nginx writes them, so that a client can neither begin a line of its own (%0a)
+    nor send the terminal escape codes (%1b)."""
+    return _UNPRINTABLE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # an incoming X-Request-ID is echoed only if it looks like one
 
 
@@ -114,5 +124,5 @@ class CountRequests:
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             client = (scope.get("client") or ("-",))[0]
-            ACCESS.info('%s "%s %s" %d %.1f ms id=%s', client, scope["method"][:16], scope["path"][:200], status,
-                        seconds * 1000, request_id)
+            ACCESS.info('%s "%s %s" %d %.1f ms id=%s', client, printable(scope["method"][:16]),
+                        printable(scope["path"][:200]), status, seconds * 1000, request_id)

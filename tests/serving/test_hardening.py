@@ -925,6 +925,19 @@ def test_each_request_gets_an_id_and_one_access_log_line(http, caplog):
     assert any('"GET /v2/health/live" 200' in line and line.endswith("id=abc-123") for line in lines), lines
 
 
+def test_a_path_cannot_forge_a_log_line_or_send_terminal_codes(small, caplog):
+    """The access log writes the decoded path: %0a began a forged line of its own, and %1b reached the
+    terminal that shows the log. Control characters, quotes and backslashes are written as \\xHH."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="alexnet.access"):
+        answer = _raw(small.url, b'GET /%0a2026-12-05T00:00:00%20127.0.0.1%20%22GET%20/admin%22%20200%1b[31m HTTP/1.1'
+                                 b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 404")
+    [line] = [record.getMessage() for record in caplog.records if record.name == "alexnet.access"]
+    assert "\n" not in line and "\x1b" not in line and '\\x0a2026-12-05' in line and "\\x22GET /admin\\x22" in line
+
+
 def test_metrics_include_the_process_and_the_queue_wait_and_decode_time(http):
     http.post("/predict", content=png_bytes(13), headers={"content-type": "image/png"})
     text = http.get("/metrics").text
