@@ -77,7 +77,7 @@ SMALLEST_MEAN_CHUNK = 1024  # bytes: a chunked body whose chunks average less is
 
 
 class GuardedH11(H11Protocol):
-    """uvicorn's h11 protocol with four guards of its own.
+    """uvicorn's h11 protocol with guards of its own.
 
     - Past --max-connections, a new connection makes room: the connection that has waited longest for its
       client (for a request's head, for the rest of its body, or to read its answer), if that is LONG_WAIT or
